@@ -1,0 +1,119 @@
+//! A small pool of AMQP connections, kept connected by a supervisor.
+//!
+//! A lapin connection costs an I/O loop and two large buffers, so the gateway
+//! opens a few (`amqp.connections`) and spreads channels over them instead of
+//! opening one per browser. When a connection is lost the supervisor
+//! reconnects with capped exponential backoff and jitter; the gateway reports
+//! not ready (`/readyz`) until every connection is back.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use lapin::{Channel, Connection, ConnectionProperties};
+use rand::Rng;
+use tokio::sync::Notify;
+
+use super::BridgeError;
+
+/// The AMQP connections of one gateway process.
+#[derive(Debug)]
+pub struct Pool {
+    url: String,
+    slots: Vec<RwLock<Option<Arc<Connection>>>>,
+    next: AtomicUsize,
+    /// Woken whenever a connection comes up, so that waiters can retry.
+    connected: Notify,
+}
+
+impl Pool {
+    pub fn new(url: String, connections: usize) -> Arc<Pool> {
+        Arc::new(Pool {
+            url,
+            slots: (0..connections.max(1)).map(|_| RwLock::new(None)).collect(),
+            next: AtomicUsize::new(0),
+            connected: Notify::new(),
+        })
+    }
+
+    /// Starts one supervisor task per connection.
+    pub fn start(self: &Arc<Self>) {
+        for index in 0..self.slots.len() {
+            let pool = Arc::clone(self);
+            tokio::spawn(async move { pool.supervise(index).await });
+        }
+    }
+
+    /// True while every connection of the pool is up.
+    pub fn is_ready(&self) -> bool {
+        self.slots.iter().all(|slot| {
+            slot.read()
+                .map(|c| c.as_ref().is_some_and(|c| c.status().connected()))
+                .unwrap_or(false)
+        })
+    }
+
+    /// Waits (bounded by `timeout`) until the pool is ready.
+    pub async fn wait_ready(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.is_ready() {
+                return true;
+            }
+            let wake = self.connected.notified();
+            if tokio::time::timeout_at(deadline, wake).await.is_err() {
+                return self.is_ready();
+            }
+        }
+    }
+
+    /// Opens a channel on the next live connection.
+    pub async fn channel(&self) -> Result<Channel, BridgeError> {
+        let n = self.slots.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        for i in 0..n {
+            let conn = self.slots[(start + i) % n]
+                .read()
+                .ok()
+                .and_then(|c| c.clone())
+                .filter(|c| c.status().connected());
+            if let Some(conn) = conn {
+                return Ok(conn.create_channel().await?);
+            }
+        }
+        Err(BridgeError::Unavailable)
+    }
+
+    async fn supervise(&self, index: usize) {
+        let mut backoff = Duration::from_millis(100);
+        const MAX_BACKOFF: Duration = Duration::from_secs(5);
+        loop {
+            let props = ConnectionProperties::default()
+                .with_connection_name(format!("stompgate-{}-{index}", std::process::id()).into());
+            match Connection::connect(&self.url, props).await {
+                Ok(conn) => {
+                    tracing::info!(connection = index, "AMQP connection up");
+                    let conn = Arc::new(conn);
+                    if let Ok(mut slot) = self.slots[index].write() {
+                        *slot = Some(Arc::clone(&conn));
+                    }
+                    self.connected.notify_waiters();
+                    backoff = Duration::from_millis(100);
+                    while conn.status().connected() {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    tracing::warn!(connection = index, "AMQP connection lost");
+                    if let Ok(mut slot) = self.slots[index].write() {
+                        *slot = None;
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(connection = index, %error, "AMQP connect failed");
+                }
+            }
+            let jitter = rand::rng().random_range(0.5..1.5);
+            tokio::time::sleep(backoff.mul_f64(jitter)).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+}

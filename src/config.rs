@@ -1,0 +1,266 @@
+//! Gateway configuration: a TOML file, overridden by `STOMPGATE_*` environment
+//! variables, overridden by command-line flags.
+//!
+//! Nested keys map to variables with `__` between levels, e.g.
+//! `limits.max_frame_bytes` is `STOMPGATE_LIMITS__MAX_FRAME_BYTES`. The two
+//! settings everyone changes also have plain variables and flags:
+//! `STOMPGATE_LISTEN` / `--listen` and `STOMPGATE_AMQP_URL` / `--amqp-url`.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Everything the gateway can be told.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address of the HTTP/WebSocket listener.
+    pub listen: SocketAddr,
+    /// Path of the WebSocket endpoint.
+    pub ws_path: String,
+    pub amqp: AmqpConfig,
+    pub limits: Limits,
+    pub heartbeat: HeartbeatConfig,
+    /// When set, CONNECT's `host` header must equal one of these (virtual
+    /// host selection is not done per session: the gateway uses the vhost of
+    /// its AMQP URL). Empty: `host` is ignored, as stomp.py sends the
+    /// machine's hostname there.
+    pub allowed_hosts: Vec<String>,
+}
+
+/// The AMQP side.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AmqpConfig {
+    pub url: String,
+    /// AMQP connections the gateway opens; channels are spread over them.
+    pub connections: usize,
+    /// `prefetch-count` for client/client-individual subscriptions that do
+    /// not give one (bounded, unlike RabbitMQ's unlimited default, so that a
+    /// client that never acks cannot make the gateway buffer a whole queue).
+    pub default_prefetch: u16,
+    /// Prefetch of `ack:auto` queue subscriptions: the gateway acks each
+    /// message once it is queued for the client, so this bounds what sits
+    /// in memory per subscription.
+    pub auto_ack_prefetch: u16,
+}
+
+/// Bounds on what one client may make the gateway hold.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest frame (command, headers and body) once CONNECT is accepted.
+    pub max_frame_bytes: usize,
+    /// Largest frame before CONNECT is accepted.
+    pub max_frame_bytes_before_connect: usize,
+    /// Most headers in one frame.
+    pub max_headers: usize,
+    /// Longest header line (and command line), in bytes.
+    pub max_header_line: usize,
+    /// Most subscriptions one session may hold.
+    pub max_subscriptions: usize,
+    /// Most frames one open transaction may buffer.
+    pub max_transaction_frames: usize,
+    /// Most transactions one session may have open.
+    pub max_open_transactions: usize,
+    /// Frames queued for one client before the slow-client policy applies.
+    pub outbound_queue_frames: usize,
+    /// What to do with a broadcast message for a client whose outbound queue
+    /// is full: `disconnect` (ERROR and close) or `drop` (skip the message).
+    pub slow_client_policy: SlowClientPolicy,
+    /// Time for the WebSocket handshake and the CONNECT frame.
+    pub connect_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SlowClientPolicy {
+    Disconnect,
+    Drop,
+}
+
+/// Heart-beat bounds; the negotiated value is the larger of what one side
+/// asks and the other can do (STOMP 1.1+), clamped to these.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HeartbeatConfig {
+    /// Smallest interval the gateway sends heart-beats at, in ms.
+    pub min_send_ms: u64,
+    /// Interval the gateway would like to receive heart-beats at, in ms
+    /// (0: none wanted).
+    pub want_receive_ms: u64,
+    /// Interval the gateway offers to send at, in ms (0: none).
+    pub offer_send_ms: u64,
+    /// A silent client is closed after this many intervals (grace margin).
+    pub grace_factor: f64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 15674)),
+            ws_path: "/ws".to_owned(),
+            amqp: AmqpConfig::default(),
+            limits: Limits::default(),
+            heartbeat: HeartbeatConfig::default(),
+            allowed_hosts: Vec::new(),
+        }
+    }
+}
+
+impl Default for AmqpConfig {
+    fn default() -> Self {
+        AmqpConfig {
+            url: "amqp://127.0.0.1:5672/%2f".to_owned(),
+            connections: 2,
+            default_prefetch: 100,
+            auto_ack_prefetch: 256,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_frame_bytes: 4 * 1024 * 1024,
+            max_frame_bytes_before_connect: 64 * 1024,
+            max_headers: 128,
+            max_header_line: 8 * 1024,
+            max_subscriptions: 256,
+            max_transaction_frames: 1024,
+            max_open_transactions: 16,
+            outbound_queue_frames: 1024,
+            slow_client_policy: SlowClientPolicy::Disconnect,
+            connect_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl Default for HeartbeatConfig {
+    fn default() -> Self {
+        HeartbeatConfig {
+            min_send_ms: 1_000,
+            want_receive_ms: 10_000,
+            offer_send_ms: 10_000,
+            grace_factor: 2.0,
+        }
+    }
+}
+
+impl Limits {
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Loads defaults, then `file` (if given), then `STOMPGATE_*` variables
+    /// from `env` (a list of (name, value) pairs, normally `std::env::vars()`).
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut builder = config::Config::builder();
+        if let Some(path) = file {
+            builder = builder.add_source(config::File::from(path).required(true));
+        }
+        let mut vars: std::collections::HashMap<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("STOMPGATE_"))
+            .collect();
+        // The two plain variables are the same keys as the nested form.
+        if let Some(url) = vars.remove("STOMPGATE_AMQP_URL") {
+            vars.insert("STOMPGATE_AMQP__URL".to_owned(), url);
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("STOMPGATE")
+                .prefix_separator("_")
+                .separator("__")
+                .try_parsing(true)
+                .list_separator(",")
+                .with_list_parse_key("allowed_hosts")
+                .source(Some(vars.into_iter().collect())),
+        );
+        let config: Config = builder.build()?.try_deserialize()?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !self.ws_path.starts_with('/') {
+            return Err(ConfigError::Invalid("ws_path must start with '/'".into()));
+        }
+        if self.amqp.connections == 0 {
+            return Err(ConfigError::Invalid("amqp.connections must be at least 1".into()));
+        }
+        if self.limits.max_frame_bytes_before_connect > self.limits.max_frame_bytes {
+            return Err(ConfigError::Invalid(
+                "limits.max_frame_bytes_before_connect exceeds limits.max_frame_bytes".into(),
+            ));
+        }
+        if self.limits.outbound_queue_frames == 0 {
+            return Err(ConfigError::Invalid("limits.outbound_queue_frames must be at least 1".into()));
+        }
+        if self.heartbeat.grace_factor < 1.0 {
+            return Err(ConfigError::Invalid("heartbeat.grace_factor must be at least 1.0".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_documentation() {
+        let c = Config::load(None, Vec::new()).expect("defaults load");
+        assert_eq!(c.listen, SocketAddr::from(([127, 0, 0, 1], 15674)));
+        assert_eq!(c.ws_path, "/ws");
+        assert_eq!(c.limits.max_frame_bytes, 4 * 1024 * 1024);
+        assert_eq!(c.limits.max_frame_bytes_before_connect, 64 * 1024);
+    }
+
+    #[test]
+    fn file_then_env_override() {
+        let dir = std::env::temp_dir().join(format!("stompgate-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("tmp dir");
+        let path = dir.join("c.toml");
+        std::fs::write(
+            &path,
+            "ws_path = \"/stomp\"\n[limits]\nmax_subscriptions = 5\n[amqp]\nurl = \"amqp://file\"\n",
+        )
+        .expect("write");
+        let env = vec![
+            ("STOMPGATE_LISTEN".to_owned(), "127.0.0.1:9999".to_owned()),
+            ("STOMPGATE_AMQP_URL".to_owned(), "amqp://env".to_owned()),
+            ("STOMPGATE_LIMITS__MAX_SUBSCRIPTIONS".to_owned(), "7".to_owned()),
+            ("PATH".to_owned(), "/bin".to_owned()),
+        ];
+        let c = Config::load(Some(&path), env).expect("load");
+        assert_eq!(c.ws_path, "/stomp");
+        assert_eq!(c.listen.port(), 9999);
+        assert_eq!(c.amqp.url, "amqp://env");
+        assert_eq!(c.limits.max_subscriptions, 7);
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let dir = std::env::temp_dir().join(format!("stompgate-cfg2-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("tmp dir");
+        let path = dir.join("c.toml");
+        std::fs::write(&path, "lissen = \"x\"\n").expect("write");
+        assert!(Config::load(Some(&path), Vec::new()).is_err());
+    }
+}

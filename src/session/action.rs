@@ -1,0 +1,133 @@
+//! What the session state machine asks of the adapters around it.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::bridge::destination::Destination;
+use crate::stomp::{Escaping, Frame};
+
+/// The protocol version negotiated on CONNECT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Version {
+    V1_0,
+    V1_1,
+    V1_2,
+}
+
+impl Version {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Version::V1_0 => "1.0",
+            Version::V1_1 => "1.1",
+            Version::V1_2 => "1.2",
+        }
+    }
+
+    /// How headers are escaped under this version.
+    pub fn escaping(self) -> Escaping {
+        match self {
+            Version::V1_0 => Escaping::None,
+            Version::V1_1 => Escaping::V11,
+            Version::V1_2 => Escaping::V12,
+        }
+    }
+}
+
+/// The subscription acknowledgement modes of STOMP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckMode {
+    Auto,
+    /// Cumulative: an ACK acknowledges that message and all earlier ones.
+    Client,
+    ClientIndividual,
+}
+
+/// What was agreed on CONNECT; the transport applies it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Negotiated {
+    pub version: Version,
+    /// The gateway sends a heart-beat when it has written nothing for this long.
+    pub send_every: Option<Duration>,
+    /// The client is considered gone when silent for this long (grace included).
+    pub expect_within: Option<Duration>,
+}
+
+/// A subscription the bridge must set up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscribeRequest {
+    pub id: String,
+    pub destination: Destination,
+    pub ack: AckMode,
+    /// `prefetch-count` (client modes), already defaulted by the session.
+    pub prefetch: u16,
+    /// `durable` header: a named, durable queue that outlives the session.
+    pub durable: bool,
+    /// `auto-delete` header.
+    pub auto_delete: bool,
+    /// `x-queue-name` header: the name of the queue to declare.
+    pub queue_name: Option<String>,
+    /// Other `x-*` headers, passed as queue arguments on declaration.
+    pub queue_arguments: Vec<(String, String)>,
+}
+
+impl SubscribeRequest {
+    /// Broadcast subscriptions without a queue of their own share one AMQP
+    /// queue per binding in the gateway and are fanned out locally.
+    pub fn is_fanout(&self) -> bool {
+        self.destination.is_broadcast() && !self.durable && self.queue_name.is_none()
+    }
+}
+
+/// Where replies to a SEND go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplyTo {
+    /// `/temp-queue/<name>`: a private queue of this session, created on
+    /// first use; replies arrive on subscription `/temp-queue/<name>`.
+    Temp(String),
+    /// Anything else, passed on as it is (`/reply-queue/<q>` becomes `<q>`).
+    Plain(String),
+}
+
+/// A message to publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishRequest {
+    pub destination: Destination,
+    /// The frame's headers that map to AMQP properties or the headers table
+    /// (`destination`, `receipt`, `transaction`, `content-length` and
+    /// `reply-to` removed).
+    pub headers: Vec<(String, String)>,
+    pub reply_to: Option<ReplyTo>,
+    pub body: Bytes,
+}
+
+/// One step for the adapters, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// CONNECT accepted: apply version, heart-beats and the full frame limit.
+    Established(Negotiated),
+    /// Write this frame to the client.
+    Send(Frame),
+    Subscribe(SubscribeRequest),
+    Unsubscribe {
+        id: String,
+    },
+    Publish(PublishRequest),
+    /// basic.ack of `tag` on subscription `subscription`'s channel.
+    Ack {
+        subscription: String,
+        tag: u64,
+        multiple: bool,
+    },
+    /// basic.nack.
+    Nack {
+        subscription: String,
+        tag: u64,
+        multiple: bool,
+        requeue: bool,
+    },
+    /// Send RECEIPT `receipt-id` once every earlier publish was confirmed.
+    Receipt(String),
+    /// Flush what is queued for the client, then close the connection.
+    Close,
+}

@@ -1,0 +1,680 @@
+//! The per-connection STOMP state machine, without I/O.
+//!
+//! A [`Session`] takes decoded frames (and deliveries from the broker) and
+//! returns [`Action`]s: frames to write, subscriptions to set up, messages to
+//! publish, acks to forward, receipts to send once the broker confirmed what
+//! came before. It never blocks and never touches a socket, so every rule of
+//! the protocol is tested here with plain function calls; the WebSocket and
+//! AMQP adapters only carry out what it decides.
+//!
+//! Any protocol violation yields an ERROR frame whose `message` header says
+//! what was wrong, followed by [`Action::Close`]; after that the session
+//! ignores further input.
+
+mod action;
+pub mod heartbeat;
+
+use std::collections::{BTreeSet, HashMap};
+
+use bytes::Bytes;
+
+pub use action::{
+    AckMode, Action, Negotiated, PublishRequest, ReplyTo, SubscribeRequest, Version,
+};
+
+use crate::bridge::destination::Destination;
+use crate::config::{HeartbeatConfig, Limits};
+use crate::stomp::{Command, Frame};
+
+/// Settings a session needs, taken from the gateway's configuration.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// The `server` header of CONNECTED.
+    pub server: String,
+    pub limits: Limits,
+    pub heartbeat: HeartbeatConfig,
+    pub allowed_hosts: Vec<String>,
+    pub default_prefetch: u16,
+    pub auto_ack_prefetch: u16,
+}
+
+impl SessionConfig {
+    pub fn from_config(config: &crate::config::Config) -> SessionConfig {
+        SessionConfig {
+            server: format!("stompgate/{}", env!("CARGO_PKG_VERSION")),
+            limits: config.limits.clone(),
+            heartbeat: config.heartbeat.clone(),
+            allowed_hosts: config.allowed_hosts.clone(),
+            default_prefetch: config.amqp.default_prefetch,
+            auto_ack_prefetch: config.amqp.auto_ack_prefetch,
+        }
+    }
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig::from_config(&crate::config::Config::default())
+    }
+}
+
+/// A message from the broker, already mapped to STOMP headers by the bridge
+/// (`destination` and properties); the session adds the per-subscription
+/// headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    AwaitingConnect,
+    Connected,
+    Closed,
+}
+
+#[derive(Debug)]
+struct Subscription {
+    ack: AckMode,
+    /// Served by the gateway's shared fan-out queue: the broker side is
+    /// already acknowledged, client ACKs are accepted and have no effect.
+    fanout: bool,
+    /// Delivery tags sent to the client and not yet acked (client modes).
+    pending: BTreeSet<u64>,
+}
+
+#[derive(Debug, Default)]
+struct Transaction {
+    frames: Vec<Frame>,
+    bytes: usize,
+}
+
+/// Prefix of the `message-id` of messages that the broker delivered to this
+/// session's own consumer: `T_<subscription>@@<delivery tag>`.
+const OWN_PREFIX: &str = "T_";
+/// Prefix of the `message-id` of fanned-out messages.
+pub const FANOUT_PREFIX: &str = "B_";
+
+/// The state of one STOMP session.
+#[derive(Debug)]
+pub struct Session {
+    config: std::sync::Arc<SessionConfig>,
+    id: String,
+    phase: Phase,
+    version: Version,
+    subscriptions: HashMap<String, Subscription>,
+    transactions: HashMap<String, Transaction>,
+}
+
+impl Session {
+    /// A session awaiting CONNECT; `id` is the `session` header of CONNECTED.
+    pub fn new(config: std::sync::Arc<SessionConfig>, id: String) -> Session {
+        Session {
+            config,
+            id,
+            phase: Phase::AwaitingConnect,
+            version: Version::V1_2,
+            subscriptions: HashMap::new(),
+            transactions: HashMap::new(),
+        }
+    }
+
+    /// The negotiated version, once connected.
+    pub fn version(&self) -> Option<Version> {
+        (self.phase != Phase::AwaitingConnect).then_some(self.version)
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.phase == Phase::Connected
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.phase == Phase::Closed
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Handles one frame from the client.
+    pub fn handle(&mut self, frame: Frame, out: &mut Vec<Action>) {
+        let result = match self.phase {
+            Phase::Closed => return,
+            Phase::AwaitingConnect => match frame.command {
+                Command::Connect | Command::Stomp => self.connect(&frame, out),
+                other => Err(Refusal::new(format!(
+                    "expected CONNECT or STOMP frame, got {other}"
+                ))),
+            },
+            Phase::Connected => self.dispatch(&frame, out),
+        };
+        match result {
+            Ok(()) => {}
+            Err(refusal) => {
+                let receipt = frame.header("receipt").map(|r| r.into_owned());
+                self.fail(&refusal.message, &refusal.detail, receipt.as_deref(), out);
+            }
+        }
+    }
+
+    /// The transport could not decode the input (malformed frame, limit).
+    pub fn protocol_error(&mut self, message: &str, out: &mut Vec<Action>) {
+        if self.phase != Phase::Closed {
+            self.fail(message, "", None, out);
+        }
+    }
+
+    /// The broker refused what this session asked (a declaration, a bind,
+    /// a publish) or the session's broker resources failed.
+    pub fn broker_error(&mut self, message: &str, out: &mut Vec<Action>) {
+        if self.phase != Phase::Closed {
+            self.fail(message, "", None, out);
+        }
+    }
+
+    /// A message the broker delivered to this session's own consumer of
+    /// `subscription` with `tag`. Returns the MESSAGE frame, or `None` when
+    /// the subscription is gone (the adapter then leaves it unacked, and the
+    /// broker requeues it when the channel closes).
+    pub fn deliver(&mut self, subscription: &str, tag: u64, message: Message) -> Option<Frame> {
+        if self.phase != Phase::Connected {
+            return None;
+        }
+        let version = self.version;
+        let sub = self.subscriptions.get_mut(subscription)?;
+        let message_id = format!("{OWN_PREFIX}{subscription}@@{tag}");
+        let mut frame = Frame::new(Command::Message);
+        frame.push_header("subscription", subscription);
+        frame.push_header("message-id", &message_id);
+        if sub.ack != AckMode::Auto {
+            if version == Version::V1_2 {
+                frame.push_header("ack", &message_id);
+            }
+            sub.pending.insert(tag);
+        }
+        for (name, value) in &message.headers {
+            frame.push_header(name, value);
+        }
+        frame.body = message.body;
+        Some(frame)
+    }
+
+    fn dispatch(&mut self, frame: &Frame, out: &mut Vec<Action>) -> Result<(), Refusal> {
+        match frame.command {
+            Command::Connect | Command::Stomp => Err(Refusal::new("already connected")),
+            Command::Send => self.send(frame, out, false),
+            Command::Subscribe => self.subscribe(frame, out),
+            Command::Unsubscribe => self.unsubscribe(frame, out),
+            Command::Ack => self.ack(frame, out, false, false),
+            Command::Nack => self.ack(frame, out, true, false),
+            Command::Begin => self.begin(frame, out),
+            Command::Commit => self.commit(frame, out),
+            Command::Abort => self.abort(frame, out),
+            Command::Disconnect => {
+                if let Some(receipt) = frame.header("receipt") {
+                    out.push(Action::Receipt(receipt.into_owned()));
+                }
+                out.push(Action::Close);
+                self.phase = Phase::Closed;
+                Ok(())
+            }
+            other @ (Command::Connected | Command::Message | Command::Receipt | Command::Error) => {
+                Err(Refusal::new(format!("{other} is a server frame")))
+            }
+        }
+    }
+
+    fn connect(&mut self, frame: &Frame, out: &mut Vec<Action>) -> Result<(), Refusal> {
+        let version = match frame.header("accept-version") {
+            None => Version::V1_0,
+            Some(list) => list
+                .split(',')
+                .filter_map(|v| match v.trim() {
+                    "1.0" => Some(Version::V1_0),
+                    "1.1" => Some(Version::V1_1),
+                    "1.2" => Some(Version::V1_2),
+                    _ => None,
+                })
+                .max()
+                .ok_or_else(|| {
+                    Refusal::new("no supported protocol version; supported versions are 1.0,1.1,1.2")
+                })?,
+        };
+        if !self.config.allowed_hosts.is_empty() {
+            let host = frame.header("host");
+            let allowed = host
+                .as_deref()
+                .is_some_and(|h| self.config.allowed_hosts.iter().any(|a| a == h));
+            if !allowed {
+                return Err(Refusal::new(format!(
+                    "virtual host '{}' is not served here",
+                    host.as_deref().unwrap_or("")
+                )));
+            }
+        }
+        let client_heartbeat = match (version, frame.header("heart-beat")) {
+            (Version::V1_0, _) | (_, None) => (0, 0),
+            (_, Some(value)) => heartbeat::parse(&value).ok_or_else(|| {
+                Refusal::new(format!("malformed heart-beat header '{value}'"))
+            })?,
+        };
+        let hb = heartbeat::negotiate(client_heartbeat, &self.config.heartbeat);
+        self.version = version;
+        self.phase = Phase::Connected;
+        let mut connected = Frame::new(Command::Connected)
+            .with_header("version", version.as_str())
+            .with_header("server", &self.config.server)
+            .with_header("session", &self.id);
+        if version >= Version::V1_1 {
+            connected.push_header(
+                "heart-beat",
+                &format!("{},{}", hb.server_header.0, hb.server_header.1),
+            );
+        }
+        out.push(Action::Established(Negotiated {
+            version,
+            send_every: if version >= Version::V1_1 { hb.send_every } else { None },
+            expect_within: if version >= Version::V1_1 {
+                hb.expect_within
+            } else {
+                None
+            },
+        }));
+        out.push(Action::Send(connected));
+        Ok(())
+    }
+
+    fn send(&mut self, frame: &Frame, out: &mut Vec<Action>, replay: bool) -> Result<(), Refusal> {
+        let destination = parse_destination(frame)?;
+        if let Destination::TempQueue { .. } = destination {
+            return Err(Refusal::new(
+                "cannot SEND to a /temp-queue/ destination; use it as reply-to",
+            ));
+        }
+        if !replay && self.buffer_in_transaction(frame, out)? {
+            return Ok(());
+        }
+        let reply_to = match frame.header("reply-to") {
+            None => None,
+            Some(value) => {
+                if let Some(name) = value.strip_prefix("/temp-queue/") {
+                    if name.is_empty() {
+                        return Err(Refusal::new("reply-to '/temp-queue/' has an empty name"));
+                    }
+                    let sub_id = format!("/temp-queue/{name}");
+                    if !self.subscriptions.contains_key(&sub_id) {
+                        self.check_subscription_limit()?;
+                        self.subscriptions.insert(
+                            sub_id,
+                            Subscription {
+                                ack: AckMode::Auto,
+                                fanout: false,
+                                pending: BTreeSet::new(),
+                            },
+                        );
+                    }
+                    Some(ReplyTo::Temp(name.to_owned()))
+                } else if let Some(queue) = value.strip_prefix("/reply-queue/") {
+                    Some(ReplyTo::Plain(queue.to_owned()))
+                } else {
+                    Some(ReplyTo::Plain(value.into_owned()))
+                }
+            }
+        };
+        let headers = frame
+            .headers()
+            .filter(|(name, _)| {
+                !matches!(
+                    name.as_ref(),
+                    "destination" | "receipt" | "transaction" | "content-length" | "reply-to"
+                )
+            })
+            .map(|(n, v)| (n.into_owned(), v.into_owned()))
+            .collect();
+        out.push(Action::Publish(PublishRequest {
+            destination,
+            headers,
+            reply_to,
+            body: frame.body.clone(),
+        }));
+        if !replay {
+            push_receipt(frame, out);
+        }
+        Ok(())
+    }
+
+    fn subscribe(&mut self, frame: &Frame, out: &mut Vec<Action>) -> Result<(), Refusal> {
+        let destination = parse_destination(frame)?;
+        if matches!(
+            destination,
+            Destination::TempQueue { .. } | Destination::ReplyQueue { .. }
+        ) {
+            return Err(Refusal::new(format!(
+                "cannot SUBSCRIBE to '{destination}': temporary queues are subscribed by SEND with reply-to"
+            )));
+        }
+        let id = match frame.header("id") {
+            Some(id) => id.into_owned(),
+            None if self.version == Version::V1_0 => destination.to_string(),
+            None => return Err(Refusal::new("SUBSCRIBE frame has no 'id' header")),
+        };
+        if self.subscriptions.contains_key(&id) {
+            return Err(Refusal::new(format!("subscription id '{id}' is already in use")));
+        }
+        self.check_subscription_limit()?;
+        let ack = match frame.header("ack").as_deref() {
+            None | Some("auto") => AckMode::Auto,
+            Some("client") => AckMode::Client,
+            Some("client-individual") => AckMode::ClientIndividual,
+            Some(other) => {
+                return Err(Refusal::new(format!(
+                    "invalid ack mode '{other}': expected auto, client or client-individual"
+                )))
+            }
+        };
+        let default_prefetch = if ack == AckMode::Auto {
+            self.config.auto_ack_prefetch
+        } else {
+            self.config.default_prefetch
+        };
+        let prefetch = match frame.header("prefetch-count") {
+            None => default_prefetch,
+            Some(v) => match v.trim().parse::<u16>() {
+                Ok(0) => default_prefetch,
+                Ok(n) => n,
+                Err(_) => {
+                    return Err(Refusal::new(format!(
+                        "invalid prefetch-count '{v}': expected 1 to 65535"
+                    )))
+                }
+            },
+        };
+        let durable = parse_bool(frame, "durable")?.unwrap_or(false)
+            || parse_bool(frame, "persistent")?.unwrap_or(false);
+        let auto_delete = parse_bool(frame, "auto-delete")?.unwrap_or(!durable);
+        let queue_name = frame.header("x-queue-name").map(|q| q.into_owned());
+        if queue_name.as_deref().is_some_and(|q| q.is_empty() || q.len() > 255) {
+            return Err(Refusal::new("x-queue-name must be 1 to 255 bytes"));
+        }
+        let queue_arguments = frame
+            .headers()
+            .filter(|(n, _)| n.starts_with("x-") && n != "x-queue-name")
+            .map(|(n, v)| (n.into_owned(), v.into_owned()))
+            .collect();
+        let request = SubscribeRequest {
+            id: id.clone(),
+            destination,
+            ack,
+            prefetch,
+            durable,
+            auto_delete,
+            queue_name,
+            queue_arguments,
+        };
+        self.subscriptions.insert(
+            id,
+            Subscription {
+                ack,
+                fanout: request.is_fanout(),
+                pending: BTreeSet::new(),
+            },
+        );
+        out.push(Action::Subscribe(request));
+        push_receipt(frame, out);
+        Ok(())
+    }
+
+    fn unsubscribe(&mut self, frame: &Frame, out: &mut Vec<Action>) -> Result<(), Refusal> {
+        let id = match (frame.header("id"), self.version) {
+            (Some(id), _) => id.into_owned(),
+            (None, Version::V1_0) => frame
+                .header("destination")
+                .map(|d| d.into_owned())
+                .ok_or_else(|| Refusal::new("UNSUBSCRIBE frame has no 'id' or 'destination' header"))?,
+            (None, _) => return Err(Refusal::new("UNSUBSCRIBE frame has no 'id' header")),
+        };
+        if id.starts_with("/temp-queue/") {
+            return Err(Refusal::new("temporary queue subscriptions cannot be cancelled"));
+        }
+        if self.subscriptions.remove(&id).is_none() {
+            return Err(Refusal::new(format!("no subscription with id '{id}'")));
+        }
+        out.push(Action::Unsubscribe { id });
+        push_receipt(frame, out);
+        Ok(())
+    }
+
+    fn ack(
+        &mut self,
+        frame: &Frame,
+        out: &mut Vec<Action>,
+        nack: bool,
+        replay: bool,
+    ) -> Result<(), Refusal> {
+        if nack && self.version == Version::V1_0 {
+            return Err(Refusal::new("NACK is not part of STOMP 1.0"));
+        }
+        let verb = if nack { "NACK" } else { "ACK" };
+        let id = frame
+            .header("id")
+            .or_else(|| frame.header("message-id"))
+            .ok_or_else(|| Refusal::new(format!("{verb} frame has no 'id' header")))?
+            .into_owned();
+        let requeue = match parse_bool(frame, "requeue")? {
+            Some(r) => r,
+            None => true,
+        };
+        if !replay && self.buffer_in_transaction(frame, out)? {
+            return Ok(());
+        }
+        if id.starts_with(FANOUT_PREFIX) {
+            // Broadcast messages are acknowledged to the broker on arrival.
+            if !replay {
+                push_receipt(frame, out);
+            }
+            return Ok(());
+        }
+        let unknown = || Refusal::new(format!("{verb} for unknown message id '{id}'"));
+        let (sub_id, tag) = id
+            .strip_prefix(OWN_PREFIX)
+            .and_then(|rest| rest.rsplit_once("@@"))
+            .and_then(|(sub, tag)| Some((sub, tag.parse::<u64>().ok()?)))
+            .ok_or_else(unknown)?;
+        let sub = self.subscriptions.get_mut(sub_id).ok_or_else(unknown)?;
+        match sub.ack {
+            AckMode::Auto => {}
+            _ if sub.fanout => {}
+            mode => {
+                if !sub.pending.contains(&tag) {
+                    return Err(unknown());
+                }
+                let multiple = mode == AckMode::Client;
+                if multiple {
+                    sub.pending = sub.pending.split_off(&(tag + 1));
+                } else {
+                    sub.pending.remove(&tag);
+                }
+                let subscription = sub_id.to_owned();
+                out.push(if nack {
+                    Action::Nack {
+                        subscription,
+                        tag,
+                        multiple,
+                        requeue,
+                    }
+                } else {
+                    Action::Ack {
+                        subscription,
+                        tag,
+                        multiple,
+                    }
+                });
+            }
+        }
+        if !replay {
+            push_receipt(frame, out);
+        }
+        Ok(())
+    }
+
+    fn begin(&mut self, frame: &Frame, out: &mut Vec<Action>) -> Result<(), Refusal> {
+        let tx = transaction_name(frame)?;
+        if self.transactions.contains_key(&tx) {
+            return Err(Refusal::new(format!("transaction '{tx}' is already open")));
+        }
+        if self.transactions.len() >= self.config.limits.max_open_transactions {
+            return Err(Refusal::new(format!(
+                "too many open transactions (limit {})",
+                self.config.limits.max_open_transactions
+            )));
+        }
+        self.transactions.insert(tx, Transaction::default());
+        push_receipt(frame, out);
+        Ok(())
+    }
+
+    fn commit(&mut self, frame: &Frame, out: &mut Vec<Action>) -> Result<(), Refusal> {
+        let tx = transaction_name(frame)?;
+        let transaction = self
+            .transactions
+            .remove(&tx)
+            .ok_or_else(|| Refusal::new(format!("no open transaction '{tx}'")))?;
+        for buffered in &transaction.frames {
+            match buffered.command {
+                Command::Send => self.send(buffered, out, true)?,
+                Command::Ack => self.ack(buffered, out, false, true)?,
+                Command::Nack => self.ack(buffered, out, true, true)?,
+                _ => {}
+            }
+        }
+        push_receipt(frame, out);
+        Ok(())
+    }
+
+    fn abort(&mut self, frame: &Frame, out: &mut Vec<Action>) -> Result<(), Refusal> {
+        let tx = transaction_name(frame)?;
+        self.transactions
+            .remove(&tx)
+            .ok_or_else(|| Refusal::new(format!("no open transaction '{tx}'")))?;
+        push_receipt(frame, out);
+        Ok(())
+    }
+
+    /// Buffers `frame` if it names a transaction; `Ok(true)` when buffered.
+    fn buffer_in_transaction(&mut self, frame: &Frame, out: &mut Vec<Action>) -> Result<bool, Refusal> {
+        let Some(tx) = frame.header("transaction") else {
+            return Ok(false);
+        };
+        let limits = &self.config.limits;
+        let transaction = self
+            .transactions
+            .get_mut(tx.as_ref())
+            .ok_or_else(|| Refusal::new(format!("no open transaction '{tx}'")))?;
+        if transaction.frames.len() >= limits.max_transaction_frames {
+            return Err(Refusal::new(format!(
+                "transaction '{tx}' exceeds {} frames",
+                limits.max_transaction_frames
+            )));
+        }
+        let size = frame.body.len()
+            + frame
+                .headers
+                .iter()
+                .map(|h| h.name.len() + h.value.len() + 2)
+                .sum::<usize>();
+        if transaction.bytes + size > limits.max_frame_bytes {
+            return Err(Refusal::new(format!(
+                "transaction '{tx}' exceeds {} bytes",
+                limits.max_frame_bytes
+            )));
+        }
+        transaction.bytes += size;
+        transaction.frames.push(frame.clone());
+        push_receipt(frame, out);
+        Ok(true)
+    }
+
+    fn check_subscription_limit(&self) -> Result<(), Refusal> {
+        if self.subscriptions.len() >= self.config.limits.max_subscriptions {
+            return Err(Refusal::new(format!(
+                "too many subscriptions (limit {})",
+                self.config.limits.max_subscriptions
+            )));
+        }
+        Ok(())
+    }
+
+    fn fail(&mut self, message: &str, detail: &str, receipt: Option<&str>, out: &mut Vec<Action>) {
+        // The message header must stay on one line whatever the escaping.
+        let message: String = message
+            .chars()
+            .map(|c| if c == '\n' || c == '\r' { ' ' } else { c })
+            .collect();
+        let mut error = Frame::new(Command::Error).with_header("message", &message);
+        if let Some(receipt) = receipt {
+            error.push_header("receipt-id", receipt);
+        }
+        if self.phase == Phase::AwaitingConnect {
+            error.push_header("version", "1.0,1.1,1.2");
+        }
+        error.push_header("content-type", "text/plain");
+        error.body = Bytes::from(if detail.is_empty() {
+            message.clone()
+        } else {
+            detail.to_owned()
+        });
+        out.push(Action::Send(error));
+        out.push(Action::Close);
+        self.phase = Phase::Closed;
+    }
+}
+
+/// Why a frame was refused.
+#[derive(Debug)]
+struct Refusal {
+    message: String,
+    detail: String,
+}
+
+impl Refusal {
+    fn new(message: impl Into<String>) -> Refusal {
+        Refusal {
+            message: message.into(),
+            detail: String::new(),
+        }
+    }
+}
+
+fn parse_destination(frame: &Frame) -> Result<Destination, Refusal> {
+    let value = frame.header("destination").ok_or_else(|| {
+        Refusal::new(format!("{} frame has no 'destination' header", frame.command))
+    })?;
+    Destination::parse(&value).map_err(|e| Refusal::new(e.to_string()))
+}
+
+fn transaction_name(frame: &Frame) -> Result<String, Refusal> {
+    frame
+        .header("transaction")
+        .map(|t| t.into_owned())
+        .ok_or_else(|| Refusal::new(format!("{} frame has no 'transaction' header", frame.command)))
+}
+
+fn parse_bool(frame: &Frame, name: &str) -> Result<Option<bool>, Refusal> {
+    match frame.header(name).as_deref() {
+        None => Ok(None),
+        Some("true") => Ok(Some(true)),
+        Some("false") => Ok(Some(false)),
+        Some(other) => Err(Refusal::new(format!(
+            "invalid {name} header '{other}': expected true or false"
+        ))),
+    }
+}
+
+fn push_receipt(frame: &Frame, out: &mut Vec<Action>) {
+    if let Some(receipt) = frame.header("receipt") {
+        out.push(Action::Receipt(receipt.into_owned()));
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,5 @@
+//! Transports: how STOMP frames reach the gateway. Today WebSocket; HTTP
+//! fallbacks would be further adapters around the same session.
+
+pub mod outbound;
+pub mod websocket;

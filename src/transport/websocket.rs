@@ -1,0 +1,406 @@
+//! STOMP over WebSocket: the adapter between one socket, the session state
+//! machine and the session's broker resources.
+//!
+//! Two tasks per connection. The reader decodes frames (several per
+//! WebSocket message, or one frame split over several messages: the codec
+//! buffers across messages), runs them through the [`Session`] and carries
+//! out its actions. The writer drains the client's bounded outbound queue,
+//! coalescing whatever is already queued into one flush, and sends
+//! heart-beats when it has written nothing for the negotiated interval.
+//!
+//! Receipts are honest: each RECEIPT waits until RabbitMQ confirmed every
+//! publish that came before it on this session.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{Message as WsMessage, Utf8Bytes, WebSocket};
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::future::BoxFuture;
+use futures_util::stream::{FuturesOrdered, SplitSink};
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::codec::Decoder;
+
+use super::outbound::{ClientLink, Outbound};
+use crate::bridge::fanout::Subscriber;
+use crate::bridge::{Inbound, SessionBroker};
+use crate::server::Gateway;
+use crate::session::{AckMode, Action, Session, Version};
+use crate::stomp::{self, Escaping, Frame, FrameLimits, StompCodec};
+
+/// The protocols offered in the WebSocket handshake.
+pub const SUBPROTOCOLS: [&str; 3] = ["v12.stomp", "v11.stomp", "v10.stomp"];
+
+type Confirm = BoxFuture<'static, Result<Option<String>, String>>;
+
+/// Serves one upgraded WebSocket until it closes.
+pub async fn run(socket: WebSocket, gateway: Arc<Gateway>) {
+    let limits = &gateway.config.limits;
+    let (sink, mut stream) = socket.split();
+    let (link, out_rx) = ClientLink::new(limits.outbound_queue_frames, limits.slow_client_policy);
+    let writer = tokio::spawn(write_loop(sink, out_rx));
+    let (broker, mut inbound) = gateway.bridge.session();
+    let session_id = format!("session-{}-{:08x}", broker.key(), rand::random::<u32>());
+    let mut conn = Connection {
+        session: Session::new(Arc::clone(&gateway.session_config), session_id),
+        codec: StompCodec::new(FrameLimits {
+            max_frame_bytes: limits.max_frame_bytes_before_connect,
+            max_headers: limits.max_headers,
+            max_header_line: limits.max_header_line,
+        }),
+        full_limits: FrameLimits {
+            max_frame_bytes: limits.max_frame_bytes,
+            max_headers: limits.max_headers,
+            max_header_line: limits.max_header_line,
+        },
+        buffer: BytesMut::new(),
+        broker,
+        link: Arc::clone(&link),
+        escaping: Escaping::None,
+        expect_within: None,
+        last_read: Instant::now(),
+        closing: false,
+        confirms: FuturesOrdered::new(),
+    };
+    let connect_deadline = Instant::now() + limits.connect_timeout();
+    let connect_timeout_ms = limits.connect_timeout_ms;
+
+    loop {
+        let deadline = if !conn.session.is_connected() && !conn.session.is_closed() {
+            connect_deadline
+        } else if let Some(within) = conn.expect_within {
+            conn.last_read + within
+        } else {
+            Instant::now() + Duration::from_secs(3600)
+        };
+        let event = tokio::select! {
+            message = stream.next(), if !conn.closing => Event::Socket(message),
+            Some(item) = inbound.recv(), if !conn.closing => Event::Inbound(item),
+            Some(result) = conn.confirms.next(), if !conn.confirms.is_empty() => Event::Confirmed(result),
+            () = link.overflowed() => Event::Overflow,
+            () = tokio::time::sleep_until(deadline), if !conn.closing => Event::Deadline,
+        };
+        match event {
+            Event::Socket(Some(Ok(message))) => {
+                conn.last_read = Instant::now();
+                match message {
+                    WsMessage::Text(text) => conn.receive(text.as_str().as_bytes()).await,
+                    WsMessage::Binary(data) => conn.receive(&data).await,
+                    WsMessage::Ping(_) | WsMessage::Pong(_) => {}
+                    WsMessage::Close(_) => break,
+                }
+            }
+            Event::Socket(Some(Err(error))) => {
+                tracing::debug!(%error, "websocket read failed");
+                break;
+            }
+            Event::Socket(None) => break,
+            Event::Inbound(item) => conn.inbound(item).await,
+            Event::Confirmed(Ok(Some(receipt))) => {
+                let frame = Frame::new(stomp::Command::Receipt).with_header("receipt-id", &receipt);
+                conn.write(&frame).await;
+            }
+            Event::Confirmed(Ok(None)) => {}
+            Event::Confirmed(Err(message)) => {
+                let mut actions = Vec::new();
+                conn.session.broker_error(&message, &mut actions);
+                conn.execute(actions).await;
+            }
+            Event::Overflow => {
+                tracing::info!("client too slow: outbound queue full, disconnecting");
+                writer.abort();
+                conn.broker.close().await;
+                return;
+            }
+            Event::Deadline => {
+                let mut actions = Vec::new();
+                if !conn.session.is_connected() {
+                    conn.session.protocol_error(
+                        &format!("no CONNECT frame within {connect_timeout_ms} ms"),
+                        &mut actions,
+                    );
+                } else {
+                    let within = conn.expect_within.unwrap_or_default();
+                    conn.session.protocol_error(
+                        &format!("no heart-beat from the client within {} ms", within.as_millis()),
+                        &mut actions,
+                    );
+                }
+                conn.execute(actions).await;
+            }
+        }
+        if conn.closing && conn.confirms.is_empty() {
+            break;
+        }
+    }
+    conn.broker.close().await;
+    let _ = link.send(Outbound::Close).await;
+    drop(link);
+    drop(conn);
+    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+}
+
+enum Event {
+    Socket(Option<Result<WsMessage, axum::Error>>),
+    Inbound(Inbound),
+    Confirmed(Result<Option<String>, String>),
+    Overflow,
+    Deadline,
+}
+
+struct Connection {
+    session: Session,
+    codec: StompCodec,
+    full_limits: FrameLimits,
+    buffer: BytesMut,
+    broker: SessionBroker,
+    link: Arc<ClientLink>,
+    escaping: Escaping,
+    expect_within: Option<Duration>,
+    last_read: Instant,
+    /// The session ended: stop reading, drain receipts, then close.
+    closing: bool,
+    confirms: FuturesOrdered<Confirm>,
+}
+
+impl Connection {
+    /// Feeds bytes from one WebSocket message and handles complete frames.
+    async fn receive(&mut self, data: &[u8]) {
+        if self.session.is_closed() {
+            return;
+        }
+        self.buffer.extend_from_slice(data);
+        loop {
+            let mut actions = Vec::new();
+            match self.codec.decode(&mut self.buffer) {
+                Ok(Some(stomp::Inbound::Frame(frame))) => self.session.handle(frame, &mut actions),
+                Ok(Some(stomp::Inbound::Heartbeat)) => continue,
+                Ok(None) => break,
+                Err(error) => self.session.protocol_error(&error.to_string(), &mut actions),
+            }
+            self.execute(actions).await;
+            if self.session.is_closed() {
+                self.buffer.clear();
+                break;
+            }
+        }
+        // Give back the memory of a large frame once it is consumed.
+        if self.buffer.is_empty() && self.buffer.capacity() > 64 * 1024 {
+            self.buffer = BytesMut::new();
+        }
+    }
+
+    async fn inbound(&mut self, item: Inbound) {
+        match item {
+            Inbound::Delivery {
+                subscription,
+                tag,
+                message,
+            } => {
+                let Some(frame) = self.session.deliver(&subscription, tag, message) else {
+                    return;
+                };
+                self.write(&frame).await;
+                if self.broker.acks_for_client(&subscription) {
+                    if let Err(error) = self.broker.ack(&subscription, tag, false).await {
+                        tracing::debug!(%error, "auto-ack failed");
+                    }
+                }
+            }
+            Inbound::Lost {
+                subscription,
+                reason,
+            } => {
+                if self.broker.has_own(&subscription) {
+                    let mut actions = Vec::new();
+                    self.session.broker_error(
+                        &format!("subscription '{subscription}' ended: {reason}"),
+                        &mut actions,
+                    );
+                    self.execute(actions).await;
+                }
+            }
+        }
+    }
+
+    /// Carries out the session's actions in order; a broker refusal turns
+    /// the rest into the session's ERROR and close.
+    async fn execute(&mut self, actions: Vec<Action>) {
+        let mut queue: VecDeque<Action> = actions.into();
+        while let Some(action) = queue.pop_front() {
+            if let Err(message) = self.apply(action).await {
+                let mut error = Vec::new();
+                self.session.broker_error(&message, &mut error);
+                queue = error.into();
+            }
+        }
+    }
+
+    async fn apply(&mut self, action: Action) -> Result<(), String> {
+        match action {
+            Action::Established(negotiated) => {
+                self.escaping = negotiated.version.escaping();
+                self.codec.set_escaping(self.escaping);
+                self.codec.set_limits(self.full_limits);
+                self.expect_within = negotiated.expect_within;
+                self.link
+                    .send(Outbound::SetHeartbeat(negotiated.send_every))
+                    .await;
+            }
+            Action::Send(frame) => self.write(&frame).await,
+            Action::Subscribe(request) => {
+                let ack_header = self.session.version() == Some(Version::V1_2)
+                    && request.ack != AckMode::Auto;
+                let subscriber = Subscriber::new(
+                    self.broker.key(),
+                    &request.id,
+                    self.escaping,
+                    ack_header,
+                    Arc::clone(&self.link),
+                );
+                self.broker
+                    .subscribe(&request, subscriber)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            Action::Unsubscribe { id } => self.broker.unsubscribe(&id).await,
+            Action::Publish(request) => {
+                let confirm = self
+                    .broker
+                    .publish(&request)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                self.confirms.push_back(Box::pin(async move {
+                    match confirm.await {
+                        Ok(c) if c.is_ack() => Ok(None),
+                        Ok(_) => Err("publish was rejected by the broker".to_owned()),
+                        Err(e) => Err(format!("broker refused: {e}")),
+                    }
+                }));
+            }
+            Action::Ack {
+                subscription,
+                tag,
+                multiple,
+            } => self
+                .broker
+                .ack(&subscription, tag, multiple)
+                .await
+                .map_err(|e| e.to_string())?,
+            Action::Nack {
+                subscription,
+                tag,
+                multiple,
+                requeue,
+            } => self
+                .broker
+                .nack(&subscription, tag, multiple, requeue)
+                .await
+                .map_err(|e| e.to_string())?,
+            Action::Receipt(receipt) => {
+                if self.confirms.is_empty() {
+                    let frame =
+                        Frame::new(stomp::Command::Receipt).with_header("receipt-id", &receipt);
+                    self.write(&frame).await;
+                } else {
+                    self.confirms
+                        .push_back(Box::pin(async move { Ok(Some(receipt)) }));
+                }
+            }
+            Action::Close => self.closing = true,
+        }
+        Ok(())
+    }
+
+    /// Encodes a frame for this session's version and queues it.
+    async fn write(&mut self, frame: &Frame) {
+        let mut buf = BytesMut::with_capacity(64 + frame.body.len());
+        stomp::encode_frame(frame, self.escaping, &mut buf);
+        let binary = std::str::from_utf8(&frame.body).is_err();
+        self.link
+            .send(Outbound::Frame {
+                bytes: buf.freeze(),
+                binary,
+            })
+            .await;
+    }
+}
+
+/// Drains the outbound queue into the socket.
+async fn write_loop(mut sink: SplitSink<WebSocket, WsMessage>, mut rx: mpsc::Receiver<Outbound>) {
+    let mut heartbeat: Option<Duration> = None;
+    loop {
+        let item = match heartbeat {
+            Some(every) => match tokio::time::timeout(every, rx.recv()).await {
+                Ok(item) => item,
+                Err(_) => {
+                    if sink.send(WsMessage::Text(Utf8Bytes::from_static("\n"))).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+            },
+            None => rx.recv().await,
+        };
+        let Some(mut item) = item else {
+            let _ = sink.close().await;
+            return;
+        };
+        // Write everything already queued, then flush once.
+        loop {
+            match item {
+                Outbound::SetHeartbeat(every) => heartbeat = every,
+                Outbound::Close => {
+                    let _ = sink.send(WsMessage::Close(None)).await;
+                    let _ = sink.close().await;
+                    return;
+                }
+                other => {
+                    if sink.feed(to_ws(other)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            match rx.try_recv() {
+                Ok(next) => item = next,
+                Err(_) => break,
+            }
+        }
+        if sink.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
+fn to_ws(item: Outbound) -> WsMessage {
+    let (bytes, binary) = match item {
+        Outbound::Frame { bytes, binary } => (bytes, binary),
+        Outbound::Broadcast {
+            prefix,
+            ack_header,
+            escaping,
+            message,
+        } => {
+            let tail = message.tail(escaping);
+            let ack_len = if ack_header { message.ack_line.len() } else { 0 };
+            let mut buf = BytesMut::with_capacity(prefix.len() + ack_len + tail.len());
+            buf.put_slice(&prefix);
+            if ack_header {
+                buf.put_slice(&message.ack_line);
+            }
+            buf.put_slice(tail);
+            (buf.freeze(), message.binary)
+        }
+        Outbound::SetHeartbeat(_) | Outbound::Close => (Bytes::new(), false),
+    };
+    if binary {
+        return WsMessage::Binary(bytes);
+    }
+    match Utf8Bytes::try_from(bytes.clone()) {
+        Ok(text) => WsMessage::Text(text),
+        Err(_) => WsMessage::Binary(bytes),
+    }
+}

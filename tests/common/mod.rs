@@ -1,0 +1,325 @@
+//! Shared test harness: an in-process gateway on an ephemeral port, a raw
+//! STOMP-over-WebSocket client built on our own codec, and AMQP helpers that
+//! talk to the real RabbitMQ on 127.0.0.1:5672.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::{SinkExt, StreamExt};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use stompgate::config::Config;
+use stompgate::server::Gateway;
+use stompgate::stomp::{encode_frame, Command, Escaping, Frame, FrameLimits, Inbound, StompCodec};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::codec::Decoder;
+
+pub const AMQP_URL: &str = "amqp://127.0.0.1:5672/%2f";
+
+/// A gateway running inside the test process.
+pub struct TestGateway {
+    pub addr: std::net::SocketAddr,
+    pub gateway: Arc<Gateway>,
+    _shutdown: tokio::sync::oneshot::Sender<()>,
+}
+
+impl TestGateway {
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+}
+
+/// Starts a gateway with the default configuration changed by `tweak`, and
+/// waits (bounded) until its AMQP connections are up.
+pub async fn start_gateway(tweak: impl FnOnce(&mut Config)) -> TestGateway {
+    let mut config = Config::default();
+    config.amqp.url = AMQP_URL.to_owned();
+    tweak(&mut config);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let gateway = Gateway::start(config);
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(stompgate::server::serve_gateway(
+        listener,
+        Arc::clone(&gateway),
+        async move {
+            let _ = rx.await;
+        },
+    ));
+    assert!(
+        gateway.bridge.pool.wait_ready(Duration::from_secs(15)).await,
+        "gateway did not connect to RabbitMQ on 127.0.0.1:5672 (run scripts/ensure-rabbitmq.sh)"
+    );
+    TestGateway {
+        addr,
+        gateway,
+        _shutdown: tx,
+    }
+}
+
+/// A unique name for queues, topics and exchanges of one test run.
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    )
+}
+
+/// What a client saw instead of a frame.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Recv {
+    Frame(Frame),
+    Closed,
+    Timeout,
+}
+
+/// A STOMP client speaking over a real WebSocket.
+pub struct StompClient {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    codec: StompCodec,
+    buf: BytesMut,
+    pub escaping: Escaping,
+    /// Number of WebSocket messages received, by kind.
+    pub text_messages: usize,
+    pub binary_messages: usize,
+    pub protocol: Option<String>,
+}
+
+impl StompClient {
+    /// Opens the WebSocket, offering `protocols` (none when empty).
+    pub async fn open(url: &str, protocols: &[&str]) -> StompClient {
+        let mut request = url.into_client_request().expect("request");
+        if !protocols.is_empty() {
+            request.headers_mut().insert(
+                "Sec-WebSocket-Protocol",
+                protocols.join(", ").parse().expect("header"),
+            );
+        }
+        let (ws, response) = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio_tungstenite::connect_async(request),
+        )
+        .await
+        .expect("handshake timed out")
+        .expect("handshake");
+        let protocol = response
+            .headers()
+            .get("Sec-WebSocket-Protocol")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        StompClient {
+            ws,
+            codec: StompCodec::new(FrameLimits {
+                max_frame_bytes: 64 * 1024 * 1024,
+                max_headers: 1000,
+                max_header_line: 1024 * 1024,
+            }),
+            buf: BytesMut::new(),
+            escaping: Escaping::V12,
+            text_messages: 0,
+            binary_messages: 0,
+            protocol,
+        }
+    }
+
+    /// Opens and sends CONNECT for `accept_version` (e.g. "1.2"), returning CONNECTED.
+    pub async fn connect(url: &str, accept_version: &str) -> (StompClient, Frame) {
+        let mut client = StompClient::open(url, &["v12.stomp", "v11.stomp", "v10.stomp"]).await;
+        let frame = client
+            .connect_with(
+                Frame::new(Command::Connect)
+                    .with_header("accept-version", accept_version)
+                    .with_header("host", "/")
+                    .with_header("heart-beat", "0,0"),
+            )
+            .await;
+        (client, frame)
+    }
+
+    /// Sends a CONNECT frame and expects CONNECTED.
+    pub async fn connect_with(&mut self, frame: Frame) -> Frame {
+        self.send(&frame).await;
+        let connected = self.expect(Command::Connected).await;
+        self.escaping = match connected.header("version").as_deref() {
+            Some("1.0") | None => Escaping::None,
+            Some("1.1") => Escaping::V11,
+            _ => Escaping::V12,
+        };
+        self.codec.set_escaping(self.escaping);
+        connected
+    }
+
+    pub async fn send(&mut self, frame: &Frame) {
+        let mut buf = BytesMut::new();
+        encode_frame(frame, self.escaping, &mut buf);
+        self.send_bytes(buf.freeze(), false).await;
+    }
+
+    /// Sends raw bytes in one WebSocket message (text unless `binary`).
+    pub async fn send_bytes(&mut self, bytes: impl Into<Bytes>, binary: bool) {
+        let bytes = bytes.into();
+        let message = if binary {
+            Message::Binary(bytes)
+        } else {
+            Message::Text(
+                String::from_utf8(bytes.to_vec())
+                    .expect("text frames must be UTF-8")
+                    .into(),
+            )
+        };
+        self.ws.send(message).await.expect("ws send");
+    }
+
+    /// The next frame, skipping heart-beats; bounded by `timeout`.
+    pub async fn recv_within(&mut self, timeout: Duration) -> Recv {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match self.codec.decode(&mut self.buf) {
+                Ok(Some(Inbound::Frame(frame))) => return Recv::Frame(frame),
+                Ok(Some(Inbound::Heartbeat)) => continue,
+                Ok(None) => {}
+                Err(e) => panic!("client could not decode server output: {e}"),
+            }
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => return Recv::Timeout,
+                Ok(None) | Ok(Some(Err(_))) => return Recv::Closed,
+                Ok(Some(Ok(message))) => match message {
+                    Message::Text(t) => {
+                        self.text_messages += 1;
+                        self.buf.extend_from_slice(t.as_bytes());
+                    }
+                    Message::Binary(b) => {
+                        self.binary_messages += 1;
+                        self.buf.extend_from_slice(&b);
+                    }
+                    Message::Close(_) => return Recv::Closed,
+                    _ => {}
+                },
+            }
+        }
+    }
+
+    /// The next frame within 10 s; panics otherwise.
+    pub async fn recv(&mut self) -> Frame {
+        match self.recv_within(Duration::from_secs(10)).await {
+            Recv::Frame(f) => f,
+            other => panic!("expected a frame, got {other:?}"),
+        }
+    }
+
+    /// The next frame, which must be `command`.
+    pub async fn expect(&mut self, command: Command) -> Frame {
+        let frame = self.recv().await;
+        assert_eq!(
+            frame.command,
+            command,
+            "expected {command}, got {} {:?} body {:?}",
+            frame.command,
+            frame.headers().collect::<Vec<_>>(),
+            String::from_utf8_lossy(&frame.body)
+        );
+        frame
+    }
+
+    /// Expects an ERROR whose message contains `needle`, then the close.
+    pub async fn expect_error(&mut self, needle: &str) -> Frame {
+        let frame = self.expect(Command::Error).await;
+        let message = frame.header("message").map(|m| m.into_owned()).unwrap_or_default();
+        assert!(
+            message.contains(needle),
+            "ERROR message {message:?} does not contain {needle:?}"
+        );
+        self.expect_closed().await;
+        frame
+    }
+
+    /// Expects the server to close the connection within 10 s.
+    pub async fn expect_closed(&mut self) {
+        loop {
+            match self.recv_within(Duration::from_secs(10)).await {
+                Recv::Closed => return,
+                Recv::Timeout => panic!("connection was not closed"),
+                Recv::Frame(f) => panic!("expected close, got {} frame", f.command),
+            }
+        }
+    }
+
+    /// SUBSCRIBE with a receipt, waiting for it.
+    pub async fn subscribe(&mut self, id: &str, destination: &str, extra: &[(&str, &str)]) {
+        let mut frame = Frame::new(Command::Subscribe)
+            .with_header("id", id)
+            .with_header("destination", destination)
+            .with_header("receipt", &format!("sub-{id}"));
+        for (n, v) in extra {
+            frame.push_header(n, v);
+        }
+        self.send(&frame).await;
+        let receipt = self.expect(Command::Receipt).await;
+        assert_eq!(receipt.header("receipt-id").as_deref(), Some(format!("sub-{id}").as_str()));
+    }
+
+    pub async fn disconnect(mut self) {
+        self.send(&Frame::new(Command::Disconnect).with_header("receipt", "bye"))
+            .await;
+        let receipt = self.expect(Command::Receipt).await;
+        assert_eq!(receipt.header("receipt-id").as_deref(), Some("bye"));
+        self.expect_closed().await;
+    }
+}
+
+/// An AMQP connection to the test broker.
+pub async fn amqp() -> Connection {
+    Connection::connect(AMQP_URL, ConnectionProperties::default())
+        .await
+        .expect("connect to RabbitMQ on 127.0.0.1:5672")
+}
+
+/// A channel in confirm mode.
+pub async fn confirm_channel(conn: &Connection) -> Channel {
+    let ch = conn.create_channel().await.expect("channel");
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirm");
+    ch
+}
+
+/// Publishes and waits for the broker's confirm.
+pub async fn publish(ch: &Channel, exchange: &str, key: &str, body: &[u8], props: BasicProperties) {
+    ch.basic_publish(
+        exchange.into(),
+        key.into(),
+        BasicPublishOptions::default(),
+        body,
+        props,
+    )
+    .await
+    .expect("publish")
+    .await
+    .expect("confirm");
+}
+
+/// `rabbitmqctl list_queues name consumers`, as (name, consumers).
+pub fn list_queues() -> Vec<(String, u64)> {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(["list_queues", "-q", "--no-table-headers", "name", "consumers"])
+        .output()
+        .expect("rabbitmqctl (install rabbitmq-server: scripts/ensure-rabbitmq.sh)");
+    assert!(out.status.success(), "rabbitmqctl failed: {out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| {
+            let mut parts = line.split_whitespace();
+            let name = parts.next()?.to_owned();
+            let consumers = parts.next()?.parse().ok()?;
+            Some((name, consumers))
+        })
+        .collect()
+}
