@@ -460,10 +460,7 @@ impl Session {
             .or_else(|| frame.header("message-id"))
             .ok_or_else(|| Refusal::new(format!("{verb} frame has no 'id' header")))?
             .into_owned();
-        let requeue = match parse_bool(frame, "requeue")? {
-            Some(r) => r,
-            None => true,
-        };
+        let requeue = parse_bool(frame, "requeue")?.unwrap_or(true);
         if !replay && self.buffer_in_transaction(frame, out)? {
             return Ok(());
         }

@@ -1,0 +1,10 @@
+//! The STOMP 1.0/1.1/1.2 wire format: the frame type and the codec that turns
+//! bytes into frames and frames into bytes (heart-beats, header escaping,
+//! content-length, size limits). Pure code without I/O: the transport feeds
+//! bytes in and takes bytes out.
+
+pub mod codec;
+pub mod frame;
+
+pub use codec::{encode_frame, encode_header, DecodeError, FrameLimits, Inbound, StompCodec};
+pub use frame::{Command, Escaping, Frame, RawHeader};
