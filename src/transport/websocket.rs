@@ -76,7 +76,11 @@ pub async fn run(socket: WebSocket, gateway: Arc<Gateway>) {
         } else {
             Instant::now() + Duration::from_secs(3600)
         };
+        // Biased: input already waiting on the socket is read before the
+        // heart-beat deadline is judged, so a session that was busy writing
+        // is not mistaken for a silent client.
         let event = tokio::select! {
+            biased;
             message = stream.next(), if !conn.closing => Event::Socket(message),
             Some(item) = inbound.recv(), if !conn.closing => Event::Inbound(item),
             Some(result) = conn.confirms.next(), if !conn.confirms.is_empty() => Event::Confirmed(result),
