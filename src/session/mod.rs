@@ -102,6 +102,8 @@ pub struct Session {
     id: String,
     phase: Phase,
     version: Version,
+    /// CONNECT was accepted at some point (the session may be closed since).
+    negotiated: bool,
     subscriptions: HashMap<String, Subscription>,
     transactions: HashMap<String, Transaction>,
 }
@@ -114,6 +116,7 @@ impl Session {
             id,
             phase: Phase::AwaitingConnect,
             version: Version::V1_2,
+            negotiated: false,
             subscriptions: HashMap::new(),
             transactions: HashMap::new(),
         }
@@ -121,7 +124,7 @@ impl Session {
 
     /// The negotiated version, once connected.
     pub fn version(&self) -> Option<Version> {
-        (self.phase != Phase::AwaitingConnect).then_some(self.version)
+        self.negotiated.then_some(self.version)
     }
 
     pub fn is_connected(&self) -> bool {
@@ -260,6 +263,7 @@ impl Session {
         };
         let hb = heartbeat::negotiate(client_heartbeat, &self.config.heartbeat);
         self.version = version;
+        self.negotiated = true;
         self.phase = Phase::Connected;
         let mut connected = Frame::new(Command::Connected)
             .with_header("version", version.as_str())
@@ -355,9 +359,19 @@ impl Session {
         }
         let id = match frame.header("id") {
             Some(id) => id.into_owned(),
-            None if self.version == Version::V1_0 => destination.to_string(),
+            // 1.0: the destination, as written, names the subscription (so
+            // that UNSUBSCRIBE by destination finds it).
+            None if self.version == Version::V1_0 => frame
+                .header("destination")
+                .map(|d| d.into_owned())
+                .unwrap_or_default(),
             None => return Err(Refusal::new("SUBSCRIBE frame has no 'id' header")),
         };
+        if id.starts_with("/temp-queue/") {
+            return Err(Refusal::new(
+                "subscription ids starting with /temp-queue/ are reserved for reply queues",
+            ));
+        }
         if self.subscriptions.contains_key(&id) {
             return Err(Refusal::new(format!("subscription id '{id}' is already in use")));
         }
@@ -536,14 +550,18 @@ impl Session {
             .transactions
             .remove(&tx)
             .ok_or_else(|| Refusal::new(format!("no open transaction '{tx}'")))?;
+        // All or nothing: the replay goes to a scratch list that is used
+        // only if every buffered frame is valid.
+        let mut applied = Vec::new();
         for buffered in &transaction.frames {
             match buffered.command {
-                Command::Send => self.send(buffered, out, true)?,
-                Command::Ack => self.ack(buffered, out, false, true)?,
-                Command::Nack => self.ack(buffered, out, true, true)?,
+                Command::Send => self.send(buffered, &mut applied, true)?,
+                Command::Ack => self.ack(buffered, &mut applied, false, true)?,
+                Command::Nack => self.ack(buffered, &mut applied, true, true)?,
                 _ => {}
             }
         }
+        out.append(&mut applied);
         push_receipt(frame, out);
         Ok(())
     }

@@ -1,0 +1,1797 @@
+//! Unit tests of the session state machine: frames in, actions out.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::*;
+use crate::bridge::destination::Destination;
+use crate::stomp::{Command, Frame};
+
+// ---------------------------------------------------------------- helpers
+
+fn new_session(config: SessionConfig) -> Session {
+    Session::new(Arc::new(config), "s1".into())
+}
+
+fn handle(session: &mut Session, frame: Frame) -> Vec<Action> {
+    let mut out = Vec::new();
+    session.handle(frame, &mut out);
+    out
+}
+
+/// A CONNECT frame; `None` leaves out `accept-version` (STOMP 1.0).
+fn connect_frame(accept_version: Option<&str>) -> Frame {
+    let frame = Frame::new(Command::Connect).with_header("host", "some-machine");
+    match accept_version {
+        Some(v) => frame.with_header("accept-version", v),
+        None => frame,
+    }
+}
+
+/// A session of `config` connected with `accept-version: version` ("1.0" is
+/// sent as such, which negotiates 1.0 like an absent header does).
+fn connect_with(config: SessionConfig, version: &str) -> Session {
+    let mut session = new_session(config);
+    let out = handle(&mut session, connect_frame(Some(version)));
+    assert!(
+        error_message(&out).is_none(),
+        "CONNECT refused: {:?}",
+        error_message(&out)
+    );
+    assert!(session.is_connected());
+    session
+}
+
+/// A session with the default configuration, connected with `version`.
+fn connect(version: &str) -> Session {
+    connect_with(SessionConfig::default(), version)
+}
+
+/// The frame of the first `Action::Send` of `command`.
+fn sent_frame(actions: &[Action], command: Command) -> Option<&Frame> {
+    actions.iter().find_map(|a| match a {
+        Action::Send(f) if f.command == command => Some(f),
+        _ => None,
+    })
+}
+
+fn error_frame(actions: &[Action]) -> Option<&Frame> {
+    sent_frame(actions, Command::Error)
+}
+
+/// The `message` header of the ERROR frame among `actions`, if any.
+fn error_message(actions: &[Action]) -> Option<String> {
+    error_frame(actions).map(|f| {
+        f.header("message")
+            .expect("ERROR frame has a message header")
+            .into_owned()
+    })
+}
+
+/// Asserts that `actions` end with an ERROR whose message contains `needle`,
+/// followed by Close, and that the session is closed.
+fn assert_refused(session: &Session, actions: &[Action], needle: &str) {
+    let message = error_message(actions).unwrap_or_else(|| panic!("no ERROR in {actions:?}"));
+    assert!(
+        message.contains(needle),
+        "ERROR message {message:?} does not contain {needle:?}"
+    );
+    let n = actions.len();
+    assert!(n >= 2, "{actions:?}");
+    assert!(
+        matches!(&actions[n - 2], Action::Send(f) if f.command == Command::Error),
+        "ERROR is not second to last: {actions:?}"
+    );
+    assert_eq!(actions[n - 1], Action::Close);
+    assert!(session.is_closed());
+}
+
+fn send_frame(destination: &str) -> Frame {
+    Frame::new(Command::Send).with_header("destination", destination)
+}
+
+fn subscribe_frame(id: &str, destination: &str, ack: &str) -> Frame {
+    Frame::new(Command::Subscribe)
+        .with_header("id", id)
+        .with_header("destination", destination)
+        .with_header("ack", ack)
+}
+
+/// Subscribes and returns the request, asserting success.
+fn subscribe(session: &mut Session, frame: Frame) -> SubscribeRequest {
+    let out = handle(session, frame);
+    match out.as_slice() {
+        [Action::Subscribe(request)] => request.clone(),
+        other => panic!("expected one Subscribe action, got {other:?}"),
+    }
+}
+
+fn ack_frame(id: &str) -> Frame {
+    Frame::new(Command::Ack).with_header("id", id)
+}
+
+fn nack_frame(id: &str) -> Frame {
+    Frame::new(Command::Nack).with_header("id", id)
+}
+
+fn tx_frame(command: Command, tx: &str) -> Frame {
+    Frame::new(command).with_header("transaction", tx)
+}
+
+fn message(body: &'static str) -> Message {
+    Message {
+        headers: vec![
+            ("destination".into(), "/queue/q".into()),
+            ("content-type".into(), "text/plain".into()),
+        ],
+        body: Bytes::from_static(body.as_bytes()),
+    }
+}
+
+/// A 1.2 session with subscription `sub` on /queue/q in `ack` mode and the
+/// given tags delivered.
+fn delivered(ack: &str, tags: &[u64]) -> Session {
+    let mut session = connect("1.2");
+    subscribe(&mut session, subscribe_frame("sub", "/queue/q", ack));
+    for &tag in tags {
+        session
+            .deliver("sub", tag, message("m"))
+            .expect("subscription exists");
+    }
+    session
+}
+
+fn publish(action: &Action) -> &PublishRequest {
+    match action {
+        Action::Publish(p) => p,
+        other => panic!("expected Publish, got {other:?}"),
+    }
+}
+
+fn header_names(frame: &Frame) -> Vec<String> {
+    frame.headers().map(|(n, _)| n.into_owned()).collect()
+}
+
+// ------------------------------------------------------ version negotiation
+
+#[test]
+fn connect_without_accept_version_negotiates_1_0_without_heart_beat_header() {
+    let mut session = new_session(SessionConfig::default());
+    let out = handle(&mut session, connect_frame(None));
+    assert_eq!(session.version(), Some(Version::V1_0));
+    let connected = sent_frame(&out, Command::Connected).expect("CONNECTED");
+    assert_eq!(connected.header("version").as_deref(), Some("1.0"));
+    assert_eq!(connected.header("heart-beat"), None);
+    assert_eq!(
+        out[0],
+        Action::Established(Negotiated {
+            version: Version::V1_0,
+            send_every: None,
+            expect_within: None,
+        })
+    );
+}
+
+#[test]
+fn connect_picks_the_highest_accepted_version() {
+    let session = connect("1.0,1.1,1.2");
+    assert_eq!(session.version(), Some(Version::V1_2));
+}
+
+#[test]
+fn connect_with_only_1_1_negotiates_1_1() {
+    let mut session = new_session(SessionConfig::default());
+    let out = handle(&mut session, connect_frame(Some("1.1")));
+    assert_eq!(session.version(), Some(Version::V1_1));
+    let connected = sent_frame(&out, Command::Connected).expect("CONNECTED");
+    assert_eq!(connected.header("version").as_deref(), Some("1.1"));
+}
+
+#[test]
+fn accept_version_skips_unknown_entries_and_whitespace() {
+    let session = connect(" 1.1 , 2.0,3");
+    assert_eq!(session.version(), Some(Version::V1_1));
+}
+
+#[test]
+fn unsupported_version_gets_error_listing_supported_versions() {
+    let mut session = new_session(SessionConfig::default());
+    let out = handle(&mut session, connect_frame(Some("2.0")));
+    assert_refused(&session, &out, "supported versions are 1.0,1.1,1.2");
+    let error = error_frame(&out).expect("ERROR");
+    assert_eq!(error.header("version").as_deref(), Some("1.0,1.1,1.2"));
+    assert_eq!(out.len(), 2, "no Established or CONNECTED: {out:?}");
+    assert!(!session.is_connected());
+}
+
+#[test]
+fn stomp_command_connects_like_connect() {
+    let mut session = new_session(SessionConfig::default());
+    let frame = Frame::new(Command::Stomp)
+        .with_header("accept-version", "1.2")
+        .with_header("host", "h");
+    let out = handle(&mut session, frame);
+    assert!(session.is_connected());
+    assert_eq!(session.version(), Some(Version::V1_2));
+    assert!(matches!(out[0], Action::Established(_)));
+    assert!(sent_frame(&out, Command::Connected).is_some());
+}
+
+#[test]
+fn connected_frame_carries_version_server_session_and_heart_beat() {
+    let mut session = new_session(SessionConfig::default());
+    let out = handle(&mut session, connect_frame(Some("1.2")));
+    assert_eq!(out.len(), 2, "{out:?}");
+    assert!(matches!(out[0], Action::Established(_)));
+    let Action::Send(connected) = &out[1] else {
+        panic!("second action is not Send: {out:?}");
+    };
+    assert_eq!(connected.command, Command::Connected);
+    assert_eq!(connected.header("version").as_deref(), Some("1.2"));
+    let server = connected.header("server").expect("server header");
+    assert!(server.starts_with("stompgate/"), "server is {server:?}");
+    assert_eq!(connected.header("session").as_deref(), Some("s1"));
+    assert_eq!(
+        connected.header("heart-beat").as_deref(),
+        Some("10000,10000")
+    );
+    assert_eq!(session.id(), "s1");
+}
+
+#[test]
+fn established_carries_negotiated_heart_beats() {
+    let mut session = new_session(SessionConfig::default());
+    let frame = connect_frame(Some("1.2")).with_header("heart-beat", "4000,4000");
+    let out = handle(&mut session, frame);
+    assert_eq!(
+        out[0],
+        Action::Established(Negotiated {
+            version: Version::V1_2,
+            // max(offer 10000, client wants 4000)
+            send_every: Some(Duration::from_secs(10)),
+            // max(want 10000, client sends 4000) * grace 2.0
+            expect_within: Some(Duration::from_secs(20)),
+        })
+    );
+}
+
+#[test]
+fn heart_beat_zero_or_absent_disables_both_directions() {
+    for frame in [
+        connect_frame(Some("1.2")).with_header("heart-beat", "0,0"),
+        connect_frame(Some("1.2")),
+    ] {
+        let mut session = new_session(SessionConfig::default());
+        let out = handle(&mut session, frame);
+        assert_eq!(
+            out[0],
+            Action::Established(Negotiated {
+                version: Version::V1_2,
+                send_every: None,
+                expect_within: None,
+            })
+        );
+        // The gateway still states its own offer.
+        let connected = sent_frame(&out, Command::Connected).expect("CONNECTED");
+        assert_eq!(
+            connected.header("heart-beat").as_deref(),
+            Some("10000,10000")
+        );
+    }
+}
+
+#[test]
+fn malformed_heart_beat_is_refused() {
+    for value in ["10000", "a,b", "", "1,2,3"] {
+        let mut session = new_session(SessionConfig::default());
+        let frame = connect_frame(Some("1.1")).with_header("heart-beat", value);
+        let out = handle(&mut session, frame);
+        assert_refused(&session, &out, "malformed heart-beat header");
+    }
+}
+
+#[test]
+fn heart_beat_is_ignored_for_1_0() {
+    for accept in [None, Some("1.0")] {
+        let mut session = new_session(SessionConfig::default());
+        let frame = connect_frame(accept).with_header("heart-beat", "garbage");
+        let out = handle(&mut session, frame);
+        assert!(error_message(&out).is_none(), "{out:?}");
+        assert_eq!(
+            out[0],
+            Action::Established(Negotiated {
+                version: Version::V1_0,
+                send_every: None,
+                expect_within: None,
+            })
+        );
+        let connected = sent_frame(&out, Command::Connected).expect("CONNECTED");
+        assert_eq!(connected.header("heart-beat"), None);
+    }
+}
+
+// ------------------------------------------------------------ allowed_hosts
+
+#[test]
+fn empty_allowed_hosts_accepts_any_host_or_none() {
+    for frame in [
+        connect_frame(Some("1.2")).with_header("host", "my-laptop.local"),
+        Frame::new(Command::Connect).with_header("accept-version", "1.2"),
+    ] {
+        let mut session = new_session(SessionConfig::default());
+        let out = handle(&mut session, frame);
+        assert!(error_message(&out).is_none(), "{out:?}");
+        assert!(session.is_connected());
+    }
+}
+
+#[test]
+fn allowed_hosts_accepts_a_listed_host() {
+    let config = SessionConfig {
+        allowed_hosts: vec!["/".into(), "prod".into()],
+        ..SessionConfig::default()
+    };
+    let mut session = new_session(config);
+    let frame = Frame::new(Command::Connect)
+        .with_header("accept-version", "1.2")
+        .with_header("host", "prod");
+    let out = handle(&mut session, frame);
+    assert!(error_message(&out).is_none(), "{out:?}");
+    assert!(session.is_connected());
+}
+
+#[test]
+fn allowed_hosts_refuses_other_or_missing_host() {
+    let config = SessionConfig {
+        allowed_hosts: vec!["prod".into()],
+        ..SessionConfig::default()
+    };
+    let config = Arc::new(config);
+
+    let mut session = Session::new(Arc::clone(&config), "s1".into());
+    let frame = Frame::new(Command::Connect)
+        .with_header("accept-version", "1.2")
+        .with_header("host", "staging");
+    let out = handle(&mut session, frame);
+    assert_refused(&session, &out, "virtual host 'staging' is not served here");
+
+    let mut session = Session::new(config, "s2".into());
+    let frame = Frame::new(Command::Connect).with_header("accept-version", "1.2");
+    let out = handle(&mut session, frame);
+    assert_refused(&session, &out, "virtual host '' is not served here");
+}
+
+// ------------------------------------------------- order of frames, closing
+
+#[test]
+fn send_before_connect_is_refused() {
+    let mut session = new_session(SessionConfig::default());
+    let out = handle(&mut session, send_frame("/queue/q"));
+    assert_refused(&session, &out, "expected CONNECT or STOMP frame, got SEND");
+    assert_eq!(
+        error_message(&out).as_deref(),
+        Some("expected CONNECT or STOMP frame, got SEND")
+    );
+    assert_eq!(out.len(), 2);
+}
+
+#[test]
+fn subscribe_before_connect_is_refused() {
+    let mut session = new_session(SessionConfig::default());
+    let out = handle(&mut session, subscribe_frame("0", "/queue/q", "auto"));
+    assert_refused(
+        &session,
+        &out,
+        "expected CONNECT or STOMP frame, got SUBSCRIBE",
+    );
+    // Before CONNECT the ERROR also says which versions are spoken.
+    let error = error_frame(&out).expect("ERROR");
+    assert_eq!(error.header("version").as_deref(), Some("1.0,1.1,1.2"));
+}
+
+#[test]
+fn second_connect_is_refused() {
+    for command in [Command::Connect, Command::Stomp] {
+        let mut session = connect("1.2");
+        let frame = Frame::new(command).with_header("accept-version", "1.2");
+        let out = handle(&mut session, frame);
+        assert_refused(&session, &out, "already connected");
+        // Once connected, ERROR has no version header.
+        assert_eq!(error_frame(&out).unwrap().header("version"), None);
+    }
+}
+
+#[test]
+fn server_frames_from_the_client_are_refused() {
+    for command in [
+        Command::Connected,
+        Command::Message,
+        Command::Receipt,
+        Command::Error,
+    ] {
+        let mut session = connect("1.2");
+        let out = handle(&mut session, Frame::new(command));
+        assert_refused(&session, &out, &format!("{command} is a server frame"));
+    }
+}
+
+#[test]
+fn session_ignores_everything_after_an_error() {
+    let mut session = connect("1.2");
+    subscribe(&mut session, subscribe_frame("sub", "/queue/q", "client"));
+    let out = handle(&mut session, Frame::new(Command::Message));
+    assert_refused(&session, &out, "server frame");
+
+    assert!(handle(&mut session, send_frame("/queue/q")).is_empty());
+    assert!(handle(&mut session, connect_frame(Some("1.2"))).is_empty());
+    assert!(handle(
+        &mut session,
+        Frame::new(Command::Disconnect).with_header("receipt", "r")
+    )
+    .is_empty());
+    assert_eq!(session.deliver("sub", 1, message("m")), None);
+    let mut out = Vec::new();
+    session.protocol_error("late", &mut out);
+    session.broker_error("late", &mut out);
+    assert!(out.is_empty());
+    assert!(session.is_closed());
+}
+
+// ---------------------------------------------------------------------- SEND
+
+#[test]
+fn send_without_destination_names_the_header() {
+    let mut session = connect("1.2");
+    let out = handle(&mut session, Frame::new(Command::Send).with_body("x"));
+    assert_refused(&session, &out, "SEND frame has no 'destination' header");
+}
+
+#[test]
+fn send_to_an_unknown_destination_form_is_refused() {
+    let mut session = connect("1.2");
+    let out = handle(&mut session, send_frame("/foo/bar"));
+    assert_refused(&session, &out, "unknown destination '/foo/bar'");
+}
+
+#[test]
+fn send_to_an_empty_destination_name_is_refused() {
+    let mut session = connect("1.2");
+    let out = handle(&mut session, send_frame("/queue/"));
+    assert_refused(&session, &out, "has an empty name");
+}
+
+#[test]
+fn send_to_temp_queue_is_refused() {
+    let mut session = connect("1.2");
+    let out = handle(&mut session, send_frame("/temp-queue/x"));
+    assert_refused(&session, &out, "cannot SEND to a /temp-queue/ destination");
+}
+
+#[test]
+fn send_publishes_filtered_headers_and_body() {
+    let mut session = connect("1.2");
+    let frame = send_frame("/exchange/orders/eu.new")
+        .with_header("content-type", "application/json")
+        .with_header("content-length", "7")
+        .with_header("transaction-free", "yes")
+        .with_header("reply-to", "/queue/replies")
+        .with_header("persistent", "true")
+        .with_header("x-custom", "1")
+        .with_header("content-type", "ignored: second occurrence")
+        .with_body("{\"a\":1}");
+    let out = handle(&mut session, frame);
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(
+        publish(&out[0]),
+        &PublishRequest {
+            destination: Destination::Exchange {
+                exchange: "orders".into(),
+                routing_key: "eu.new".into(),
+            },
+            headers: vec![
+                ("content-type".into(), "application/json".into()),
+                ("transaction-free".into(), "yes".into()),
+                ("persistent".into(), "true".into()),
+                ("x-custom".into(), "1".into()),
+            ],
+            reply_to: Some(ReplyTo::Plain("/queue/replies".into())),
+            body: Bytes::from_static(b"{\"a\":1}"),
+        }
+    );
+}
+
+#[test]
+fn send_parses_every_publishable_destination_form() {
+    let cases = [
+        (
+            "/exchange/fan",
+            Destination::Exchange {
+                exchange: "fan".into(),
+                routing_key: "".into(),
+            },
+        ),
+        ("/topic/a.b", Destination::Topic { key: "a.b".into() }),
+        (
+            "/queue/jobs",
+            Destination::Queue {
+                name: "jobs".into(),
+            },
+        ),
+        (
+            "/amq/queue/existing",
+            Destination::AmqQueue {
+                name: "existing".into(),
+            },
+        ),
+        (
+            "/reply-queue/amq.gen-1",
+            Destination::ReplyQueue {
+                name: "amq.gen-1".into(),
+            },
+        ),
+    ];
+    let mut session = connect("1.2");
+    for (text, destination) in cases {
+        let out = handle(&mut session, send_frame(text));
+        assert_eq!(out.len(), 1, "{text}: {out:?}");
+        assert_eq!(publish(&out[0]).destination, destination, "{text}");
+        assert!(publish(&out[0]).headers.is_empty());
+        assert_eq!(publish(&out[0]).reply_to, None);
+    }
+}
+
+#[test]
+fn send_with_receipt_publishes_then_receipts() {
+    let mut session = connect("1.2");
+    let out = handle(
+        &mut session,
+        send_frame("/queue/q")
+            .with_header("receipt", "r-1")
+            .with_body("hi"),
+    );
+    assert_eq!(out.len(), 2, "{out:?}");
+    assert!(publish(&out[0]).headers.is_empty(), "receipt not filtered");
+    assert_eq!(publish(&out[0]).body, Bytes::from_static(b"hi"));
+    assert_eq!(out[1], Action::Receipt("r-1".into()));
+}
+
+#[test]
+fn reply_to_temp_queue_creates_a_reply_subscription() {
+    let mut session = connect("1.2");
+    // Unknown before the SEND.
+    assert_eq!(session.deliver("/temp-queue/x", 1, message("early")), None);
+    let out = handle(
+        &mut session,
+        send_frame("/queue/rpc").with_header("reply-to", "/temp-queue/x"),
+    );
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(publish(&out[0]).reply_to, Some(ReplyTo::Temp("x".into())));
+
+    let reply = session
+        .deliver("/temp-queue/x", 7, message("pong"))
+        .expect("reply subscription exists");
+    assert_eq!(
+        reply.header("subscription").as_deref(),
+        Some("/temp-queue/x")
+    );
+    assert_eq!(
+        reply.header("message-id").as_deref(),
+        Some("T_/temp-queue/x@@7")
+    );
+    // Auto mode: no ack header.
+    assert_eq!(reply.header("ack"), None);
+    assert_eq!(reply.body, Bytes::from_static(b"pong"));
+
+    // Reusing the same temp queue is fine and creates nothing new.
+    let out = handle(
+        &mut session,
+        send_frame("/queue/rpc").with_header("reply-to", "/temp-queue/x"),
+    );
+    assert_eq!(publish(&out[0]).reply_to, Some(ReplyTo::Temp("x".into())));
+}
+
+#[test]
+fn reply_to_with_empty_temp_queue_name_is_refused() {
+    let mut session = connect("1.2");
+    let out = handle(
+        &mut session,
+        send_frame("/queue/rpc").with_header("reply-to", "/temp-queue/"),
+    );
+    assert_refused(&session, &out, "reply-to '/temp-queue/' has an empty name");
+}
+
+#[test]
+fn reply_to_temp_queue_counts_against_the_subscription_limit() {
+    let mut config = SessionConfig::default();
+    config.limits.max_subscriptions = 1;
+    let mut session = connect_with(config, "1.2");
+    subscribe(&mut session, subscribe_frame("a", "/queue/a", "auto"));
+    let out = handle(
+        &mut session,
+        send_frame("/queue/rpc").with_header("reply-to", "/temp-queue/x"),
+    );
+    assert_refused(&session, &out, "too many subscriptions (limit 1)");
+}
+
+#[test]
+fn reply_to_reply_queue_becomes_the_plain_queue_name() {
+    let mut session = connect("1.2");
+    let out = handle(
+        &mut session,
+        send_frame("/queue/rpc").with_header("reply-to", "/reply-queue/amq.gen-abc"),
+    );
+    assert_eq!(
+        publish(&out[0]).reply_to,
+        Some(ReplyTo::Plain("amq.gen-abc".into()))
+    );
+}
+
+#[test]
+fn other_reply_to_is_passed_on_as_it_is() {
+    let mut session = connect("1.2");
+    for value in ["/queue/replies", "/exchange/x/y", "plain-name"] {
+        let out = handle(
+            &mut session,
+            send_frame("/queue/rpc").with_header("reply-to", value),
+        );
+        assert_eq!(
+            publish(&out[0]).reply_to,
+            Some(ReplyTo::Plain(value.into()))
+        );
+    }
+}
+
+// ----------------------------------------------------------------- SUBSCRIBE
+
+#[test]
+fn subscribe_without_id_is_refused_in_1_1_and_1_2() {
+    for version in ["1.1", "1.2"] {
+        let mut session = connect(version);
+        let frame = Frame::new(Command::Subscribe).with_header("destination", "/queue/q");
+        let out = handle(&mut session, frame);
+        assert_refused(&session, &out, "SUBSCRIBE frame has no 'id' header");
+    }
+}
+
+#[test]
+fn subscribe_without_id_in_1_0_uses_the_destination() {
+    let mut session = connect("1.0");
+    let frame = Frame::new(Command::Subscribe).with_header("destination", "/queue/q");
+    let request = subscribe(&mut session, frame);
+    assert_eq!(request.id, "/queue/q");
+    assert_eq!(request.ack, AckMode::Auto);
+    let delivered = session
+        .deliver("/queue/q", 3, message("m"))
+        .expect("subscription");
+    assert_eq!(
+        delivered.header("message-id").as_deref(),
+        Some("T_/queue/q@@3")
+    );
+}
+
+#[test]
+fn subscribe_without_destination_is_refused() {
+    let mut session = connect("1.2");
+    let out = handle(
+        &mut session,
+        Frame::new(Command::Subscribe).with_header("id", "0"),
+    );
+    assert_refused(
+        &session,
+        &out,
+        "SUBSCRIBE frame has no 'destination' header",
+    );
+}
+
+#[test]
+fn duplicate_subscription_id_is_refused() {
+    let mut session = connect("1.2");
+    subscribe(&mut session, subscribe_frame("0", "/queue/a", "auto"));
+    let out = handle(&mut session, subscribe_frame("0", "/queue/b", "auto"));
+    assert_refused(&session, &out, "subscription id '0' is already in use");
+}
+
+#[test]
+fn subscribe_ack_modes() {
+    let mut session = connect("1.2");
+    let no_ack = Frame::new(Command::Subscribe)
+        .with_header("id", "none")
+        .with_header("destination", "/queue/q");
+    assert_eq!(subscribe(&mut session, no_ack).ack, AckMode::Auto);
+    let cases = [
+        ("auto", AckMode::Auto),
+        ("client", AckMode::Client),
+        ("client-individual", AckMode::ClientIndividual),
+    ];
+    for (text, mode) in cases {
+        let request = subscribe(&mut session, subscribe_frame(text, "/queue/q", text));
+        assert_eq!(request.ack, mode, "{text}");
+    }
+}
+
+#[test]
+fn invalid_ack_mode_is_refused() {
+    let mut session = connect("1.2");
+    let out = handle(&mut session, subscribe_frame("0", "/queue/q", "Client"));
+    assert_refused(&session, &out, "invalid ack mode 'Client'");
+}
+
+#[test]
+fn prefetch_default_depends_on_the_ack_mode() {
+    let config = SessionConfig {
+        default_prefetch: 7,
+        auto_ack_prefetch: 300,
+        ..SessionConfig::default()
+    };
+    let mut session = connect_with(config, "1.2");
+    let cases = [("auto", 300), ("client", 7), ("client-individual", 7)];
+    for (ack, prefetch) in cases {
+        let request = subscribe(&mut session, subscribe_frame(ack, "/queue/q", ack));
+        assert_eq!(request.prefetch, prefetch, "{ack}");
+    }
+}
+
+#[test]
+fn prefetch_count_is_parsed_and_zero_means_the_default() {
+    let mut session = connect("1.2");
+    let defaults = SessionConfig::default();
+    let frame = subscribe_frame("a", "/queue/q", "client").with_header("prefetch-count", " 5 ");
+    assert_eq!(subscribe(&mut session, frame).prefetch, 5);
+    let frame = subscribe_frame("b", "/queue/q", "client").with_header("prefetch-count", "65535");
+    assert_eq!(subscribe(&mut session, frame).prefetch, 65535);
+    let frame = subscribe_frame("c", "/queue/q", "client").with_header("prefetch-count", "0");
+    assert_eq!(
+        subscribe(&mut session, frame).prefetch,
+        defaults.default_prefetch
+    );
+    let frame = subscribe_frame("d", "/queue/q", "auto").with_header("prefetch-count", "0");
+    assert_eq!(
+        subscribe(&mut session, frame).prefetch,
+        defaults.auto_ack_prefetch
+    );
+}
+
+#[test]
+fn invalid_prefetch_count_is_refused() {
+    for value in ["abc", "-1", "65536", ""] {
+        let mut session = connect("1.2");
+        let frame = subscribe_frame("0", "/queue/q", "client").with_header("prefetch-count", value);
+        let out = handle(&mut session, frame);
+        assert_refused(&session, &out, &format!("invalid prefetch-count '{value}'"));
+    }
+}
+
+#[test]
+fn subscribe_defaults_to_non_durable_auto_delete_without_arguments() {
+    let mut session = connect("1.2");
+    let request = subscribe(&mut session, subscribe_frame("0", "/topic/t", "auto"));
+    assert_eq!(
+        request,
+        SubscribeRequest {
+            id: "0".into(),
+            destination: Destination::Topic { key: "t".into() },
+            ack: AckMode::Auto,
+            prefetch: SessionConfig::default().auto_ack_prefetch,
+            durable: false,
+            auto_delete: true,
+            queue_name: None,
+            queue_arguments: Vec::new(),
+        }
+    );
+}
+
+#[test]
+fn subscribe_durable_auto_delete_queue_name_and_arguments() {
+    let mut session = connect("1.2");
+    let frame = subscribe_frame("0", "/topic/t", "client")
+        .with_header("durable", "true")
+        .with_header("x-queue-name", "my-q")
+        .with_header("x-message-ttl", "60000")
+        .with_header("x-max-length", "10")
+        .with_header("other", "not an argument");
+    let request = subscribe(&mut session, frame);
+    assert!(request.durable);
+    assert!(
+        !request.auto_delete,
+        "durable defaults to auto-delete false"
+    );
+    assert_eq!(request.queue_name.as_deref(), Some("my-q"));
+    assert_eq!(
+        request.queue_arguments,
+        vec![
+            ("x-message-ttl".to_owned(), "60000".to_owned()),
+            ("x-max-length".to_owned(), "10".to_owned()),
+        ]
+    );
+
+    // `persistent` is an alias of `durable`; auto-delete can be given.
+    let frame = subscribe_frame("1", "/topic/t", "auto")
+        .with_header("persistent", "true")
+        .with_header("auto-delete", "true");
+    let request = subscribe(&mut session, frame);
+    assert!(request.durable);
+    assert!(request.auto_delete);
+
+    let frame = subscribe_frame("2", "/queue/q", "auto").with_header("auto-delete", "false");
+    let request = subscribe(&mut session, frame);
+    assert!(!request.durable);
+    assert!(!request.auto_delete);
+}
+
+#[test]
+fn invalid_boolean_subscribe_header_is_refused() {
+    for name in ["durable", "persistent", "auto-delete"] {
+        let mut session = connect("1.2");
+        let frame = subscribe_frame("0", "/queue/q", "auto").with_header(name, "yes");
+        let out = handle(&mut session, frame);
+        assert_refused(&session, &out, &format!("invalid {name} header 'yes'"));
+    }
+}
+
+#[test]
+fn empty_or_long_queue_name_is_refused() {
+    for name in [String::new(), "q".repeat(256)] {
+        let mut session = connect("1.2");
+        let frame = subscribe_frame("0", "/topic/t", "auto").with_header("x-queue-name", &name);
+        let out = handle(&mut session, frame);
+        assert_refused(&session, &out, "x-queue-name must be 1 to 255 bytes");
+    }
+}
+
+#[test]
+fn fanout_is_for_broadcast_destinations_without_own_queue() {
+    let mut session = connect("1.2");
+    let cases: [(Frame, bool); 7] = [
+        (subscribe_frame("1", "/topic/t", "auto"), true),
+        (subscribe_frame("2", "/exchange/e/k", "client"), true),
+        (subscribe_frame("3", "/queue/q", "auto"), false),
+        (subscribe_frame("4", "/amq/queue/q", "auto"), false),
+        (
+            subscribe_frame("5", "/topic/t", "auto").with_header("durable", "true"),
+            false,
+        ),
+        (
+            subscribe_frame("6", "/exchange/e", "auto").with_header("x-queue-name", "mine"),
+            false,
+        ),
+        (
+            subscribe_frame("7", "/topic/t", "auto").with_header("persistent", "true"),
+            false,
+        ),
+    ];
+    for (frame, fanout) in cases {
+        let request = subscribe(&mut session, frame);
+        assert_eq!(request.is_fanout(), fanout, "{request:?}");
+    }
+}
+
+#[test]
+fn subscribe_to_temp_or_reply_queue_is_refused() {
+    for destination in ["/temp-queue/x", "/reply-queue/x"] {
+        let mut session = connect("1.2");
+        let out = handle(&mut session, subscribe_frame("0", destination, "auto"));
+        assert_refused(
+            &session,
+            &out,
+            &format!("cannot SUBSCRIBE to '{destination}'"),
+        );
+    }
+}
+
+#[test]
+fn subscription_limit_is_enforced() {
+    let mut config = SessionConfig::default();
+    config.limits.max_subscriptions = 2;
+    let mut session = connect_with(config, "1.2");
+    subscribe(&mut session, subscribe_frame("a", "/queue/a", "auto"));
+    subscribe(&mut session, subscribe_frame("b", "/queue/b", "auto"));
+    let out = handle(&mut session, subscribe_frame("c", "/queue/c", "auto"));
+    assert_refused(&session, &out, "too many subscriptions (limit 2)");
+}
+
+#[test]
+fn unsubscribe_frees_a_place_under_the_subscription_limit() {
+    let mut config = SessionConfig::default();
+    config.limits.max_subscriptions = 1;
+    let mut session = connect_with(config, "1.2");
+    subscribe(&mut session, subscribe_frame("a", "/queue/a", "auto"));
+    let out = handle(
+        &mut session,
+        Frame::new(Command::Unsubscribe).with_header("id", "a"),
+    );
+    assert_eq!(out, vec![Action::Unsubscribe { id: "a".into() }]);
+    subscribe(&mut session, subscribe_frame("a", "/queue/b", "auto"));
+}
+
+#[test]
+fn subscribe_receipt_follows_the_subscribe_action() {
+    let mut session = connect("1.2");
+    let out = handle(
+        &mut session,
+        subscribe_frame("0", "/queue/q", "auto").with_header("receipt", "r-sub"),
+    );
+    assert_eq!(out.len(), 2, "{out:?}");
+    assert!(matches!(&out[0], Action::Subscribe(r) if r.id == "0"));
+    assert_eq!(out[1], Action::Receipt("r-sub".into()));
+}
+
+// --------------------------------------------------------------- UNSUBSCRIBE
+
+#[test]
+fn unsubscribe_unknown_id_is_refused() {
+    let mut session = connect("1.2");
+    let out = handle(
+        &mut session,
+        Frame::new(Command::Unsubscribe)
+            .with_header("id", "nope")
+            .with_header("receipt", "r"),
+    );
+    assert_refused(&session, &out, "no subscription with id 'nope'");
+    assert!(!out.contains(&Action::Receipt("r".into())));
+}
+
+#[test]
+fn unsubscribe_without_id_is_refused_in_1_1_and_1_2() {
+    for version in ["1.1", "1.2"] {
+        let mut session = connect(version);
+        subscribe(&mut session, subscribe_frame("0", "/queue/q", "auto"));
+        let out = handle(
+            &mut session,
+            Frame::new(Command::Unsubscribe).with_header("destination", "/queue/q"),
+        );
+        assert_refused(&session, &out, "UNSUBSCRIBE frame has no 'id' header");
+    }
+}
+
+#[test]
+fn unsubscribe_known_id_cancels_and_stops_deliveries() {
+    let mut session = connect("1.2");
+    subscribe(&mut session, subscribe_frame("0", "/queue/q", "client"));
+    let out = handle(
+        &mut session,
+        Frame::new(Command::Unsubscribe)
+            .with_header("id", "0")
+            .with_header("receipt", "r-unsub"),
+    );
+    assert_eq!(
+        out,
+        vec![
+            Action::Unsubscribe { id: "0".into() },
+            Action::Receipt("r-unsub".into()),
+        ]
+    );
+    assert_eq!(session.deliver("0", 1, message("late")), None);
+}
+
+#[test]
+fn unsubscribe_by_destination_in_1_0() {
+    let mut session = connect("1.0");
+    let frame = Frame::new(Command::Subscribe).with_header("destination", "/topic/news");
+    subscribe(&mut session, frame);
+    let out = handle(
+        &mut session,
+        Frame::new(Command::Unsubscribe).with_header("destination", "/topic/news"),
+    );
+    assert_eq!(
+        out,
+        vec![Action::Unsubscribe {
+            id: "/topic/news".into()
+        }]
+    );
+}
+
+#[test]
+fn unsubscribe_without_id_or_destination_in_1_0_is_refused() {
+    let mut session = connect("1.0");
+    let out = handle(&mut session, Frame::new(Command::Unsubscribe));
+    assert_refused(
+        &session,
+        &out,
+        "UNSUBSCRIBE frame has no 'id' or 'destination' header",
+    );
+}
+
+#[test]
+fn temp_queue_subscription_cannot_be_cancelled() {
+    let mut session = connect("1.2");
+    handle(
+        &mut session,
+        send_frame("/queue/rpc").with_header("reply-to", "/temp-queue/x"),
+    );
+    let out = handle(
+        &mut session,
+        Frame::new(Command::Unsubscribe).with_header("id", "/temp-queue/x"),
+    );
+    assert_refused(
+        &session,
+        &out,
+        "temporary queue subscriptions cannot be cancelled",
+    );
+}
+
+// ------------------------------------------------------------------ deliver
+
+#[test]
+fn deliver_builds_the_message_frame() {
+    let mut session = connect("1.2");
+    subscribe(&mut session, subscribe_frame("sub-1", "/queue/q", "auto"));
+    let frame = session
+        .deliver("sub-1", 42, message("payload"))
+        .expect("MESSAGE");
+    assert_eq!(frame.command, Command::Message);
+    assert_eq!(
+        header_names(&frame),
+        vec!["subscription", "message-id", "destination", "content-type"]
+    );
+    assert_eq!(frame.header("subscription").as_deref(), Some("sub-1"));
+    assert_eq!(frame.header("message-id").as_deref(), Some("T_sub-1@@42"));
+    assert_eq!(frame.header("destination").as_deref(), Some("/queue/q"));
+    assert_eq!(frame.header("content-type").as_deref(), Some("text/plain"));
+    assert_eq!(frame.body, Bytes::from_static(b"payload"));
+}
+
+#[test]
+fn deliver_adds_ack_header_only_for_1_2_client_modes() {
+    let cases = [
+        ("1.2", "client", true),
+        ("1.2", "client-individual", true),
+        ("1.2", "auto", false),
+        ("1.1", "client", false),
+        ("1.1", "client-individual", false),
+        ("1.0", "client", false),
+    ];
+    for (version, ack, has_ack) in cases {
+        let mut session = connect(version);
+        subscribe(&mut session, subscribe_frame("s", "/queue/q", ack));
+        let frame = session.deliver("s", 9, message("m")).expect("MESSAGE");
+        if has_ack {
+            assert_eq!(frame.header("ack").as_deref(), Some("T_s@@9"));
+            assert_eq!(
+                header_names(&frame)[..3],
+                ["subscription", "message-id", "ack"]
+            );
+        } else {
+            assert_eq!(frame.header("ack"), None, "{version} {ack}");
+        }
+    }
+}
+
+#[test]
+fn deliver_to_unknown_subscription_returns_none() {
+    let mut session = connect("1.2");
+    subscribe(&mut session, subscribe_frame("a", "/queue/q", "auto"));
+    assert_eq!(session.deliver("b", 1, message("m")), None);
+}
+
+#[test]
+fn deliver_before_connect_or_after_disconnect_returns_none() {
+    let mut session = new_session(SessionConfig::default());
+    assert_eq!(session.deliver("a", 1, message("m")), None);
+
+    let mut session = connect("1.2");
+    subscribe(&mut session, subscribe_frame("a", "/queue/q", "auto"));
+    handle(&mut session, Frame::new(Command::Disconnect));
+    assert_eq!(session.deliver("a", 1, message("m")), None);
+}
+
+// ----------------------------------------------------------------- ACK/NACK
+
+#[test]
+fn client_individual_ack_acks_exactly_that_tag() {
+    let mut session = delivered("client-individual", &[1, 2, 3]);
+    let out = handle(&mut session, ack_frame("T_sub@@2"));
+    assert_eq!(
+        out,
+        vec![Action::Ack {
+            subscription: "sub".into(),
+            tag: 2,
+            multiple: false,
+        }]
+    );
+    // Earlier and later tags are still pending.
+    let out = handle(&mut session, ack_frame("T_sub@@1"));
+    assert!(matches!(
+        out[..],
+        [Action::Ack {
+            tag: 1,
+            multiple: false,
+            ..
+        }]
+    ));
+    let out = handle(&mut session, ack_frame("T_sub@@3"));
+    assert!(matches!(
+        out[..],
+        [Action::Ack {
+            tag: 3,
+            multiple: false,
+            ..
+        }]
+    ));
+}
+
+#[test]
+fn client_ack_is_cumulative() {
+    let mut session = delivered("client", &[1, 2, 3]);
+    let out = handle(&mut session, ack_frame("T_sub@@2"));
+    assert_eq!(
+        out,
+        vec![Action::Ack {
+            subscription: "sub".into(),
+            tag: 2,
+            multiple: true,
+        }]
+    );
+    // Tag 3 is still pending.
+    let out = handle(&mut session, ack_frame("T_sub@@3"));
+    assert!(matches!(
+        out[..],
+        [Action::Ack {
+            tag: 3,
+            multiple: true,
+            ..
+        }]
+    ));
+}
+
+#[test]
+fn client_ack_of_an_earlier_tag_after_a_cumulative_ack_is_unknown() {
+    let mut session = delivered("client", &[1, 2, 3]);
+    handle(&mut session, ack_frame("T_sub@@2"));
+    let out = handle(&mut session, ack_frame("T_sub@@1"));
+    assert_refused(&session, &out, "ACK for unknown message id 'T_sub@@1'");
+}
+
+#[test]
+fn ack_with_unknown_id_is_refused() {
+    for id in [
+        "T_other@@1", // unknown subscription
+        "T_sub@@99",  // unknown tag
+        "T_sub@@x",   // tag not a number
+        "T_sub",      // no tag
+        "garbage",    // no prefix
+    ] {
+        let mut session = delivered("client-individual", &[1]);
+        let out = handle(&mut session, ack_frame(id));
+        assert_refused(
+            &session,
+            &out,
+            &format!("ACK for unknown message id '{id}'"),
+        );
+    }
+}
+
+#[test]
+fn nack_with_unknown_id_is_refused() {
+    let mut session = delivered("client-individual", &[1]);
+    let out = handle(&mut session, nack_frame("T_sub@@2"));
+    assert_refused(&session, &out, "NACK for unknown message id 'T_sub@@2'");
+}
+
+#[test]
+fn ack_without_id_is_refused() {
+    let mut session = delivered("client", &[1]);
+    let out = handle(
+        &mut session,
+        Frame::new(Command::Ack).with_header("receipt", "r"),
+    );
+    assert_refused(&session, &out, "ACK frame has no 'id' header");
+}
+
+#[test]
+fn double_ack_is_refused() {
+    let mut session = delivered("client-individual", &[1, 2]);
+    let out = handle(&mut session, ack_frame("T_sub@@1"));
+    assert_eq!(out.len(), 1);
+    let out = handle(&mut session, ack_frame("T_sub@@1"));
+    assert_refused(&session, &out, "ACK for unknown message id 'T_sub@@1'");
+}
+
+#[test]
+fn ack_in_auto_mode_is_accepted_without_action() {
+    let mut session = delivered("auto", &[1]);
+    let out = handle(
+        &mut session,
+        ack_frame("T_sub@@1").with_header("receipt", "r"),
+    );
+    assert_eq!(out, vec![Action::Receipt("r".into())]);
+    // Tags were never tracked in auto mode: any tag passes.
+    let out = handle(&mut session, ack_frame("T_sub@@12345"));
+    assert!(out.is_empty(), "{out:?}");
+    assert!(session.is_connected());
+}
+
+#[test]
+fn ack_of_a_fanout_message_is_accepted_without_action() {
+    let mut session = connect("1.2");
+    subscribe(&mut session, subscribe_frame("t", "/topic/t", "client"));
+    let out = handle(&mut session, ack_frame("B_12").with_header("receipt", "r"));
+    assert_eq!(out, vec![Action::Receipt("r".into())]);
+    let out = handle(&mut session, nack_frame("B_13"));
+    assert!(out.is_empty(), "{out:?}");
+    assert!(session.is_connected());
+}
+
+#[test]
+fn nack_requeues_by_default_and_not_when_asked() {
+    let mut session = delivered("client-individual", &[1, 2]);
+    let out = handle(&mut session, nack_frame("T_sub@@1"));
+    assert_eq!(
+        out,
+        vec![Action::Nack {
+            subscription: "sub".into(),
+            tag: 1,
+            multiple: false,
+            requeue: true,
+        }]
+    );
+    let out = handle(
+        &mut session,
+        nack_frame("T_sub@@2").with_header("requeue", "false"),
+    );
+    assert_eq!(
+        out,
+        vec![Action::Nack {
+            subscription: "sub".into(),
+            tag: 2,
+            multiple: false,
+            requeue: false,
+        }]
+    );
+}
+
+#[test]
+fn nack_in_client_mode_is_cumulative() {
+    let mut session = delivered("client", &[1, 2, 3]);
+    let out = handle(&mut session, nack_frame("T_sub@@2"));
+    assert_eq!(
+        out,
+        vec![Action::Nack {
+            subscription: "sub".into(),
+            tag: 2,
+            multiple: true,
+            requeue: true,
+        }]
+    );
+    let out = handle(&mut session, ack_frame("T_sub@@1"));
+    assert_refused(&session, &out, "unknown message id");
+}
+
+#[test]
+fn invalid_requeue_header_is_refused() {
+    let mut session = delivered("client-individual", &[1]);
+    let out = handle(
+        &mut session,
+        nack_frame("T_sub@@1").with_header("requeue", "no"),
+    );
+    assert_refused(&session, &out, "invalid requeue header 'no'");
+}
+
+#[test]
+fn nack_in_1_0_is_refused() {
+    let mut session = connect("1.0");
+    subscribe(&mut session, subscribe_frame("sub", "/queue/q", "client"));
+    session.deliver("sub", 1, message("m")).expect("MESSAGE");
+    let out = handle(
+        &mut session,
+        Frame::new(Command::Nack).with_header("message-id", "T_sub@@1"),
+    );
+    assert_refused(&session, &out, "NACK is not part of STOMP 1.0");
+}
+
+#[test]
+fn ack_1_0_and_1_1_style_with_message_id() {
+    for version in ["1.0", "1.1"] {
+        let mut session = connect(version);
+        subscribe(
+            &mut session,
+            subscribe_frame("sub", "/queue/q", "client-individual"),
+        );
+        let frame = session.deliver("sub", 5, message("m")).expect("MESSAGE");
+        let message_id = frame.header("message-id").expect("message-id").into_owned();
+        let out = handle(
+            &mut session,
+            Frame::new(Command::Ack)
+                .with_header("subscription", "sub")
+                .with_header("message-id", &message_id),
+        );
+        assert_eq!(
+            out,
+            vec![Action::Ack {
+                subscription: "sub".into(),
+                tag: 5,
+                multiple: false,
+            }],
+            "{version}"
+        );
+    }
+}
+
+#[test]
+fn ack_1_2_style_with_the_ack_header_value() {
+    let mut session = connect("1.2");
+    subscribe(&mut session, subscribe_frame("sub", "/queue/q", "client"));
+    let frame = session.deliver("sub", 8, message("m")).expect("MESSAGE");
+    let ack_id = frame.header("ack").expect("ack header").into_owned();
+    let out = handle(&mut session, ack_frame(&ack_id).with_header("receipt", "r"));
+    assert_eq!(
+        out,
+        vec![
+            Action::Ack {
+                subscription: "sub".into(),
+                tag: 8,
+                multiple: true,
+            },
+            Action::Receipt("r".into()),
+        ]
+    );
+}
+
+#[test]
+fn ack_works_for_subscription_ids_containing_the_separator() {
+    let mut session = connect("1.2");
+    subscribe(
+        &mut session,
+        subscribe_frame("a@@b", "/queue/q", "client-individual"),
+    );
+    let frame = session.deliver("a@@b", 4, message("m")).expect("MESSAGE");
+    let ack_id = frame.header("ack").expect("ack").into_owned();
+    assert_eq!(ack_id, "T_a@@b@@4");
+    let out = handle(&mut session, ack_frame(&ack_id));
+    assert!(
+        matches!(&out[..], [Action::Ack { subscription, tag: 4, .. }] if subscription == "a@@b")
+    );
+}
+
+#[test]
+fn ack_after_unsubscribe_is_refused() {
+    let mut session = delivered("client-individual", &[1]);
+    handle(
+        &mut session,
+        Frame::new(Command::Unsubscribe).with_header("id", "sub"),
+    );
+    let out = handle(&mut session, ack_frame("T_sub@@1"));
+    assert_refused(&session, &out, "ACK for unknown message id 'T_sub@@1'");
+}
+
+// ------------------------------------------------------------- transactions
+
+#[test]
+fn transaction_buffers_until_commit_then_applies_in_order() {
+    let mut session = delivered("client-individual", &[1, 2]);
+    assert!(handle(&mut session, tx_frame(Command::Begin, "tx")).is_empty());
+    let out = handle(
+        &mut session,
+        send_frame("/queue/a")
+            .with_header("transaction", "tx")
+            .with_body("one"),
+    );
+    assert!(out.is_empty(), "{out:?}");
+    let out = handle(
+        &mut session,
+        ack_frame("T_sub@@2").with_header("transaction", "tx"),
+    );
+    assert!(out.is_empty(), "{out:?}");
+    let out = handle(
+        &mut session,
+        nack_frame("T_sub@@1").with_header("transaction", "tx"),
+    );
+    assert!(out.is_empty(), "{out:?}");
+    let out = handle(
+        &mut session,
+        send_frame("/topic/b")
+            .with_header("transaction", "tx")
+            .with_header("k", "v")
+            .with_body("two"),
+    );
+    assert!(out.is_empty(), "{out:?}");
+
+    let out = handle(
+        &mut session,
+        tx_frame(Command::Commit, "tx").with_header("receipt", "r-commit"),
+    );
+    assert_eq!(out.len(), 5, "{out:?}");
+    let first = publish(&out[0]);
+    assert_eq!(first.destination, Destination::Queue { name: "a".into() });
+    assert!(first.headers.is_empty(), "transaction header not filtered");
+    assert_eq!(first.body, Bytes::from_static(b"one"));
+    assert_eq!(
+        out[1],
+        Action::Ack {
+            subscription: "sub".into(),
+            tag: 2,
+            multiple: false,
+        }
+    );
+    assert_eq!(
+        out[2],
+        Action::Nack {
+            subscription: "sub".into(),
+            tag: 1,
+            multiple: false,
+            requeue: true,
+        }
+    );
+    let second = publish(&out[3]);
+    assert_eq!(second.destination, Destination::Topic { key: "b".into() });
+    assert_eq!(second.headers, vec![("k".to_owned(), "v".to_owned())]);
+    assert_eq!(out[4], Action::Receipt("r-commit".into()));
+}
+
+#[test]
+fn abort_drops_buffered_frames() {
+    let mut session = delivered("client-individual", &[1]);
+    handle(&mut session, tx_frame(Command::Begin, "tx"));
+    handle(
+        &mut session,
+        send_frame("/queue/a").with_header("transaction", "tx"),
+    );
+    handle(
+        &mut session,
+        ack_frame("T_sub@@1").with_header("transaction", "tx"),
+    );
+    let out = handle(
+        &mut session,
+        tx_frame(Command::Abort, "tx").with_header("receipt", "r-abort"),
+    );
+    assert_eq!(out, vec![Action::Receipt("r-abort".into())]);
+    // The transaction is gone and the message is still unacked.
+    let out = handle(&mut session, ack_frame("T_sub@@1"));
+    assert!(matches!(out[..], [Action::Ack { tag: 1, .. }]));
+    let out = handle(&mut session, tx_frame(Command::Commit, "tx"));
+    assert_refused(&session, &out, "no open transaction 'tx'");
+}
+
+#[test]
+fn transaction_name_can_be_reused_after_commit() {
+    let mut session = connect("1.2");
+    handle(&mut session, tx_frame(Command::Begin, "tx"));
+    handle(&mut session, tx_frame(Command::Commit, "tx"));
+    let out = handle(&mut session, tx_frame(Command::Begin, "tx"));
+    assert!(out.is_empty(), "{out:?}");
+    assert!(session.is_connected());
+}
+
+#[test]
+fn frames_with_unknown_transaction_are_refused() {
+    for frame in [
+        send_frame("/queue/a").with_header("transaction", "nope"),
+        ack_frame("B_1").with_header("transaction", "nope"),
+    ] {
+        let mut session = connect("1.2");
+        let out = handle(&mut session, frame);
+        assert_refused(&session, &out, "no open transaction 'nope'");
+    }
+}
+
+#[test]
+fn begin_twice_with_the_same_name_is_refused() {
+    let mut session = connect("1.2");
+    handle(&mut session, tx_frame(Command::Begin, "tx"));
+    let out = handle(&mut session, tx_frame(Command::Begin, "tx"));
+    assert_refused(&session, &out, "transaction 'tx' is already open");
+}
+
+#[test]
+fn commit_or_abort_of_unknown_transaction_is_refused() {
+    for command in [Command::Commit, Command::Abort] {
+        let mut session = connect("1.2");
+        let out = handle(&mut session, tx_frame(command, "nope"));
+        assert_refused(&session, &out, "no open transaction 'nope'");
+    }
+}
+
+#[test]
+fn transaction_frames_without_transaction_header_are_refused() {
+    for command in [Command::Begin, Command::Commit, Command::Abort] {
+        let mut session = connect("1.2");
+        let out = handle(&mut session, Frame::new(command));
+        assert_refused(
+            &session,
+            &out,
+            &format!("{command} frame has no 'transaction' header"),
+        );
+    }
+}
+
+#[test]
+fn open_transaction_limit_is_enforced() {
+    let mut config = SessionConfig::default();
+    config.limits.max_open_transactions = 2;
+    let mut session = connect_with(config, "1.2");
+    assert!(handle(&mut session, tx_frame(Command::Begin, "a")).is_empty());
+    assert!(handle(&mut session, tx_frame(Command::Begin, "b")).is_empty());
+    let out = handle(&mut session, tx_frame(Command::Begin, "c"));
+    assert_refused(&session, &out, "too many open transactions (limit 2)");
+}
+
+#[test]
+fn transaction_frame_limit_is_enforced() {
+    let mut config = SessionConfig::default();
+    config.limits.max_transaction_frames = 2;
+    let mut session = connect_with(config, "1.2");
+    handle(&mut session, tx_frame(Command::Begin, "tx"));
+    for _ in 0..2 {
+        let out = handle(
+            &mut session,
+            send_frame("/queue/a").with_header("transaction", "tx"),
+        );
+        assert!(out.is_empty(), "{out:?}");
+    }
+    let out = handle(
+        &mut session,
+        send_frame("/queue/a").with_header("transaction", "tx"),
+    );
+    assert_refused(&session, &out, "transaction 'tx' exceeds 2 frames");
+}
+
+#[test]
+fn transaction_byte_limit_is_enforced() {
+    let mut config = SessionConfig::default();
+    config.limits.max_frame_bytes = 100;
+    let mut session = connect_with(config, "1.2");
+    handle(&mut session, tx_frame(Command::Begin, "tx"));
+    let body = "x".repeat(40);
+    let out = handle(
+        &mut session,
+        send_frame("/queue/a")
+            .with_header("transaction", "tx")
+            .with_body(body.clone()),
+    );
+    assert!(out.is_empty(), "{out:?}");
+    let out = handle(
+        &mut session,
+        send_frame("/queue/a")
+            .with_header("transaction", "tx")
+            .with_body(body),
+    );
+    assert_refused(&session, &out, "transaction 'tx' exceeds 100 bytes");
+}
+
+#[test]
+fn receipt_of_a_transactional_frame_is_immediate() {
+    let mut session = delivered("client-individual", &[1]);
+    handle(&mut session, tx_frame(Command::Begin, "tx"));
+    let out = handle(
+        &mut session,
+        send_frame("/queue/a")
+            .with_header("transaction", "tx")
+            .with_header("receipt", "r-send"),
+    );
+    assert_eq!(out, vec![Action::Receipt("r-send".into())]);
+    let out = handle(
+        &mut session,
+        ack_frame("T_sub@@1")
+            .with_header("transaction", "tx")
+            .with_header("receipt", "r-ack"),
+    );
+    assert_eq!(out, vec![Action::Receipt("r-ack".into())]);
+    // COMMIT does not repeat them.
+    let out = handle(&mut session, tx_frame(Command::Commit, "tx"));
+    assert_eq!(out.len(), 2, "{out:?}");
+    assert!(matches!(out[0], Action::Publish(_)));
+    assert!(matches!(out[1], Action::Ack { tag: 1, .. }));
+}
+
+#[test]
+fn transactional_send_is_checked_for_destination_when_buffered() {
+    let mut session = connect("1.2");
+    handle(&mut session, tx_frame(Command::Begin, "tx"));
+    let out = handle(
+        &mut session,
+        send_frame("/temp-queue/x").with_header("transaction", "tx"),
+    );
+    assert_refused(&session, &out, "cannot SEND to a /temp-queue/ destination");
+}
+
+#[test]
+fn transactional_send_with_temp_reply_to_creates_the_subscription_on_commit() {
+    let mut session = connect("1.2");
+    handle(&mut session, tx_frame(Command::Begin, "tx"));
+    handle(
+        &mut session,
+        send_frame("/queue/rpc")
+            .with_header("transaction", "tx")
+            .with_header("reply-to", "/temp-queue/r"),
+    );
+    assert_eq!(session.deliver("/temp-queue/r", 1, message("m")), None);
+    let out = handle(&mut session, tx_frame(Command::Commit, "tx"));
+    assert_eq!(publish(&out[0]).reply_to, Some(ReplyTo::Temp("r".into())));
+    assert!(session.deliver("/temp-queue/r", 1, message("m")).is_some());
+}
+
+// --------------------------------------------------------------- DISCONNECT
+
+#[test]
+fn disconnect_with_receipt_sends_receipt_then_closes() {
+    let mut session = connect("1.2");
+    let out = handle(
+        &mut session,
+        Frame::new(Command::Disconnect).with_header("receipt", "bye"),
+    );
+    assert_eq!(out, vec![Action::Receipt("bye".into()), Action::Close]);
+    assert!(session.is_closed());
+    assert!(!session.is_connected());
+    assert!(handle(&mut session, send_frame("/queue/q")).is_empty());
+    assert!(handle(&mut session, Frame::new(Command::Disconnect)).is_empty());
+}
+
+#[test]
+fn disconnect_without_receipt_just_closes() {
+    let mut session = connect("1.1");
+    let out = handle(&mut session, Frame::new(Command::Disconnect));
+    assert_eq!(out, vec![Action::Close]);
+    assert!(session.is_closed());
+}
+
+#[test]
+fn disconnect_before_connect_is_refused() {
+    let mut session = new_session(SessionConfig::default());
+    let out = handle(&mut session, Frame::new(Command::Disconnect));
+    assert_refused(
+        &session,
+        &out,
+        "expected CONNECT or STOMP frame, got DISCONNECT",
+    );
+}
+
+// ------------------------------------------------------------------- errors
+
+#[test]
+fn protocol_error_sends_error_then_closes() {
+    let mut session = connect("1.2");
+    let mut out = Vec::new();
+    session.protocol_error("frame too large", &mut out);
+    assert_eq!(out.len(), 2, "{out:?}");
+    let error = error_frame(&out).expect("ERROR");
+    assert_eq!(error.header("message").as_deref(), Some("frame too large"));
+    assert_eq!(error.header("content-type").as_deref(), Some("text/plain"));
+    assert_eq!(error.header("receipt-id"), None);
+    assert_eq!(error.body, Bytes::from_static(b"frame too large"));
+    assert_eq!(out[1], Action::Close);
+    assert!(session.is_closed());
+}
+
+#[test]
+fn protocol_error_before_connect_lists_versions() {
+    let mut session = new_session(SessionConfig::default());
+    let mut out = Vec::new();
+    session.protocol_error("bad frame", &mut out);
+    assert_refused(&session, &out, "bad frame");
+    let error = error_frame(&out).expect("ERROR");
+    assert_eq!(error.header("version").as_deref(), Some("1.0,1.1,1.2"));
+}
+
+#[test]
+fn broker_error_sends_error_then_closes() {
+    let mut session = connect("1.2");
+    let mut out = Vec::new();
+    session.broker_error("NOT_FOUND - no exchange 'x'", &mut out);
+    assert_refused(&session, &out, "NOT_FOUND - no exchange 'x'");
+    let error = error_frame(&out).expect("ERROR");
+    assert_eq!(error.header("content-type").as_deref(), Some("text/plain"));
+    assert_eq!(
+        error.body,
+        Bytes::from_static(b"NOT_FOUND - no exchange 'x'")
+    );
+}
+
+#[test]
+fn error_message_is_made_single_line() {
+    let mut session = connect("1.2");
+    let mut out = Vec::new();
+    session.broker_error("first line\nsecond\r\nthird", &mut out);
+    let message = error_message(&out).expect("ERROR");
+    assert_eq!(message, "first line second  third");
+    assert!(!message.contains('\n') && !message.contains('\r'));
+}
+
+#[test]
+fn error_carries_receipt_id_of_the_offending_frame() {
+    let mut session = connect("1.2");
+    let out = handle(
+        &mut session,
+        Frame::new(Command::Send).with_header("receipt", "r-77"),
+    );
+    assert_refused(&session, &out, "no 'destination' header");
+    let error = error_frame(&out).expect("ERROR");
+    assert_eq!(error.header("receipt-id").as_deref(), Some("r-77"));
+    // The receipt itself is not sent.
+    assert!(!out.iter().any(|a| matches!(a, Action::Receipt(_))));
+}
+
+#[test]
+fn error_before_connect_carries_receipt_id_too() {
+    let mut session = new_session(SessionConfig::default());
+    let out = handle(
+        &mut session,
+        send_frame("/queue/q").with_header("receipt", "r0"),
+    );
+    let error = error_frame(&out).expect("ERROR");
+    assert_eq!(error.header("receipt-id").as_deref(), Some("r0"));
+}
+
+// ---------------------------------------------------------- bugs (ignored)
+
+/// A transaction must apply entirely or not at all: a buffered ACK that
+/// turns out to be invalid only fails at COMMIT, after the SEND buffered
+/// before it was already turned into a Publish action.
+#[test]
+fn commit_applies_part_of_a_transaction_that_then_fails() {
+    let mut session = delivered("client-individual", &[1]);
+    let mut all = Vec::new();
+    all.extend(handle(&mut session, tx_frame(Command::Begin, "tx")));
+    all.extend(handle(
+        &mut session,
+        send_frame("/queue/a").with_header("transaction", "tx"),
+    ));
+    all.extend(handle(
+        &mut session,
+        ack_frame("T_sub@@99").with_header("transaction", "tx"),
+    ));
+    if !session.is_closed() {
+        all.extend(handle(&mut session, tx_frame(Command::Commit, "tx")));
+    }
+    assert!(error_message(&all).is_some(), "the bad ACK is refused");
+    assert!(
+        !all.iter().any(|a| matches!(a, Action::Publish(_))),
+        "a failed transaction published: {all:?}"
+    );
+}
+
+/// STOMP 1.0 UNSUBSCRIBE by destination compares the raw header with the
+/// id the session derived from the *normalised* destination, so a client
+/// that repeats the exact destination it subscribed with is refused.
+#[test]
+fn unsubscribe_1_0_by_destination_with_trailing_slash() {
+    let mut session = connect("1.0");
+    let frame = Frame::new(Command::Subscribe).with_header("destination", "/exchange/fan/");
+    subscribe(&mut session, frame);
+    let out = handle(
+        &mut session,
+        Frame::new(Command::Unsubscribe).with_header("destination", "/exchange/fan/"),
+    );
+    assert!(
+        matches!(out[..], [Action::Unsubscribe { .. }]),
+        "{:?}",
+        error_message(&out)
+    );
+}
+
+/// Ids starting with `/temp-queue/` name reply subscriptions, yet SUBSCRIBE
+/// accepts one from the client; UNSUBSCRIBE then refuses to cancel it (and a
+/// later reply-to of that temp queue would reuse the client's subscription).
+#[test]
+fn subscription_id_in_temp_queue_namespace() {
+    let mut session = connect("1.2");
+    let out = handle(
+        &mut session,
+        subscribe_frame("/temp-queue/x", "/queue/q", "client"),
+    );
+    if error_message(&out).is_some() {
+        return; // refusing the reserved id is a fine fix
+    }
+    let out = handle(
+        &mut session,
+        Frame::new(Command::Unsubscribe).with_header("id", "/temp-queue/x"),
+    );
+    assert_eq!(
+        out,
+        vec![Action::Unsubscribe {
+            id: "/temp-queue/x".into()
+        }],
+        "{:?}",
+        error_message(&out)
+    );
+}
+
+/// `version()` is documented as "the negotiated version, once connected",
+/// but a refused CONNECT leaves it reporting the placeholder 1.2.
+#[test]
+fn version_is_reported_after_a_refused_connect() {
+    let mut session = new_session(SessionConfig::default());
+    handle(&mut session, connect_frame(Some("2.0")));
+    assert!(session.is_closed());
+    assert_eq!(session.version(), None);
+}
