@@ -28,6 +28,9 @@ pub struct Config {
     /// its AMQP URL). Empty: `host` is ignored, as stomp.py sends the
     /// machine's hostname there.
     pub allowed_hosts: Vec<String>,
+    /// On SIGTERM, sessions are closed at random moments spread over this
+    /// window (ms), so that clients do not all reconnect at the same instant.
+    pub drain_window_ms: u64,
 }
 
 /// The AMQP side.
@@ -106,6 +109,7 @@ impl Default for Config {
             limits: Limits::default(),
             heartbeat: HeartbeatConfig::default(),
             allowed_hosts: Vec::new(),
+            drain_window_ms: 5_000,
         }
     }
 }
@@ -202,7 +206,9 @@ impl Config {
             return Err(ConfigError::Invalid("ws_path must start with '/'".into()));
         }
         if self.amqp.connections == 0 {
-            return Err(ConfigError::Invalid("amqp.connections must be at least 1".into()));
+            return Err(ConfigError::Invalid(
+                "amqp.connections must be at least 1".into(),
+            ));
         }
         if self.limits.max_frame_bytes_before_connect > self.limits.max_frame_bytes {
             return Err(ConfigError::Invalid(
@@ -210,10 +216,14 @@ impl Config {
             ));
         }
         if self.limits.outbound_queue_frames == 0 {
-            return Err(ConfigError::Invalid("limits.outbound_queue_frames must be at least 1".into()));
+            return Err(ConfigError::Invalid(
+                "limits.outbound_queue_frames must be at least 1".into(),
+            ));
         }
         if self.heartbeat.grace_factor < 1.0 {
-            return Err(ConfigError::Invalid("heartbeat.grace_factor must be at least 1.0".into()));
+            return Err(ConfigError::Invalid(
+                "heartbeat.grace_factor must be at least 1.0".into(),
+            ));
         }
         Ok(())
     }
@@ -245,7 +255,10 @@ mod tests {
         let env = vec![
             ("STOMPGATE_LISTEN".to_owned(), "127.0.0.1:9999".to_owned()),
             ("STOMPGATE_AMQP_URL".to_owned(), "amqp://env".to_owned()),
-            ("STOMPGATE_LIMITS__MAX_SUBSCRIPTIONS".to_owned(), "7".to_owned()),
+            (
+                "STOMPGATE_LIMITS__MAX_SUBSCRIPTIONS".to_owned(),
+                "7".to_owned(),
+            ),
             ("PATH".to_owned(), "/bin".to_owned()),
         ];
         let c = Config::load(Some(&path), env).expect("load");

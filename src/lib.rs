@@ -14,6 +14,7 @@
 
 pub mod bridge;
 pub mod config;
+pub mod metrics;
 pub mod server;
 pub mod session;
 pub mod stomp;

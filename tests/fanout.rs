@@ -28,7 +28,8 @@ fn queues_bound(exchange: &str, key: &str) -> Vec<String> {
         .lines()
         .filter_map(|line| {
             let parts: Vec<&str> = line.split('\t').collect();
-            (parts.len() == 3 && parts[0] == exchange && parts[1] == key).then(|| parts[2].to_owned())
+            (parts.len() == 3 && parts[0] == exchange && parts[1] == key)
+                .then(|| parts[2].to_owned())
         })
         .collect()
 }
@@ -47,7 +48,8 @@ async fn a_thousand_subscribers_share_one_amqp_queue() {
             let destination = destination.clone();
             opened.push(tokio::spawn(async move {
                 let (mut c, _) = StompClient::connect(&url, "1.2").await;
-                c.subscribe(&format!("s{}", chunk * 100 + i), &destination, &[]).await;
+                c.subscribe(&format!("s{}", chunk * 100 + i), &destination, &[])
+                    .await;
                 c
             }));
         }
@@ -56,12 +58,23 @@ async fn a_thousand_subscribers_share_one_amqp_queue() {
         }
     }
     let bound = queues_bound("amq.topic", &topic);
-    assert_eq!(bound.len(), 1, "one queue for {N} subscribers, got {bound:?}");
+    assert_eq!(
+        bound.len(),
+        1,
+        "one queue for {N} subscribers, got {bound:?}"
+    );
     assert_eq!(gw.gateway.bridge.hub.bindings(), 1);
 
     let conn = amqp().await;
     let ch = confirm_channel(&conn).await;
-    publish(&ch, "amq.topic", &topic, b"tick", BasicProperties::default()).await;
+    publish(
+        &ch,
+        "amq.topic",
+        &topic,
+        b"tick",
+        BasicProperties::default(),
+    )
+    .await;
     let mut received = 0;
     let mut readers = Vec::new();
     for mut c in clients {
@@ -88,7 +101,10 @@ async fn a_thousand_subscribers_share_one_amqp_queue() {
         if queues_bound("amq.topic", &topic).is_empty() && gw.gateway.bridge.hub.bindings() == 0 {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "shared queue not deleted");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "shared queue not deleted"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -108,7 +124,14 @@ async fn each_version_gets_its_own_escaping_and_ack_header() {
     let ch = confirm_channel(&conn).await;
     let mut table = FieldTable::default();
     table.insert("x-note".into(), AMQPValue::LongString("a:b\\c".into()));
-    publish(&ch, "amq.topic", &topic, b"x", BasicProperties::default().with_headers(table)).await;
+    publish(
+        &ch,
+        "amq.topic",
+        &topic,
+        b"x",
+        BasicProperties::default().with_headers(table),
+    )
+    .await;
     let m10 = v10.expect(Command::Message).await;
     let m11 = v11.expect(Command::Message).await;
     let m12 = v12.expect(Command::Message).await;
@@ -119,11 +142,18 @@ async fn each_version_gets_its_own_escaping_and_ack_header() {
     assert_eq!(m11.header("subscription").as_deref(), Some("b"));
     assert_eq!(m12.header("subscription").as_deref(), Some("c"));
     assert!(m11.header("ack").is_none());
-    let ack = m12.header("ack").expect("1.2 client-mode ack header").into_owned();
+    let ack = m12
+        .header("ack")
+        .expect("1.2 client-mode ack header")
+        .into_owned();
     assert_eq!(Some(ack.as_str()), m12.header("message-id").as_deref());
     // Acking a broadcast message is accepted (the broker side is settled).
-    v12.send(&Frame::new(Command::Ack).with_header("id", &ack).with_header("receipt", "k"))
-        .await;
+    v12.send(
+        &Frame::new(Command::Ack)
+            .with_header("id", &ack)
+            .with_header("receipt", "k"),
+    )
+    .await;
     v12.expect(Command::Receipt).await;
     for c in [v10, v11, v12] {
         c.disconnect().await;
@@ -138,7 +168,8 @@ async fn distinct_bindings_get_distinct_queues_and_unsubscribe_releases_them() {
     let (mut c, _) = StompClient::connect(&gw.ws_url(), "1.2").await;
     c.subscribe("1", &format!("/topic/{a}"), &[]).await;
     c.subscribe("2", &format!("/topic/{a}"), &[]).await;
-    c.subscribe("3", &format!("/exchange/amq.topic/{b}"), &[]).await;
+    c.subscribe("3", &format!("/exchange/amq.topic/{b}"), &[])
+        .await;
     assert_eq!(queues_bound("amq.topic", &a).len(), 1);
     assert_eq!(queues_bound("amq.topic", &b).len(), 1);
     // Two subscriptions of one session to one topic: the message twice.
@@ -146,17 +177,32 @@ async fn distinct_bindings_get_distinct_queues_and_unsubscribe_releases_them() {
     let ch = confirm_channel(&conn).await;
     publish(&ch, "amq.topic", &a, b"twice", BasicProperties::default()).await;
     let mut subs = vec![
-        c.expect(Command::Message).await.header("subscription").expect("sub").into_owned(),
-        c.expect(Command::Message).await.header("subscription").expect("sub").into_owned(),
+        c.expect(Command::Message)
+            .await
+            .header("subscription")
+            .expect("sub")
+            .into_owned(),
+        c.expect(Command::Message)
+            .await
+            .header("subscription")
+            .expect("sub")
+            .into_owned(),
     ];
     subs.sort();
     assert_eq!(subs, vec!["1".to_owned(), "2".to_owned()]);
-    c.send(&Frame::new(Command::Unsubscribe).with_header("id", "3").with_header("receipt", "u"))
-        .await;
+    c.send(
+        &Frame::new(Command::Unsubscribe)
+            .with_header("id", "3")
+            .with_header("receipt", "u"),
+    )
+    .await;
     c.expect(Command::Receipt).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !queues_bound("amq.topic", &b).is_empty() {
-        assert!(tokio::time::Instant::now() < deadline, "queue of {b} not released");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "queue of {b} not released"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(queues_bound("amq.topic", &a).len(), 1);

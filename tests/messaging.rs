@@ -18,7 +18,9 @@ async fn amqp_publish_reaches_topic_subscriber_with_properties() {
     let (mut client, connected) = StompClient::connect(&gw.ws_url(), "1.0,1.1,1.2").await;
     assert_eq!(connected.header("version").as_deref(), Some("1.2"));
     let topic = unique("prices");
-    client.subscribe("s1", &format!("/topic/{topic}"), &[]).await;
+    client
+        .subscribe("s1", &format!("/topic/{topic}"), &[])
+        .await;
 
     let conn = amqp().await;
     let ch = confirm_channel(&conn).await;
@@ -33,8 +35,14 @@ async fn amqp_publish_reaches_topic_subscriber_with_properties() {
 
     let msg = client.expect(Command::Message).await;
     assert_eq!(msg.header("subscription").as_deref(), Some("s1"));
-    assert_eq!(msg.header("destination").as_deref(), Some(format!("/topic/{topic}").as_str()));
-    assert_eq!(msg.header("content-type").as_deref(), Some("application/json"));
+    assert_eq!(
+        msg.header("destination").as_deref(),
+        Some(format!("/topic/{topic}").as_str())
+    );
+    assert_eq!(
+        msg.header("content-type").as_deref(),
+        Some("application/json")
+    );
     assert_eq!(msg.header("correlation-id").as_deref(), Some("corr-1"));
     assert_eq!(msg.header("amqp-message-id").as_deref(), Some("m-1"));
     assert_eq!(msg.header("x-shop").as_deref(), Some("42"));
@@ -117,7 +125,10 @@ async fn send_is_consumed_over_amqp_with_headers_and_receipt() {
     assert_eq!(delivery.routing_key.as_str(), "merchant.7");
     assert_eq!(&delivery.data[..], b"new order\0with NUL");
     let props = &delivery.properties;
-    assert_eq!(props.content_type().as_ref().map(|s| s.as_str()), Some("text/plain"));
+    assert_eq!(
+        props.content_type().as_ref().map(|s| s.as_str()),
+        Some("text/plain")
+    );
     assert_eq!(props.delivery_mode(), &Some(2));
     assert_eq!(props.priority(), &Some(3));
     let table = props.headers().as_ref().expect("headers table");
@@ -143,7 +154,14 @@ async fn fill_queue(queue: &str, n: usize) {
     .await
     .expect("declare");
     for i in 0..n {
-        publish(&ch, "", queue, format!("m{i}").as_bytes(), BasicProperties::default()).await;
+        publish(
+            &ch,
+            "",
+            queue,
+            format!("m{i}").as_bytes(),
+            BasicProperties::default(),
+        )
+        .await;
     }
 }
 
@@ -175,11 +193,20 @@ async fn client_individual_ack_and_nack_follow_the_broker() {
     let m0 = a.expect(Command::Message).await;
     let m1 = a.expect(Command::Message).await;
     let m2 = a.expect(Command::Message).await;
-    assert_eq!((body(&m0), body(&m1), body(&m2)), ("m0".into(), "m1".into(), "m2".into()));
-    let ack_id = |m: &Frame| m.header("ack").expect("1.2 client mode has ack").into_owned();
+    assert_eq!(
+        (body(&m0), body(&m1), body(&m2)),
+        ("m0".into(), "m1".into(), "m2".into())
+    );
+    let ack_id = |m: &Frame| {
+        m.header("ack")
+            .expect("1.2 client mode has ack")
+            .into_owned()
+    };
     // ACK m0 and m2, NACK m1 without requeue (dropped), then disconnect.
-    a.send(&Frame::new(Command::Ack).with_header("id", &ack_id(&m0))).await;
-    a.send(&Frame::new(Command::Ack).with_header("id", &ack_id(&m2))).await;
+    a.send(&Frame::new(Command::Ack).with_header("id", &ack_id(&m0)))
+        .await;
+    a.send(&Frame::new(Command::Ack).with_header("id", &ack_id(&m2)))
+        .await;
     a.send(
         &Frame::new(Command::Nack)
             .with_header("id", &ack_id(&m1))
@@ -192,8 +219,16 @@ async fn client_individual_ack_and_nack_follow_the_broker() {
 
     // Nothing is left: a new consumer gets nothing.
     let (mut b, _) = StompClient::connect(&gw.ws_url(), "1.2").await;
-    b.subscribe("q", &format!("/queue/{queue}"), &[("ack", "client-individual")]).await;
-    assert_eq!(b.recv_within(Duration::from_millis(700)).await, Recv::Timeout);
+    b.subscribe(
+        "q",
+        &format!("/queue/{queue}"),
+        &[("ack", "client-individual")],
+    )
+    .await;
+    assert_eq!(
+        b.recv_within(Duration::from_millis(700)).await,
+        Recv::Timeout
+    );
     b.disconnect().await;
     delete_queue(&queue).await;
 }
@@ -205,7 +240,12 @@ async fn unacked_messages_are_redelivered_after_nack_and_disconnect() {
     fill_queue(&queue, 2).await;
 
     let (mut a, _) = StompClient::connect(&gw.ws_url(), "1.2").await;
-    a.subscribe("q", &format!("/queue/{queue}"), &[("ack", "client-individual")]).await;
+    a.subscribe(
+        "q",
+        &format!("/queue/{queue}"),
+        &[("ack", "client-individual")],
+    )
+    .await;
     let m0 = a.expect(Command::Message).await;
     let m1 = a.expect(Command::Message).await;
     // NACK m0 with requeue (default): it comes back, marked redelivered.
@@ -219,12 +259,18 @@ async fn unacked_messages_are_redelivered_after_nack_and_disconnect() {
     let _ = m1;
 
     let (mut b, _) = StompClient::connect(&gw.ws_url(), "1.1").await;
-    b.subscribe("q", &format!("/queue/{queue}"), &[("ack", "client")]).await;
-    let mut got = vec![b.expect(Command::Message).await, b.expect(Command::Message).await];
+    b.subscribe("q", &format!("/queue/{queue}"), &[("ack", "client")])
+        .await;
+    let mut got = [
+        b.expect(Command::Message).await,
+        b.expect(Command::Message).await,
+    ];
     got.sort_by_key(body);
     assert_eq!(body(&got[0]), "m0");
     assert_eq!(body(&got[1]), "m1");
-    assert!(got.iter().all(|m| m.header("redelivered").as_deref() == Some("true")));
+    assert!(got
+        .iter()
+        .all(|m| m.header("redelivered").as_deref() == Some("true")));
     // 1.1 has no ack header; cumulative ACK by message-id + subscription.
     assert!(got[0].header("ack").is_none());
     let last = got
@@ -246,7 +292,10 @@ async fn unacked_messages_are_redelivered_after_nack_and_disconnect() {
 
     let (mut c, _) = StompClient::connect(&gw.ws_url(), "1.2").await;
     c.subscribe("q", &format!("/queue/{queue}"), &[]).await;
-    assert_eq!(c.recv_within(Duration::from_millis(700)).await, Recv::Timeout);
+    assert_eq!(
+        c.recv_within(Duration::from_millis(700)).await,
+        Recv::Timeout
+    );
     c.disconnect().await;
     delete_queue(&queue).await;
 }
@@ -268,7 +317,8 @@ async fn queue_messages_are_shared_between_competing_consumers() {
         )
         .await;
     }
-    s.send(&Frame::new(Command::Disconnect).with_header("receipt", "done")).await;
+    s.send(&Frame::new(Command::Disconnect).with_header("receipt", "done"))
+        .await;
     s.expect(Command::Receipt).await;
     let mut seen = Vec::new();
     for client in [&mut a, &mut b] {
@@ -292,12 +342,20 @@ async fn transactions_publish_and_ack_only_on_commit() {
     fill_queue(&queue, 1).await;
     let topic = unique("txtopic");
     let (mut listener, _) = StompClient::connect(&gw.ws_url(), "1.2").await;
-    listener.subscribe("t", &format!("/topic/{topic}"), &[]).await;
+    listener
+        .subscribe("t", &format!("/topic/{topic}"), &[])
+        .await;
 
     let (mut c, _) = StompClient::connect(&gw.ws_url(), "1.2").await;
-    c.subscribe("q", &format!("/queue/{queue}"), &[("ack", "client-individual")]).await;
+    c.subscribe(
+        "q",
+        &format!("/queue/{queue}"),
+        &[("ack", "client-individual")],
+    )
+    .await;
     let job = c.expect(Command::Message).await;
-    c.send(&Frame::new(Command::Begin).with_header("transaction", "tx1")).await;
+    c.send(&Frame::new(Command::Begin).with_header("transaction", "tx1"))
+        .await;
     c.send(
         &Frame::new(Command::Send)
             .with_header("destination", &format!("/topic/{topic}"))
@@ -312,9 +370,13 @@ async fn transactions_publish_and_ack_only_on_commit() {
     )
     .await;
     // Nothing published before COMMIT.
-    assert_eq!(listener.recv_within(Duration::from_millis(500)).await, Recv::Timeout);
+    assert_eq!(
+        listener.recv_within(Duration::from_millis(500)).await,
+        Recv::Timeout
+    );
     // An aborted transaction publishes nothing at all.
-    c.send(&Frame::new(Command::Begin).with_header("transaction", "tx2")).await;
+    c.send(&Frame::new(Command::Begin).with_header("transaction", "tx2"))
+        .await;
     c.send(
         &Frame::new(Command::Send)
             .with_header("destination", &format!("/topic/{topic}"))
@@ -322,7 +384,8 @@ async fn transactions_publish_and_ack_only_on_commit() {
             .with_body("aborted"),
     )
     .await;
-    c.send(&Frame::new(Command::Abort).with_header("transaction", "tx2")).await;
+    c.send(&Frame::new(Command::Abort).with_header("transaction", "tx2"))
+        .await;
     c.send(
         &Frame::new(Command::Commit)
             .with_header("transaction", "tx1")
@@ -333,12 +396,18 @@ async fn transactions_publish_and_ack_only_on_commit() {
     assert_eq!(receipt.header("receipt-id").as_deref(), Some("c1"));
     let got = listener.expect(Command::Message).await;
     assert_eq!(body(&got), "in-tx");
-    assert_eq!(listener.recv_within(Duration::from_millis(500)).await, Recv::Timeout);
+    assert_eq!(
+        listener.recv_within(Duration::from_millis(500)).await,
+        Recv::Timeout
+    );
     c.disconnect().await;
     // The ACK was applied at COMMIT: the job is gone.
     let (mut d, _) = StompClient::connect(&gw.ws_url(), "1.2").await;
     d.subscribe("q", &format!("/queue/{queue}"), &[]).await;
-    assert_eq!(d.recv_within(Duration::from_millis(700)).await, Recv::Timeout);
+    assert_eq!(
+        d.recv_within(Duration::from_millis(700)).await,
+        Recv::Timeout
+    );
     d.disconnect().await;
     listener.disconnect().await;
     delete_queue(&queue).await;
@@ -384,7 +453,10 @@ async fn temp_queue_request_reply_with_an_amqp_backend() {
             .reply_to()
             .clone()
             .expect("reply_to set");
-        assert!(!reply_to.as_str().starts_with('/'), "AMQP reply_to is a bare queue name");
+        assert!(
+            !reply_to.as_str().starts_with('/'),
+            "AMQP reply_to is a bare queue name"
+        );
         let pch = confirm_channel(&conn).await;
         publish(
             &pch,
@@ -407,7 +479,10 @@ async fn temp_queue_request_reply_with_an_amqp_backend() {
     )
     .await;
     let reply = c.expect(Command::Message).await;
-    assert_eq!(reply.header("subscription").as_deref(), Some("/temp-queue/answers"));
+    assert_eq!(
+        reply.header("subscription").as_deref(),
+        Some("/temp-queue/answers")
+    );
     assert_eq!(body(&reply), "pong");
     assert_eq!(reply.header("correlation-id").as_deref(), Some("c-9"));
     backend.await.expect("backend");
@@ -419,7 +494,9 @@ async fn stomp_responder_replies_through_reply_queue() {
     let gw = start_gateway(|_| {}).await;
     let service = unique("svc");
     let (mut server, _) = StompClient::connect(&gw.ws_url(), "1.2").await;
-    server.subscribe("in", &format!("/queue/{service}"), &[]).await;
+    server
+        .subscribe("in", &format!("/queue/{service}"), &[])
+        .await;
     let (mut client, _) = StompClient::connect(&gw.ws_url(), "1.2").await;
     client
         .send(
@@ -441,7 +518,10 @@ async fn stomp_responder_replies_through_reply_queue() {
         .await;
     let answer = client.expect(Command::Message).await;
     assert_eq!(body(&answer), "answer");
-    assert_eq!(answer.header("subscription").as_deref(), Some("/temp-queue/r"));
+    assert_eq!(
+        answer.header("subscription").as_deref(),
+        Some("/temp-queue/r")
+    );
     client.disconnect().await;
     server.disconnect().await;
     delete_queue(&service).await;

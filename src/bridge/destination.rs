@@ -20,12 +20,25 @@ const MAX_NAME: usize = 255;
 /// A parsed destination.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Destination {
-    Exchange { exchange: String, routing_key: String },
-    Topic { key: String },
-    Queue { name: String },
-    AmqQueue { name: String },
-    TempQueue { name: String },
-    ReplyQueue { name: String },
+    Exchange {
+        exchange: String,
+        routing_key: String,
+    },
+    Topic {
+        key: String,
+    },
+    Queue {
+        name: String,
+    },
+    AmqQueue {
+        name: String,
+    },
+    TempQueue {
+        name: String,
+    },
+    ReplyQueue {
+        name: String,
+    },
 }
 
 /// Why a destination string was refused; the text goes to the client.
@@ -87,7 +100,10 @@ impl Destination {
     /// Whether subscribers share messages by fan-out (every subscriber gets
     /// every message) rather than compete for them.
     pub fn is_broadcast(&self) -> bool {
-        matches!(self, Destination::Exchange { .. } | Destination::Topic { .. })
+        matches!(
+            self,
+            Destination::Exchange { .. } | Destination::Topic { .. }
+        )
     }
 
     /// Exchange and routing key a SEND to this destination publishes with.

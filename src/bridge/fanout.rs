@@ -97,14 +97,23 @@ impl SharedMessage {
             .iter()
             .any(|(n, v)| has_escapable(n) || has_escapable(v));
         let encode = |escaping: Escaping| {
-            let size = 32 + headers.iter().map(|(n, v)| n.len() + v.len() + 2).sum::<usize>();
+            let size = 32
+                + headers
+                    .iter()
+                    .map(|(n, v)| n.len() + v.len() + 2)
+                    .sum::<usize>();
             let mut buf = BytesMut::with_capacity(size + body.len());
             encode_header("message-id", &id, escaping, &mut buf);
             for (name, value) in headers {
                 encode_header(name, value, escaping, &mut buf);
             }
             if !body.is_empty() {
-                encode_header("content-length", &body.len().to_string(), escaping, &mut buf);
+                encode_header(
+                    "content-length",
+                    &body.len().to_string(),
+                    escaping,
+                    &mut buf,
+                );
             }
             buf.put_u8(b'\n');
             buf.put_slice(body);
@@ -173,7 +182,11 @@ impl Hub {
     }
 
     /// Adds a subscriber to `binding`, declaring its queue if it is the first.
-    pub async fn subscribe(self: &Arc<Self>, binding: Binding, subscriber: Subscriber) -> Result<(), BridgeError> {
+    pub async fn subscribe(
+        self: &Arc<Self>,
+        binding: Binding,
+        subscriber: Subscriber,
+    ) -> Result<(), BridgeError> {
         let (session, id) = (subscriber.session, Arc::clone(&subscriber.id));
         let topic = {
             let mut topics = self.topics.lock().map_err(|_| BridgeError::Poisoned)?;
@@ -239,6 +252,9 @@ impl Hub {
             if let Some(topic) = topics.remove(binding) {
                 topic.stop.cancel();
             }
+            crate::metrics::get()
+                .amqp_broadcast_queues
+                .set(topics.len() as f64);
         }
     }
 
@@ -246,11 +262,19 @@ impl Hub {
     /// consumer to a task that fans out and re-establishes it when lost.
     async fn start(self: Arc<Self>, topic: Arc<Topic>) -> Result<(), BridgeError> {
         let (channel, consumer) = establish(&self.pool, &topic.binding).await?;
+        crate::metrics::get()
+            .amqp_broadcast_queues
+            .set(self.bindings() as f64);
         tokio::spawn(async move { self.run(topic, channel, consumer).await });
         Ok(())
     }
 
-    async fn run(self: Arc<Self>, topic: Arc<Topic>, mut channel: Channel, mut consumer: lapin::Consumer) {
+    async fn run(
+        self: Arc<Self>,
+        topic: Arc<Topic>,
+        mut channel: Channel,
+        mut consumer: lapin::Consumer,
+    ) {
         loop {
             loop {
                 let next = tokio::select! {
@@ -307,6 +331,11 @@ impl Hub {
         let Ok(subscribers) = topic.subscribers.read() else {
             return;
         };
+        let metrics = crate::metrics::get();
+        metrics
+            .delivered_broadcast
+            .increment(subscribers.len() as u64);
+        metrics.frames_out(crate::stomp::Command::Message, subscribers.len() as u64);
         for s in subscribers.iter() {
             s.link.offer(Outbound::Broadcast {
                 prefix: s.prefix.clone(),
@@ -318,7 +347,10 @@ impl Hub {
     }
 }
 
-async fn establish(pool: &Pool, binding: &Binding) -> Result<(Channel, lapin::Consumer), BridgeError> {
+async fn establish(
+    pool: &Pool,
+    binding: &Binding,
+) -> Result<(Channel, lapin::Consumer), BridgeError> {
     let channel = pool.channel().await?;
     let queue = channel
         .queue_declare(

@@ -84,8 +84,22 @@ impl Pool {
         Err(BridgeError::Unavailable)
     }
 
+    fn publish_state(&self) {
+        let up = self
+            .slots
+            .iter()
+            .filter(|slot| {
+                slot.read()
+                    .map(|c| c.as_ref().is_some_and(|c| c.status().connected()))
+                    .unwrap_or(false)
+            })
+            .count();
+        crate::metrics::get().amqp_connections_up.set(up as f64);
+    }
+
     async fn supervise(&self, index: usize) {
         let mut backoff = Duration::from_millis(100);
+        let mut first = true;
         const MAX_BACKOFF: Duration = Duration::from_secs(5);
         loop {
             let props = ConnectionProperties::default()
@@ -98,6 +112,11 @@ impl Pool {
                         *slot = Some(Arc::clone(&conn));
                     }
                     self.connected.notify_waiters();
+                    self.publish_state();
+                    if !first {
+                        crate::metrics::get().amqp_reconnects.increment(1);
+                    }
+                    first = false;
                     backoff = Duration::from_millis(100);
                     while conn.status().connected() {
                         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -106,6 +125,7 @@ impl Pool {
                     if let Ok(mut slot) = self.slots[index].write() {
                         *slot = None;
                     }
+                    self.publish_state();
                 }
                 Err(error) => {
                     tracing::warn!(connection = index, %error, "AMQP connect failed");

@@ -63,7 +63,10 @@ pub fn properties_from_stomp(
             "app-id" => props.with_app_id(short(name, v)?),
             "timestamp" => props.with_timestamp(number(name, v)?),
             _ => {
-                table.insert(short("header name", name)?, AMQPValue::LongString(LongString::from(v)));
+                table.insert(
+                    short("header name", name)?,
+                    AMQPValue::LongString(LongString::from(v)),
+                );
                 props
             }
         };
@@ -133,7 +136,12 @@ pub fn stomp_headers_from_amqp(
             // Never let the table override what the gateway itself sets.
             if matches!(
                 name,
-                "destination" | "message-id" | "subscription" | "ack" | "content-length" | "receipt"
+                "destination"
+                    | "message-id"
+                    | "subscription"
+                    | "ack"
+                    | "content-length"
+                    | "receipt"
             ) || out.iter().any(|(n, _)| n == name)
             {
                 continue;

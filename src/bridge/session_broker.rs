@@ -67,7 +67,12 @@ pub struct SessionBroker {
 }
 
 impl SessionBroker {
-    pub fn new(pool: Arc<Pool>, hub: Arc<Hub>, key: u64, inbound: mpsc::Sender<Inbound>) -> SessionBroker {
+    pub fn new(
+        pool: Arc<Pool>,
+        hub: Arc<Hub>,
+        key: u64,
+        inbound: mpsc::Sender<Inbound>,
+    ) -> SessionBroker {
         SessionBroker {
             pool,
             hub,
@@ -92,7 +97,11 @@ impl SessionBroker {
     }
 
     /// Sets up a subscription; `subscriber` is used for fan-out ones.
-    pub async fn subscribe(&mut self, req: &SubscribeRequest, subscriber: Subscriber) -> Result<(), BridgeError> {
+    pub async fn subscribe(
+        &mut self,
+        req: &SubscribeRequest,
+        subscriber: Subscriber,
+    ) -> Result<(), BridgeError> {
         if req.is_fanout() {
             let (exchange, routing_key) = req.destination.publish_target();
             let binding = Binding {
@@ -101,6 +110,7 @@ impl SessionBroker {
             };
             self.hub.subscribe(binding.clone(), subscriber).await?;
             self.fanout.insert(req.id.clone(), binding);
+            crate::metrics::get().subscriptions.increment(1.0);
             return Ok(());
         }
         let channel = self.pool.channel().await?;
@@ -111,7 +121,11 @@ impl SessionBroker {
         result
     }
 
-    async fn consume_own(&mut self, channel: &Channel, req: &SubscribeRequest) -> Result<(), BridgeError> {
+    async fn consume_own(
+        &mut self,
+        channel: &Channel,
+        req: &SubscribeRequest,
+    ) -> Result<(), BridgeError> {
         channel
             .basic_qos(req.prefetch, BasicQosOptions::default())
             .await?;
@@ -157,7 +171,8 @@ impl SessionBroker {
                 ))
             }
         };
-        self.start_consumer(channel.clone(), &queue, &req.id, req.ack).await
+        self.start_consumer(channel.clone(), &queue, &req.id, req.ack)
+            .await
     }
 
     async fn start_consumer(
@@ -178,17 +193,25 @@ impl SessionBroker {
         let subscription: Arc<str> = Arc::from(id);
         let inbound = self.inbound.clone();
         let task = tokio::spawn(forward(consumer, subscription, inbound));
-        self.own.insert(id.to_owned(), OwnConsumer { channel, ack, task });
+        self.own
+            .insert(id.to_owned(), OwnConsumer { channel, ack, task });
+        let metrics = crate::metrics::get();
+        metrics.subscriptions.increment(1.0);
+        metrics.amqp_consumers.increment(1.0);
         Ok(())
     }
 
     /// Cancels a subscription; unacked messages of a queue subscription go
     /// back to the queue.
     pub async fn unsubscribe(&mut self, id: &str) {
+        let metrics = crate::metrics::get();
         if let Some(binding) = self.fanout.remove(id) {
             self.hub.unsubscribe(&binding, self.key, id);
+            metrics.subscriptions.decrement(1.0);
         }
         if let Some(own) = self.own.remove(id) {
+            metrics.subscriptions.decrement(1.0);
+            metrics.amqp_consumers.decrement(1.0);
             own.task.abort();
             let _ = own.channel.close(200, "unsubscribed".into()).await;
         }
@@ -202,7 +225,12 @@ impl SessionBroker {
             .is_some_and(|o| o.ack == AckMode::Auto)
     }
 
-    pub async fn ack(&self, subscription: &str, tag: u64, multiple: bool) -> Result<(), BridgeError> {
+    pub async fn ack(
+        &self,
+        subscription: &str,
+        tag: u64,
+        multiple: bool,
+    ) -> Result<(), BridgeError> {
         if let Some(own) = self.own.get(subscription) {
             own.channel
                 .basic_ack(tag, BasicAckOptions { multiple })
@@ -211,7 +239,13 @@ impl SessionBroker {
         Ok(())
     }
 
-    pub async fn nack(&self, subscription: &str, tag: u64, multiple: bool, requeue: bool) -> Result<(), BridgeError> {
+    pub async fn nack(
+        &self,
+        subscription: &str,
+        tag: u64,
+        multiple: bool,
+        requeue: bool,
+    ) -> Result<(), BridgeError> {
         if let Some(own) = self.own.get(subscription) {
             own.channel
                 .basic_nack(tag, BasicNackOptions { multiple, requeue })
@@ -289,6 +323,11 @@ impl SessionBroker {
 
     /// Releases everything; unacked queue messages are requeued by the broker.
     pub async fn close(&mut self) {
+        let metrics = crate::metrics::get();
+        metrics
+            .subscriptions
+            .decrement((self.fanout.len() + self.own.len()) as f64);
+        metrics.amqp_consumers.decrement(self.own.len() as f64);
         for (id, binding) in self.fanout.drain() {
             self.hub.unsubscribe(&binding, self.key, &id);
         }
@@ -302,7 +341,11 @@ impl SessionBroker {
     }
 }
 
-async fn declare_shared_queue(channel: &Channel, name: &str, args: &[(String, String)]) -> Result<(), BridgeError> {
+async fn declare_shared_queue(
+    channel: &Channel,
+    name: &str,
+    args: &[(String, String)],
+) -> Result<(), BridgeError> {
     channel
         .queue_declare(
             short("queue name", name)?,
@@ -316,7 +359,11 @@ async fn declare_shared_queue(channel: &Channel, name: &str, args: &[(String, St
     Ok(())
 }
 
-async fn forward(mut consumer: lapin::Consumer, subscription: Arc<str>, inbound: mpsc::Sender<Inbound>) {
+async fn forward(
+    mut consumer: lapin::Consumer,
+    subscription: Arc<str>,
+    inbound: mpsc::Sender<Inbound>,
+) {
     let reason = loop {
         match consumer.next().await {
             Some(Ok(delivery)) => {
@@ -342,5 +389,10 @@ async fn forward(mut consumer: lapin::Consumer, subscription: Arc<str>, inbound:
             None => break "consumer cancelled by the broker".to_owned(),
         }
     };
-    let _ = inbound.send(Inbound::Lost { subscription, reason }).await;
+    let _ = inbound
+        .send(Inbound::Lost {
+            subscription,
+            reason,
+        })
+        .await;
 }

@@ -98,6 +98,9 @@ pub struct PublishRequest {
     /// `reply-to` removed).
     pub headers: Vec<(String, String)>,
     pub reply_to: Option<ReplyTo>,
+    /// The SEND's `receipt`, named in the ERROR if the broker refuses it
+    /// (the RECEIPT itself follows as [`Action::Receipt`]).
+    pub receipt: Option<String>,
     pub body: Bytes,
 }
 

@@ -27,12 +27,10 @@ pub fn negotiate(client: (u64, u64), config: &HeartbeatConfig) -> Heartbeats {
     let (cx, cy) = client;
     let sx = config.offer_send_ms;
     let sy = config.want_receive_ms;
-    let send_every = (sx != 0 && cy != 0).then(|| {
-        Duration::from_millis(sx.max(cy).max(config.min_send_ms))
-    });
-    let expect_within = (sy != 0 && cx != 0).then(|| {
-        Duration::from_millis(((sy.max(cx) as f64) * config.grace_factor) as u64)
-    });
+    let send_every =
+        (sx != 0 && cy != 0).then(|| Duration::from_millis(sx.max(cy).max(config.min_send_ms)));
+    let expect_within = (sy != 0 && cx != 0)
+        .then(|| Duration::from_millis(((sy.max(cx) as f64) * config.grace_factor) as u64));
     Heartbeats {
         server_header: (sx, sy),
         send_every,

@@ -18,9 +18,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use bytes::Bytes;
 
-pub use action::{
-    AckMode, Action, Negotiated, PublishRequest, ReplyTo, SubscribeRequest, Version,
-};
+pub use action::{AckMode, Action, Negotiated, PublishRequest, ReplyTo, SubscribeRequest, Version};
 
 use crate::bridge::destination::Destination;
 use crate::config::{HeartbeatConfig, Limits};
@@ -170,8 +168,18 @@ impl Session {
     /// The broker refused what this session asked (a declaration, a bind,
     /// a publish) or the session's broker resources failed.
     pub fn broker_error(&mut self, message: &str, out: &mut Vec<Action>) {
+        self.broker_error_for(message, None, out);
+    }
+
+    /// As [`Session::broker_error`], for the frame that asked for `receipt`.
+    pub fn broker_error_for(
+        &mut self,
+        message: &str,
+        receipt: Option<&str>,
+        out: &mut Vec<Action>,
+    ) {
         if self.phase != Phase::Closed {
-            self.fail(message, "", None, out);
+            self.fail(message, "", receipt, out);
         }
     }
 
@@ -240,7 +248,9 @@ impl Session {
                 })
                 .max()
                 .ok_or_else(|| {
-                    Refusal::new("no supported protocol version; supported versions are 1.0,1.1,1.2")
+                    Refusal::new(
+                        "no supported protocol version; supported versions are 1.0,1.1,1.2",
+                    )
                 })?,
         };
         if !self.config.allowed_hosts.is_empty() {
@@ -257,9 +267,8 @@ impl Session {
         }
         let client_heartbeat = match (version, frame.header("heart-beat")) {
             (Version::V1_0, _) | (_, None) => (0, 0),
-            (_, Some(value)) => heartbeat::parse(&value).ok_or_else(|| {
-                Refusal::new(format!("malformed heart-beat header '{value}'"))
-            })?,
+            (_, Some(value)) => heartbeat::parse(&value)
+                .ok_or_else(|| Refusal::new(format!("malformed heart-beat header '{value}'")))?,
         };
         let hb = heartbeat::negotiate(client_heartbeat, &self.config.heartbeat);
         self.version = version;
@@ -277,7 +286,11 @@ impl Session {
         }
         out.push(Action::Established(Negotiated {
             version,
-            send_every: if version >= Version::V1_1 { hb.send_every } else { None },
+            send_every: if version >= Version::V1_1 {
+                hb.send_every
+            } else {
+                None
+            },
             expect_within: if version >= Version::V1_1 {
                 hb.expect_within
             } else {
@@ -339,6 +352,11 @@ impl Session {
             destination,
             headers,
             reply_to,
+            receipt: if replay {
+                None
+            } else {
+                frame.header("receipt").map(|r| r.into_owned())
+            },
             body: frame.body.clone(),
         }));
         if !replay {
@@ -373,7 +391,9 @@ impl Session {
             ));
         }
         if self.subscriptions.contains_key(&id) {
-            return Err(Refusal::new(format!("subscription id '{id}' is already in use")));
+            return Err(Refusal::new(format!(
+                "subscription id '{id}' is already in use"
+            )));
         }
         self.check_subscription_limit()?;
         let ack = match frame.header("ack").as_deref() {
@@ -407,7 +427,10 @@ impl Session {
             || parse_bool(frame, "persistent")?.unwrap_or(false);
         let auto_delete = parse_bool(frame, "auto-delete")?.unwrap_or(!durable);
         let queue_name = frame.header("x-queue-name").map(|q| q.into_owned());
-        if queue_name.as_deref().is_some_and(|q| q.is_empty() || q.len() > 255) {
+        if queue_name
+            .as_deref()
+            .is_some_and(|q| q.is_empty() || q.len() > 255)
+        {
             return Err(Refusal::new("x-queue-name must be 1 to 255 bytes"));
         }
         let queue_arguments = frame
@@ -444,11 +467,15 @@ impl Session {
             (None, Version::V1_0) => frame
                 .header("destination")
                 .map(|d| d.into_owned())
-                .ok_or_else(|| Refusal::new("UNSUBSCRIBE frame has no 'id' or 'destination' header"))?,
+                .ok_or_else(|| {
+                    Refusal::new("UNSUBSCRIBE frame has no 'id' or 'destination' header")
+                })?,
             (None, _) => return Err(Refusal::new("UNSUBSCRIBE frame has no 'id' header")),
         };
         if id.starts_with("/temp-queue/") {
-            return Err(Refusal::new("temporary queue subscriptions cannot be cancelled"));
+            return Err(Refusal::new(
+                "temporary queue subscriptions cannot be cancelled",
+            ));
         }
         if self.subscriptions.remove(&id).is_none() {
             return Err(Refusal::new(format!("no subscription with id '{id}'")));
@@ -576,7 +603,11 @@ impl Session {
     }
 
     /// Buffers `frame` if it names a transaction; `Ok(true)` when buffered.
-    fn buffer_in_transaction(&mut self, frame: &Frame, out: &mut Vec<Action>) -> Result<bool, Refusal> {
+    fn buffer_in_transaction(
+        &mut self,
+        frame: &Frame,
+        out: &mut Vec<Action>,
+    ) -> Result<bool, Refusal> {
         let Some(tx) = frame.header("transaction") else {
             return Ok(false);
         };
@@ -662,7 +693,10 @@ impl Refusal {
 
 fn parse_destination(frame: &Frame) -> Result<Destination, Refusal> {
     let value = frame.header("destination").ok_or_else(|| {
-        Refusal::new(format!("{} frame has no 'destination' header", frame.command))
+        Refusal::new(format!(
+            "{} frame has no 'destination' header",
+            frame.command
+        ))
     })?;
     Destination::parse(&value).map_err(|e| Refusal::new(e.to_string()))
 }
@@ -671,7 +705,12 @@ fn transaction_name(frame: &Frame) -> Result<String, Refusal> {
     frame
         .header("transaction")
         .map(|t| t.into_owned())
-        .ok_or_else(|| Refusal::new(format!("{} frame has no 'transaction' header", frame.command)))
+        .ok_or_else(|| {
+            Refusal::new(format!(
+                "{} frame has no 'transaction' header",
+                frame.command
+            ))
+        })
 }
 
 fn parse_bool(frame: &Frame, name: &str) -> Result<Option<bool>, Refusal> {

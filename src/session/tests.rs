@@ -497,6 +497,7 @@ fn send_publishes_filtered_headers_and_body() {
                 ("x-custom".into(), "1".into()),
             ],
             reply_to: Some(ReplyTo::Plain("/queue/replies".into())),
+            receipt: None,
             body: Bytes::from_static(b"{\"a\":1}"),
         }
     );

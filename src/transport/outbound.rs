@@ -52,7 +52,10 @@ pub struct ClientLink {
 
 impl ClientLink {
     /// A link and the receiving end for the writer, holding `capacity` entries.
-    pub fn new(capacity: usize, policy: SlowClientPolicy) -> (Arc<ClientLink>, mpsc::Receiver<Outbound>) {
+    pub fn new(
+        capacity: usize,
+        policy: SlowClientPolicy,
+    ) -> (Arc<ClientLink>, mpsc::Receiver<Outbound>) {
         let (tx, rx) = mpsc::channel(capacity);
         (
             Arc::new(ClientLink {
@@ -80,6 +83,7 @@ impl ClientLink {
             Err(mpsc::error::TrySendError::Full(_)) => match self.policy {
                 SlowClientPolicy::Drop => {
                     self.dropped.fetch_add(1, Ordering::Relaxed);
+                    crate::metrics::get().slow_client_dropped.increment(1);
                 }
                 SlowClientPolicy::Disconnect => {
                     if !self.overflowed.swap(true, Ordering::AcqRel) {

@@ -27,6 +27,7 @@ use tokio_util::codec::Decoder;
 use super::outbound::{ClientLink, Outbound};
 use crate::bridge::fanout::Subscriber;
 use crate::bridge::{Inbound, SessionBroker};
+use crate::metrics::ErrorKind;
 use crate::server::Gateway;
 use crate::session::{AckMode, Action, Session, Version};
 use crate::stomp::{self, Escaping, Frame, FrameLimits, StompCodec};
@@ -34,10 +35,15 @@ use crate::stomp::{self, Escaping, Frame, FrameLimits, StompCodec};
 /// The protocols offered in the WebSocket handshake.
 pub const SUBPROTOCOLS: [&str; 3] = ["v12.stomp", "v11.stomp", "v10.stomp"];
 
-type Confirm = BoxFuture<'static, Result<Option<String>, String>>;
+/// A publish refused by the broker: the error, and the receipt the SEND asked for.
+type Refused = (String, Option<String>);
+
+type Confirm = BoxFuture<'static, Result<Option<String>, Refused>>;
 
 /// Serves one upgraded WebSocket until it closes.
 pub async fn run(socket: WebSocket, gateway: Arc<Gateway>) {
+    let _guard = gateway.track_connection();
+    let metrics = crate::metrics::get();
     let limits = &gateway.config.limits;
     let (sink, mut stream) = socket.split();
     let (link, out_rx) = ClientLink::new(limits.outbound_queue_frames, limits.slow_client_policy);
@@ -67,6 +73,10 @@ pub async fn run(socket: WebSocket, gateway: Arc<Gateway>) {
     };
     let connect_deadline = Instant::now() + limits.connect_timeout();
     let connect_timeout_ms = limits.connect_timeout_ms;
+    let drain_window = Duration::from_millis(gateway.config.drain_window_ms);
+    // Set when the gateway drains: this session closes at that moment.
+    let mut drain_at: Option<Instant> = None;
+    let mut shutting_down = false;
 
     loop {
         let deadline = if !conn.session.is_connected() && !conn.session.is_closed() {
@@ -86,10 +96,13 @@ pub async fn run(socket: WebSocket, gateway: Arc<Gateway>) {
             Some(result) = conn.confirms.next(), if !conn.confirms.is_empty() => Event::Confirmed(result),
             () = link.overflowed() => Event::Overflow,
             () = tokio::time::sleep_until(deadline), if !conn.closing => Event::Deadline,
+            () = gateway.draining.cancelled(), if drain_at.is_none() => Event::DrainStarted,
+            () = sleep_until_some(drain_at), if !conn.closing => Event::DrainNow,
         };
         match event {
             Event::Socket(Some(Ok(message))) => {
                 conn.last_read = Instant::now();
+                metrics.bytes_in.increment(ws_len(&message));
                 match message {
                     WsMessage::Text(text) => conn.receive(text.as_str().as_bytes()).await,
                     WsMessage::Binary(data) => conn.receive(&data).await,
@@ -108,16 +121,30 @@ pub async fn run(socket: WebSocket, gateway: Arc<Gateway>) {
                 conn.write(&frame).await;
             }
             Event::Confirmed(Ok(None)) => {}
-            Event::Confirmed(Err(message)) => {
+            Event::Confirmed(Err((message, receipt))) => {
+                // Nothing queued behind a refused publish may be confirmed.
+                conn.confirms = FuturesOrdered::new();
                 let mut actions = Vec::new();
-                conn.session.broker_error(&message, &mut actions);
+                conn.session
+                    .broker_error_for(&message, receipt.as_deref(), &mut actions);
+                metrics.error(ErrorKind::Broker);
                 conn.execute(actions).await;
             }
             Event::Overflow => {
                 tracing::info!("client too slow: outbound queue full, disconnecting");
+                metrics.slow_client_disconnected.increment(1);
                 writer.abort();
-                conn.broker.close().await;
+                conn.finish().await;
                 return;
+            }
+            Event::DrainStarted => {
+                let spread = drain_window.mul_f64(rand::random::<f64>());
+                drain_at = Some(Instant::now() + spread);
+            }
+            Event::DrainNow => {
+                // Stop reading; pending receipts go out first, then the ERROR.
+                conn.closing = true;
+                shutting_down = true;
             }
             Event::Deadline => {
                 let mut actions = Vec::new();
@@ -129,10 +156,14 @@ pub async fn run(socket: WebSocket, gateway: Arc<Gateway>) {
                 } else {
                     let within = conn.expect_within.unwrap_or_default();
                     conn.session.protocol_error(
-                        &format!("no heart-beat from the client within {} ms", within.as_millis()),
+                        &format!(
+                            "no heart-beat from the client within {} ms",
+                            within.as_millis()
+                        ),
                         &mut actions,
                     );
                 }
+                metrics.error(ErrorKind::Timeout);
                 conn.execute(actions).await;
             }
         }
@@ -140,7 +171,13 @@ pub async fn run(socket: WebSocket, gateway: Arc<Gateway>) {
             break;
         }
     }
-    conn.broker.close().await;
+    if shutting_down && !conn.session.is_closed() {
+        let mut actions = Vec::new();
+        conn.session
+            .broker_error("server shutting down", &mut actions);
+        conn.execute(actions).await;
+    }
+    conn.finish().await;
     let _ = link.send(Outbound::Close).await;
     drop(link);
     drop(conn);
@@ -150,9 +187,28 @@ pub async fn run(socket: WebSocket, gateway: Arc<Gateway>) {
 enum Event {
     Socket(Option<Result<WsMessage, axum::Error>>),
     Inbound(Inbound),
-    Confirmed(Result<Option<String>, String>),
+    Confirmed(Result<Option<String>, Refused>),
     Overflow,
     Deadline,
+    DrainStarted,
+    DrainNow,
+}
+
+/// Payload size of a WebSocket message.
+fn ws_len(message: &WsMessage) -> u64 {
+    (match message {
+        WsMessage::Text(t) => t.len(),
+        WsMessage::Binary(b) | WsMessage::Ping(b) | WsMessage::Pong(b) => b.len(),
+        WsMessage::Close(_) => 0,
+    }) as u64
+}
+
+/// Sleeps until `at`, or forever when there is none.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 struct Connection {
@@ -179,11 +235,26 @@ impl Connection {
         self.buffer.extend_from_slice(data);
         loop {
             let mut actions = Vec::new();
+            let metrics = crate::metrics::get();
             match self.codec.decode(&mut self.buffer) {
-                Ok(Some(stomp::Inbound::Frame(frame))) => self.session.handle(frame, &mut actions),
+                Ok(Some(stomp::Inbound::Frame(frame))) => {
+                    metrics.frame_in(frame.command);
+                    self.session.handle(frame, &mut actions);
+                    if self.session.is_closed()
+                        && actions.iter().any(
+                            |a| matches!(a, Action::Send(f) if f.command == stomp::Command::Error),
+                        )
+                    {
+                        metrics.error(ErrorKind::Session);
+                    }
+                }
                 Ok(Some(stomp::Inbound::Heartbeat)) => continue,
                 Ok(None) => break,
-                Err(error) => self.session.protocol_error(&error.to_string(), &mut actions),
+                Err(error) => {
+                    metrics.error(ErrorKind::Protocol);
+                    self.session
+                        .protocol_error(&error.to_string(), &mut actions);
+                }
             }
             self.execute(actions).await;
             if self.session.is_closed() {
@@ -207,6 +278,7 @@ impl Connection {
                 let Some(frame) = self.session.deliver(&subscription, tag, message) else {
                     return;
                 };
+                crate::metrics::get().delivered_queue.increment(1);
                 self.write(&frame).await;
                 if self.broker.acks_for_client(&subscription) {
                     if let Err(error) = self.broker.ack(&subscription, tag, false).await {
@@ -235,17 +307,24 @@ impl Connection {
     async fn execute(&mut self, actions: Vec<Action>) {
         let mut queue: VecDeque<Action> = actions.into();
         while let Some(action) = queue.pop_front() {
-            if let Err(message) = self.apply(action).await {
+            if let Err((message, receipt)) = self.apply(action).await {
+                // Nothing queued behind a refusal may be confirmed.
+                self.confirms = FuturesOrdered::new();
                 let mut error = Vec::new();
-                self.session.broker_error(&message, &mut error);
+                self.session
+                    .broker_error_for(&message, receipt.as_deref(), &mut error);
+                crate::metrics::get().error(ErrorKind::Broker);
                 queue = error.into();
             }
         }
     }
 
-    async fn apply(&mut self, action: Action) -> Result<(), String> {
+    async fn apply(&mut self, action: Action) -> Result<(), Refused> {
         match action {
             Action::Established(negotiated) => {
+                crate::metrics::get()
+                    .session(negotiated.version)
+                    .increment(1.0);
                 self.escaping = negotiated.version.escaping();
                 self.codec.set_escaping(self.escaping);
                 self.codec.set_limits(self.full_limits);
@@ -256,8 +335,8 @@ impl Connection {
             }
             Action::Send(frame) => self.write(&frame).await,
             Action::Subscribe(request) => {
-                let ack_header = self.session.version() == Some(Version::V1_2)
-                    && request.ack != AckMode::Auto;
+                let ack_header =
+                    self.session.version() == Some(Version::V1_2) && request.ack != AckMode::Auto;
                 let subscriber = Subscriber::new(
                     self.broker.key(),
                     &request.id,
@@ -268,20 +347,26 @@ impl Connection {
                 self.broker
                     .subscribe(&request, subscriber)
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| (e.to_string(), None))?;
             }
             Action::Unsubscribe { id } => self.broker.unsubscribe(&id).await,
             Action::Publish(request) => {
+                let started = Instant::now();
+                let receipt = request.receipt.clone();
                 let confirm = self
                     .broker
                     .publish(&request)
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| (e.to_string(), receipt.clone()))?;
                 self.confirms.push_back(Box::pin(async move {
-                    match confirm.await {
+                    let result = confirm.await;
+                    crate::metrics::get()
+                        .publish_confirm_seconds
+                        .record(started.elapsed().as_secs_f64());
+                    match result {
                         Ok(c) if c.is_ack() => Ok(None),
-                        Ok(_) => Err("publish was rejected by the broker".to_owned()),
-                        Err(e) => Err(format!("broker refused: {e}")),
+                        Ok(_) => Err(("publish was rejected by the broker".to_owned(), receipt)),
+                        Err(e) => Err((format!("broker refused: {e}"), receipt)),
                     }
                 }));
             }
@@ -293,7 +378,7 @@ impl Connection {
                 .broker
                 .ack(&subscription, tag, multiple)
                 .await
-                .map_err(|e| e.to_string())?,
+                .map_err(|e| (e.to_string(), None))?,
             Action::Nack {
                 subscription,
                 tag,
@@ -303,7 +388,7 @@ impl Connection {
                 .broker
                 .nack(&subscription, tag, multiple, requeue)
                 .await
-                .map_err(|e| e.to_string())?,
+                .map_err(|e| (e.to_string(), None))?,
             Action::Receipt(receipt) => {
                 if self.confirms.is_empty() {
                     let frame =
@@ -320,7 +405,16 @@ impl Connection {
     }
 
     /// Encodes a frame for this session's version and queues it.
+    /// Releases the broker side and the session's gauges.
+    async fn finish(&mut self) {
+        if let Some(version) = self.session.version() {
+            crate::metrics::get().session(version).decrement(1.0);
+        }
+        self.broker.close().await;
+    }
+
     async fn write(&mut self, frame: &Frame) {
+        crate::metrics::get().frame_out(frame.command);
         let mut buf = BytesMut::with_capacity(64 + frame.body.len());
         stomp::encode_frame(frame, self.escaping, &mut buf);
         let binary = std::str::from_utf8(&frame.body).is_err();
@@ -335,13 +429,18 @@ impl Connection {
 
 /// Drains the outbound queue into the socket.
 async fn write_loop(mut sink: SplitSink<WebSocket, WsMessage>, mut rx: mpsc::Receiver<Outbound>) {
+    let metrics = crate::metrics::get();
     let mut heartbeat: Option<Duration> = None;
     loop {
         let item = match heartbeat {
             Some(every) => match tokio::time::timeout(every, rx.recv()).await {
                 Ok(item) => item,
                 Err(_) => {
-                    if sink.send(WsMessage::Text(Utf8Bytes::from_static("\n"))).await.is_err() {
+                    if sink
+                        .send(WsMessage::Text(Utf8Bytes::from_static("\n")))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                     continue;
@@ -363,7 +462,9 @@ async fn write_loop(mut sink: SplitSink<WebSocket, WsMessage>, mut rx: mpsc::Rec
                     return;
                 }
                 other => {
-                    if sink.feed(to_ws(other)).await.is_err() {
+                    let message = to_ws(other);
+                    metrics.bytes_out.increment(ws_len(&message));
+                    if sink.feed(message).await.is_err() {
                         return;
                     }
                 }
@@ -389,7 +490,11 @@ fn to_ws(item: Outbound) -> WsMessage {
             message,
         } => {
             let tail = message.tail(escaping);
-            let ack_len = if ack_header { message.ack_line.len() } else { 0 };
+            let ack_len = if ack_header {
+                message.ack_line.len()
+            } else {
+                0
+            };
             let mut buf = BytesMut::with_capacity(prefix.len() + ack_len + tail.len());
             buf.put_slice(&prefix);
             if ack_header {

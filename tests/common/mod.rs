@@ -54,7 +54,11 @@ pub async fn start_gateway(tweak: impl FnOnce(&mut Config)) -> TestGateway {
         },
     ));
     assert!(
-        gateway.bridge.pool.wait_ready(Duration::from_secs(15)).await,
+        gateway
+            .bridge
+            .pool
+            .wait_ready(Duration::from_secs(15))
+            .await,
         "gateway did not connect to RabbitMQ on 127.0.0.1:5672 (run scripts/ensure-rabbitmq.sh)"
     );
     TestGateway {
@@ -232,7 +236,10 @@ impl StompClient {
     /// Expects an ERROR whose message contains `needle`, then the close.
     pub async fn expect_error(&mut self, needle: &str) -> Frame {
         let frame = self.expect(Command::Error).await;
-        let message = frame.header("message").map(|m| m.into_owned()).unwrap_or_default();
+        let message = frame
+            .header("message")
+            .map(|m| m.into_owned())
+            .unwrap_or_default();
         assert!(
             message.contains(needle),
             "ERROR message {message:?} does not contain {needle:?}"
@@ -243,12 +250,10 @@ impl StompClient {
 
     /// Expects the server to close the connection within 10 s.
     pub async fn expect_closed(&mut self) {
-        loop {
-            match self.recv_within(Duration::from_secs(10)).await {
-                Recv::Closed => return,
-                Recv::Timeout => panic!("connection was not closed"),
-                Recv::Frame(f) => panic!("expected close, got {} frame", f.command),
-            }
+        match self.recv_within(Duration::from_secs(10)).await {
+            Recv::Closed => {}
+            Recv::Timeout => panic!("connection was not closed"),
+            Recv::Frame(f) => panic!("expected close, got {} frame", f.command),
         }
     }
 
@@ -263,7 +268,10 @@ impl StompClient {
         }
         self.send(&frame).await;
         let receipt = self.expect(Command::Receipt).await;
-        assert_eq!(receipt.header("receipt-id").as_deref(), Some(format!("sub-{id}").as_str()));
+        assert_eq!(
+            receipt.header("receipt-id").as_deref(),
+            Some(format!("sub-{id}").as_str())
+        );
     }
 
     pub async fn disconnect(mut self) {
@@ -309,7 +317,13 @@ pub async fn publish(ch: &Channel, exchange: &str, key: &str, body: &[u8], props
 /// `rabbitmqctl list_queues name consumers`, as (name, consumers).
 pub fn list_queues() -> Vec<(String, u64)> {
     let out = std::process::Command::new("rabbitmqctl")
-        .args(["list_queues", "-q", "--no-table-headers", "name", "consumers"])
+        .args([
+            "list_queues",
+            "-q",
+            "--no-table-headers",
+            "name",
+            "consumers",
+        ])
         .output()
         .expect("rabbitmqctl (install rabbitmq-server: scripts/ensure-rabbitmq.sh)");
     assert!(out.status.success(), "rabbitmqctl failed: {out:?}");

@@ -1,0 +1,219 @@
+#!/usr/bin/env bash
+# A private RabbitMQ node with the Web-STOMP plugin, for the benchmarks
+# (`stompgate-bench compare` runs RabbitMQ's own Web-STOMP against stompgate).
+# It never touches the machine's broker (rabbit@localhost on 5672): own node
+# name, own data, log and config files under /tmp/stompgate-rabbit-<NAME>,
+# own ports.
+#
+#   scripts/private-rabbitmq.sh start  [NAME]   # boots it (bounded), prints its ports
+#   scripts/private-rabbitmq.sh stop   [NAME]   # stops that node only
+#   scripts/private-rabbitmq.sh status [NAME]   # exit 0 when it runs
+#
+# NAME defaults to stompgate-bench (node stompgate-bench@localhost).
+# Ports (env overrides): PRIVATE_RABBIT_AMQP_PORT=5673,
+# PRIVATE_RABBIT_WEB_STOMP_PORT=15675, PRIVATE_RABBIT_DIST_PORT=25673,
+# PRIVATE_RABBIT_STOMP_PORT=61614 (the plain STOMP listener Web-STOMP pulls in).
+# PRIVATE_RABBIT_WAIT_SECS (default 60) bounds the boot.
+#
+# `start` prints one line of key=value pairs that tools parse:
+#   node=... amqp_port=... web_stomp_port=... dist_port=... pid=... pidfile=... base=...
+#
+# Erlang cookie: the node runs as root with HOME set to <base>/home, which
+# holds a copy of the cookie of the machine's broker
+# (/var/lib/rabbitmq/.erlang.cookie). Debian's rabbitmqctl, run as root,
+# switches to user rabbitmq and uses that same cookie, so the CLI reaches
+# both nodes.
+set -euo pipefail
+
+CMD="${1:-}"
+NAME="${2:-stompgate-bench}"
+case "$NAME" in
+*[!A-Za-z0-9_-]* | "") echo "private-rabbitmq: bad node name '$NAME'" >&2 && exit 2 ;;
+esac
+
+NODE="$NAME@localhost"
+BASE="/tmp/stompgate-rabbit-$NAME"
+AMQP_PORT="${PRIVATE_RABBIT_AMQP_PORT:-5673}"
+WS_PORT="${PRIVATE_RABBIT_WEB_STOMP_PORT:-15675}"
+DIST_PORT="${PRIVATE_RABBIT_DIST_PORT:-25673}"
+STOMP_PORT="${PRIVATE_RABBIT_STOMP_PORT:-61614}"
+WAIT_SECS="${PRIVATE_RABBIT_WAIT_SECS:-60}"
+PID_FILE="$BASE/rabbit.pid"
+SYSTEM_COOKIE=/var/lib/rabbitmq/.erlang.cookie
+
+export PATH="$PATH:/usr/sbin:/sbin"
+
+say() { echo "private-rabbitmq: $*" >&2; }
+die() {
+    echo "private-rabbitmq: ERROR: $*" >&2
+    exit 1
+}
+
+# rabbitmqctl against this node only, bounded.
+ctl() {
+    timeout "$((WAIT_SECS + 30))" rabbitmqctl -n "$NODE" "$@" </dev/null
+}
+
+port_open() {
+    timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" >/dev/null 2>&1
+}
+
+node_pid() {
+    [ -s "$PID_FILE" ] || return 1
+    local pid
+    pid="$(tr -dc '0-9' <"$PID_FILE")"
+    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
+    echo "$pid"
+}
+
+print_info() {
+    echo "node=$NODE amqp_port=$AMQP_PORT web_stomp_port=$WS_PORT dist_port=$DIST_PORT pid=${1:-} pidfile=$PID_FILE base=$BASE"
+}
+
+show_logs() {
+    local f
+    for f in "$BASE"/log/*.log "$BASE"/log/*startup*; do
+        [ -r "$f" ] || continue
+        echo "----- tail of $f -----" >&2
+        tail -n 30 "$f" >&2 || true
+    done
+}
+
+find_server() {
+    local s
+    for s in /usr/lib/rabbitmq/bin/rabbitmq-server "$(command -v rabbitmq-server 2>/dev/null || true)"; do
+        if [ -n "$s" ] && [ -x "$s" ]; then
+            echo "$s"
+            return 0
+        fi
+    done
+    return 1
+}
+
+start() {
+    if pid="$(node_pid)"; then
+        say "$NODE already runs (pid $pid)"
+        print_info "$pid"
+        return 0
+    fi
+    local server
+    server="$(find_server)" || die "rabbitmq-server is not installed (scripts/ensure-rabbitmq.sh installs it)"
+    command -v rabbitmqctl >/dev/null 2>&1 || die "rabbitmqctl is not on PATH"
+    for p in "$AMQP_PORT" "$WS_PORT" "$DIST_PORT" "$STOMP_PORT"; do
+        if port_open "$p"; then
+            die "port $p on 127.0.0.1 is already taken (another private node? '$0 stop $NAME')"
+        fi
+    done
+
+    # Fresh data each time: a benchmark node keeps nothing.
+    rm -rf "$BASE"
+    mkdir -p "$BASE/mnesia" "$BASE/log" "$BASE/home"
+    if [ -r "$SYSTEM_COOKIE" ]; then
+        cp "$SYSTEM_COOKIE" "$BASE/home/.erlang.cookie"
+    elif [ -r "$HOME/.erlang.cookie" ]; then
+        cp "$HOME/.erlang.cookie" "$BASE/home/.erlang.cookie"
+    fi
+    [ -f "$BASE/home/.erlang.cookie" ] && chmod 400 "$BASE/home/.erlang.cookie"
+
+    cat >"$BASE/rabbitmq.conf" <<EOF
+listeners.tcp.default = $AMQP_PORT
+loopback_users = none
+stomp.listeners.tcp.1 = 127.0.0.1:$STOMP_PORT
+web_stomp.tcp.port = $WS_PORT
+web_stomp.tcp.ip = 127.0.0.1
+web_stomp.tcp.backlog = 4096
+web_stomp.ws_opts.idle_timeout = 3600000
+web_stomp.cowboy_opts.idle_timeout = 3600000
+EOF
+    echo '[rabbitmq_stomp,rabbitmq_web_stomp].' >"$BASE/enabled_plugins"
+    # Our own env file, so that /etc/rabbitmq/rabbitmq-env.conf (which names
+    # the machine's node) does not apply; keep distribution on loopback.
+    cat >"$BASE/rabbitmq-env.conf" <<EOF
+NODENAME=$NODE
+ERL_EPMD_ADDRESS=127.0.0.1
+EOF
+
+    # As many file descriptors as allowed: one per Web-STOMP connection.
+    ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+    say "starting $NODE (AMQP $AMQP_PORT, Web-STOMP $WS_PORT, distribution $DIST_PORT), fd limit $(ulimit -n)"
+    (
+        cd "$BASE"
+        env HOME="$BASE/home" \
+            RABBITMQ_NODENAME="$NODE" \
+            RABBITMQ_CONF_ENV_FILE="$BASE/rabbitmq-env.conf" \
+            RABBITMQ_CONFIG_FILE="$BASE/rabbitmq.conf" \
+            RABBITMQ_ADVANCED_CONFIG_FILE="$BASE/advanced.config" \
+            RABBITMQ_ENABLED_PLUGINS_FILE="$BASE/enabled_plugins" \
+            RABBITMQ_MNESIA_BASE="$BASE/mnesia" \
+            RABBITMQ_LOG_BASE="$BASE/log" \
+            RABBITMQ_PID_FILE="$PID_FILE" \
+            RABBITMQ_NODE_PORT="$AMQP_PORT" \
+            RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 \
+            RABBITMQ_DIST_PORT="$DIST_PORT" \
+            ERL_EPMD_ADDRESS=127.0.0.1 \
+            RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}" \
+            "$server" -detached </dev/null >"$BASE/log/startup_stdout" 2>"$BASE/log/startup_stderr"
+    ) || {
+        show_logs
+        die "rabbitmq-server -detached failed"
+    }
+    # The pid file appears once the VM runs; `wait` then waits for the app.
+    local deadline=$((SECONDS + WAIT_SECS))
+    until [ -s "$PID_FILE" ]; do
+        if [ "$SECONDS" -ge "$deadline" ]; then
+            show_logs
+            die "no pid file $PID_FILE after ${WAIT_SECS}s"
+        fi
+        sleep 0.5
+    done
+    if ! ctl wait --timeout "$WAIT_SECS" "$PID_FILE" >/dev/null 2>"$BASE/log/ctl_wait_stderr"; then
+        cat "$BASE/log/ctl_wait_stderr" >&2 || true
+        show_logs
+        die "$NODE did not boot within ${WAIT_SECS}s ('rabbitmqctl -n $NODE wait $PID_FILE')"
+    fi
+    until port_open "$WS_PORT" && port_open "$AMQP_PORT"; do
+        if [ "$SECONDS" -ge "$deadline" ]; then
+            show_logs
+            die "$NODE booted but ports $AMQP_PORT/$WS_PORT do not answer"
+        fi
+        sleep 0.5
+    done
+    local pid
+    pid="$(node_pid)" || die "$NODE booted but its pid file is stale"
+    say "$NODE up: amqp://guest:guest@127.0.0.1:$AMQP_PORT/%2f, ws://127.0.0.1:$WS_PORT/ws (pid $pid, fd limit $(grep 'open files' "/proc/$pid/limits" | awk '{print $4}'))"
+    print_info "$pid"
+}
+
+stop() {
+    if ! pid="$(node_pid)"; then
+        say "$NODE is not running"
+        return 0
+    fi
+    say "stopping $NODE (pid $pid)"
+    if ! ctl stop "$PID_FILE" >/dev/null; then
+        say "'rabbitmqctl -n $NODE stop' failed; sending SIGTERM to pid $pid (that node only)"
+        kill -TERM "$pid" 2>/dev/null || true
+        local deadline=$((SECONDS + 30))
+        while kill -0 "$pid" 2>/dev/null && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.5; done
+    fi
+    say "$NODE stopped"
+}
+
+status() {
+    if pid="$(node_pid)"; then
+        print_info "$pid"
+        return 0
+    fi
+    say "$NODE is not running"
+    return 1
+}
+
+case "$CMD" in
+start) start ;;
+stop) stop ;;
+status) status ;;
+*)
+    echo "usage: $0 start|stop|status [NAME]" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,167 @@
+//! Prometheus metrics, served at `/metrics`.
+//!
+//! Handles to every series are created once and kept in [`Metrics`], so the
+//! hot paths (fan-out, frame I/O) pay an atomic add, not a registry lookup.
+//! Names and meanings are listed in docs/operations.md; the Grafana dashboard
+//! in `grafana/` queries exactly these.
+
+use std::sync::OnceLock;
+
+use metrics::{Counter, Gauge, Histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::session::Version;
+use crate::stomp::Command;
+
+/// Every command, in the order used to index per-command series.
+const COMMANDS: [Command; 15] = [
+    Command::Connect,
+    Command::Stomp,
+    Command::Send,
+    Command::Subscribe,
+    Command::Unsubscribe,
+    Command::Ack,
+    Command::Nack,
+    Command::Begin,
+    Command::Commit,
+    Command::Abort,
+    Command::Disconnect,
+    Command::Connected,
+    Command::Message,
+    Command::Receipt,
+    Command::Error,
+];
+
+fn command_index(command: Command) -> usize {
+    COMMANDS.iter().position(|c| *c == command).unwrap_or(0)
+}
+
+/// Kinds of errors sent to clients, for `stompgate_errors_total{kind}`.
+#[derive(Debug, Clone, Copy)]
+pub enum ErrorKind {
+    /// Malformed frames and limits enforced by the codec.
+    Protocol,
+    /// Frames the session refused (missing headers, unknown ids, ...).
+    Session,
+    /// The broker refused something or is unavailable.
+    Broker,
+    /// No CONNECT in time or no heart-beat from the client.
+    Timeout,
+}
+
+/// The series of the gateway.
+#[derive(Debug)]
+pub struct Metrics {
+    pub connections: Gauge,
+    sessions: [Gauge; 3],
+    pub subscriptions: Gauge,
+    pub amqp_broadcast_queues: Gauge,
+    pub amqp_consumers: Gauge,
+    frames_in: Vec<Counter>,
+    frames_out: Vec<Counter>,
+    pub bytes_in: Counter,
+    pub bytes_out: Counter,
+    pub delivered_broadcast: Counter,
+    pub delivered_queue: Counter,
+    pub publish_confirm_seconds: Histogram,
+    pub amqp_connections_up: Gauge,
+    pub amqp_reconnects: Counter,
+    pub slow_client_dropped: Counter,
+    pub slow_client_disconnected: Counter,
+    errors: [Counter; 4],
+    pub draining: Gauge,
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let per_command = |name: &'static str| {
+            COMMANDS
+                .iter()
+                .map(|c| metrics::counter!(name, "command" => c.as_str()))
+                .collect::<Vec<_>>()
+        };
+        Metrics {
+            connections: metrics::gauge!("stompgate_connections"),
+            sessions: [
+                metrics::gauge!("stompgate_sessions", "version" => "1.0"),
+                metrics::gauge!("stompgate_sessions", "version" => "1.1"),
+                metrics::gauge!("stompgate_sessions", "version" => "1.2"),
+            ],
+            subscriptions: metrics::gauge!("stompgate_subscriptions"),
+            amqp_broadcast_queues: metrics::gauge!("stompgate_amqp_queues", "kind" => "broadcast"),
+            amqp_consumers: metrics::gauge!("stompgate_amqp_queues", "kind" => "consumer"),
+            frames_in: per_command("stompgate_frames_in_total"),
+            frames_out: per_command("stompgate_frames_out_total"),
+            bytes_in: metrics::counter!("stompgate_bytes_in_total"),
+            bytes_out: metrics::counter!("stompgate_bytes_out_total"),
+            delivered_broadcast: metrics::counter!("stompgate_messages_delivered_total", "kind" => "broadcast"),
+            delivered_queue: metrics::counter!("stompgate_messages_delivered_total", "kind" => "queue"),
+            publish_confirm_seconds: metrics::histogram!("stompgate_publish_confirm_seconds"),
+            amqp_connections_up: metrics::gauge!("stompgate_amqp_connections_up"),
+            amqp_reconnects: metrics::counter!("stompgate_amqp_reconnects_total"),
+            slow_client_dropped: metrics::counter!("stompgate_slow_client_total", "action" => "drop"),
+            slow_client_disconnected: metrics::counter!("stompgate_slow_client_total", "action" => "disconnect"),
+            errors: [
+                metrics::counter!("stompgate_errors_total", "kind" => "protocol"),
+                metrics::counter!("stompgate_errors_total", "kind" => "session"),
+                metrics::counter!("stompgate_errors_total", "kind" => "broker"),
+                metrics::counter!("stompgate_errors_total", "kind" => "timeout"),
+            ],
+            draining: metrics::gauge!("stompgate_draining"),
+        }
+    }
+
+    pub fn session(&self, version: Version) -> &Gauge {
+        match version {
+            Version::V1_0 => &self.sessions[0],
+            Version::V1_1 => &self.sessions[1],
+            Version::V1_2 => &self.sessions[2],
+        }
+    }
+
+    pub fn frame_in(&self, command: Command) {
+        self.frames_in[command_index(command)].increment(1);
+    }
+
+    pub fn frame_out(&self, command: Command) {
+        self.frames_out[command_index(command)].increment(1);
+    }
+
+    pub fn frames_out(&self, command: Command, n: u64) {
+        self.frames_out[command_index(command)].increment(n);
+    }
+
+    pub fn error(&self, kind: ErrorKind) {
+        self.errors[kind as usize].increment(1);
+    }
+}
+
+static RECORDER: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+static METRICS: OnceLock<Metrics> = OnceLock::new();
+
+/// Installs the Prometheus recorder (once per process) and returns its
+/// handle for rendering; `None` if another recorder was installed first.
+pub fn install() -> Option<PrometheusHandle> {
+    RECORDER
+        .get_or_init(|| {
+            PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full("stompgate_publish_confirm_seconds".to_owned()),
+                    &[
+                        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                    ],
+                )
+                .ok()?
+                .install_recorder()
+                .ok()
+        })
+        .clone()
+}
+
+/// The gateway's series (the recorder is installed first if needed).
+pub fn get() -> &'static Metrics {
+    METRICS.get_or_init(|| {
+        let _ = install();
+        Metrics::new()
+    })
+}

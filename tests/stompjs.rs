@@ -1,0 +1,271 @@
+//! Runs the JavaScript tests in tests/js (the real @stomp/stompjs client,
+//! under node's test runner) against a gateway started in this process on an
+//! ephemeral port, bridged to the RabbitMQ at 127.0.0.1:5672 (or
+//! `STOMPGATE_AMQP_URL`).
+//!
+//! Needs node and tests/js/node_modules: `scripts/ensure-node.sh` (run by
+//! `scripts/test.sh`) installs both. Without them this test fails; it does not
+//! skip.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::process::Command;
+
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+const NODE_TIMEOUT: Duration = Duration::from_secs(90);
+
+fn js_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("js")
+}
+
+/// The test files node runs: every `*.test.mjs` / `*.test.js` in tests/js.
+fn js_test_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()))
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| {
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.ends_with(".test.mjs") || n.ends_with(".test.js"))
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// Fails (does not skip) when node or the npm dependencies are missing.
+async fn check_node(dir: &Path) -> String {
+    let version = match Command::new("node")
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .await
+    {
+        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        Ok(out) => panic!(
+            "`node --version` failed ({}): {}; run scripts/ensure-node.sh",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(e) => panic!(
+            "node is not installed or not on PATH ({e}): run scripts/ensure-node.sh \
+             (scripts/test.sh runs it) to install Node.js and the tests/js dependencies"
+        ),
+    };
+    let stompjs = dir.join("node_modules").join("@stomp").join("stompjs");
+    assert!(
+        stompjs.is_dir(),
+        "{} is missing: run scripts/ensure-node.sh (npm ci in tests/js)",
+        stompjs.display()
+    );
+    version
+}
+
+/// One HTTP/1.1 GET; returns the status code.
+async fn http_get_status(addr: std::net::SocketAddr, path: &str) -> std::io::Result<u16> {
+    let mut stream = TcpStream::connect(addr).await?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await?;
+    let head = String::from_utf8_lossy(&response);
+    let status_line = head.lines().next().unwrap_or_default();
+    status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("bad HTTP status line: {status_line:?}"),
+            )
+        })
+}
+
+/// Polls `/readyz` until it answers 200 (the AMQP connection is up).
+async fn wait_ready(
+    addr: std::net::SocketAddr,
+    server: &tokio::task::JoinHandle<std::io::Result<()>>,
+) {
+    let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+    let mut last = String::from("no answer yet");
+    loop {
+        assert!(
+            !server.is_finished(),
+            "the gateway stopped before it was ready (last /readyz: {last})"
+        );
+        match tokio::time::timeout(Duration::from_secs(2), http_get_status(addr, "/readyz")).await {
+            Ok(Ok(200)) => return,
+            Ok(Ok(code)) => last = format!("HTTP {code}"),
+            Ok(Err(e)) => last = format!("error: {e}"),
+            Err(_) => last = "no response within 2 s".to_owned(),
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "GET http://{addr}/readyz did not answer 200 within {READY_TIMEOUT:?} \
+             (last: {last}); is RabbitMQ running on 127.0.0.1:5672? \
+             Run scripts/ensure-rabbitmq.sh"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Deletes the durable queues the JS tests used (names listed in `log`, one a
+/// line), so reruns leave nothing behind in RabbitMQ. Best effort, bounded.
+async fn delete_queues(amqp_url: &str, log: &Path) {
+    let Ok(text) = std::fs::read_to_string(log) else {
+        return;
+    };
+    let _ = std::fs::remove_file(log);
+    let names: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    if names.is_empty() {
+        return;
+    }
+    let cleanup = async {
+        let conn = lapin::Connection::connect(amqp_url, lapin::ConnectionProperties::default())
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let channel = conn
+            .create_channel()
+            .await
+            .map_err(|e| format!("channel: {e}"))?;
+        for name in &names {
+            if let Err(e) = channel
+                .queue_delete(
+                    (*name).into(),
+                    lapin::options::QueueDeleteOptions::default(),
+                )
+                .await
+            {
+                return Err(format!("delete queue {name}: {e}"));
+            }
+        }
+        let _ = conn.close(200, "done".into()).await;
+        Ok::<(), String>(())
+    };
+    match tokio::time::timeout(Duration::from_secs(10), cleanup).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => eprintln!("warning: cleaning up the JS tests' queues: {e}"),
+        Err(_) => eprintln!("warning: cleaning up the JS tests' queues timed out"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stompjs_client_against_gateway() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+
+    let dir = js_dir();
+    let node_version = check_node(&dir).await;
+    let files = js_test_files(&dir);
+    assert!(
+        !files.is_empty(),
+        "no *.test.mjs files in {}",
+        dir.display()
+    );
+
+    let mut config = stompgate::config::Config::default();
+    if let Ok(url) = std::env::var("STOMPGATE_AMQP_URL") {
+        config.amqp.url = url;
+    }
+    let amqp_url = config.amqp.url.clone();
+    let ws_path = config.ws_path.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind 127.0.0.1:0");
+    let addr = listener.local_addr().expect("local_addr");
+    let server = tokio::spawn(stompgate::server::serve(
+        listener,
+        config,
+        std::future::pending::<()>(),
+    ));
+    wait_ready(addr, &server).await;
+
+    let url = format!("ws://{addr}{ws_path}");
+    let queue_log = std::env::temp_dir().join(format!(
+        "stompgate-js-queues-{}-{}.txt",
+        std::process::id(),
+        addr.port()
+    ));
+    let _ = std::fs::remove_file(&queue_log);
+    eprintln!("running node {node_version} --test against {url}");
+    let mut child = Command::new("node")
+        .arg("--test")
+        .arg("--test-reporter=spec")
+        .args(&files)
+        .current_dir(&dir)
+        .env("STOMPGATE_URL", &url)
+        .env("STOMPGATE_JS_QUEUE_LOG", &queue_log)
+        .env("NO_COLOR", "1")
+        .env_remove("FORCE_COLOR")
+        .env_remove("NODE_OPTIONS")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        // Its own process group, so a timeout also ends the per-file
+        // processes node's test runner starts.
+        .process_group(0)
+        .spawn()
+        .expect("spawn node");
+    let pid = child.id();
+    let mut stdout = child.stdout.take().expect("node stdout");
+    let mut stderr = child.stderr.take().expect("node stderr");
+    let out_task = tokio::spawn(async move {
+        let mut buf = Vec::new();
+        let _ = stdout.read_to_end(&mut buf).await;
+        buf
+    });
+    let err_task = tokio::spawn(async move {
+        let mut buf = Vec::new();
+        let _ = stderr.read_to_end(&mut buf).await;
+        buf
+    });
+
+    let status = match tokio::time::timeout(NODE_TIMEOUT, child.wait()).await {
+        Ok(status) => Some(status.expect("wait for node")),
+        Err(_) => {
+            if let Some(pid) = pid {
+                let _ = std::process::Command::new("kill")
+                    .args(["-KILL", &format!("-{pid}")])
+                    .status();
+            }
+            let _ = child.kill().await;
+            None
+        }
+    };
+    let collect = |task: tokio::task::JoinHandle<Vec<u8>>| async move {
+        match tokio::time::timeout(Duration::from_secs(5), task).await {
+            Ok(Ok(buf)) => String::from_utf8_lossy(&buf).into_owned(),
+            _ => String::from("(output not collected)"),
+        }
+    };
+    let out = collect(out_task).await;
+    let err = collect(err_task).await;
+    server.abort();
+    delete_queues(&amqp_url, &queue_log).await;
+
+    println!("----- node --test stdout -----\n{out}");
+    println!("----- node --test stderr -----\n{err}");
+    match status {
+        None => panic!("node --test did not finish within {NODE_TIMEOUT:?}; output above"),
+        Some(status) => assert!(
+            status.success(),
+            "node --test failed ({status}); its output is above"
+        ),
+    }
+}
