@@ -58,8 +58,8 @@ async fn main() -> std::process::ExitCode {
         "stompgate listening"
     );
     let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
-        tracing::info!("shutting down");
+        wait_for_signal().await;
+        tracing::info!("signal received: draining");
     };
     match stompgate::server::serve(listener, config, shutdown).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -67,6 +67,29 @@ async fn main() -> std::process::ExitCode {
             eprintln!("stompgate: {error}");
             std::process::ExitCode::from(1)
         }
+    }
+}
+
+/// SIGTERM (what orchestrators send) or SIGINT (Ctrl-C).
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }
 

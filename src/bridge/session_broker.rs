@@ -7,9 +7,15 @@
 //! broker's: closing the channel (UNSUBSCRIBE, disconnect) requeues whatever
 //! the client had not acked. Channels come from the shared pool of
 //! connections; a session that only listens to broadcasts holds none.
+//!
+//! When the broker goes away, a queue consumer is re-established on a new
+//! channel once it is back, without the client doing anything: RabbitMQ
+//! redelivers what the client had not acked, and acks for deliveries of the
+//! dead channel are recognised by their generation and dropped.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::options::{
@@ -26,27 +32,72 @@ use super::fanout::{Binding, Hub, Subscriber};
 use super::pool::Pool;
 use super::properties::{properties_from_stomp, queue_arguments, short, stomp_headers_from_amqp};
 use super::BridgeError;
-use crate::session::{AckMode, Message, PublishRequest, ReplyTo, SubscribeRequest};
+use crate::session::{
+    AckMode, Message, PublishRequest, ReplyTo, SubscribeRequest, GENERATION_SHIFT,
+};
 
 /// A message for the session from one of its own consumers.
 #[derive(Debug)]
 pub enum Inbound {
     Delivery {
         subscription: Arc<str>,
+        /// The broker's delivery tag, with the consumer's generation above
+        /// [`GENERATION_SHIFT`].
         tag: u64,
         message: Message,
     },
-    /// The consumer of a subscription ended (queue deleted, channel closed by
-    /// the broker, connection lost).
+    /// The consumer was lost with its channel (broker restart, connection
+    /// loss) and consumes again on a new channel.
+    Restarted {
+        subscription: Arc<str>,
+        generation: u64,
+        channel: Channel,
+        queue: String,
+    },
+    /// The consumer ended for good (queue deleted, access refused) while the
+    /// broker is up.
     Lost {
         subscription: Arc<str>,
         reason: String,
     },
 }
 
+/// How to (re)create the queue a subscription consumes.
+#[derive(Debug, Clone)]
+enum QueuePlan {
+    /// `/queue/<name>`: a durable queue shared by competing consumers.
+    Shared {
+        name: String,
+        args: Vec<(String, String)>,
+    },
+    /// `/amq/queue/<name>`: exists already, never declared.
+    Existing { name: String },
+    /// A broadcast subscription with a queue of its own (durable, or named
+    /// by `x-queue-name`), bound to the exchange.
+    Own {
+        name: String,
+        durable: bool,
+        auto_delete: bool,
+        args: Vec<(String, String)>,
+        exchange: String,
+        key: String,
+    },
+    /// A temporary reply queue: exclusive, server-named.
+    Temp,
+}
+
+#[derive(Debug, Clone)]
+struct ConsumeSpec {
+    id: Arc<str>,
+    plan: QueuePlan,
+    /// basic.qos prefetch; 0 for none.
+    prefetch: u16,
+}
+
 #[derive(Debug)]
 struct OwnConsumer {
     channel: Channel,
+    generation: u64,
     ack: AckMode,
     task: JoinHandle<()>,
 }
@@ -113,57 +164,25 @@ impl SessionBroker {
             crate::metrics::get().subscriptions.increment(1.0);
             return Ok(());
         }
-        let channel = self.pool.channel().await?;
-        let result = self.consume_own(&channel, req).await;
-        if result.is_err() {
-            let _ = channel.close(200, "subscribe failed".into()).await;
-        }
-        result
-    }
-
-    async fn consume_own(
-        &mut self,
-        channel: &Channel,
-        req: &SubscribeRequest,
-    ) -> Result<(), BridgeError> {
-        channel
-            .basic_qos(req.prefetch, BasicQosOptions::default())
-            .await?;
-        let queue = match &req.destination {
-            Destination::Queue { name } => {
-                declare_shared_queue(channel, name, &req.queue_arguments).await?;
-                name.clone()
-            }
-            Destination::AmqQueue { name } => name.clone(),
+        let plan = match &req.destination {
+            Destination::Queue { name } => QueuePlan::Shared {
+                name: name.clone(),
+                args: req.queue_arguments.clone(),
+            },
+            Destination::AmqQueue { name } => QueuePlan::Existing { name: name.clone() },
             Destination::Topic { .. } | Destination::Exchange { .. } => {
-                // A queue of the subscription's own: durable and named, or
-                // named by x-queue-name.
-                let name = req
-                    .queue_name
-                    .clone()
-                    .unwrap_or_else(|| format!("stomp-subscription-{}", req.id));
-                channel
-                    .queue_declare(
-                        short("queue name", &name)?,
-                        QueueDeclareOptions {
-                            durable: req.durable,
-                            auto_delete: req.auto_delete,
-                            ..QueueDeclareOptions::default()
-                        },
-                        queue_arguments(&req.queue_arguments)?,
-                    )
-                    .await?;
                 let (exchange, key) = req.destination.publish_target();
-                channel
-                    .queue_bind(
-                        short("queue name", &name)?,
-                        short("exchange name", exchange)?,
-                        short("routing key", key)?,
-                        QueueBindOptions::default(),
-                        FieldTable::default(),
-                    )
-                    .await?;
-                name
+                QueuePlan::Own {
+                    name: req
+                        .queue_name
+                        .clone()
+                        .unwrap_or_else(|| format!("stomp-subscription-{}", req.id)),
+                    durable: req.durable,
+                    auto_delete: req.auto_delete,
+                    args: req.queue_arguments.clone(),
+                    exchange: exchange.to_owned(),
+                    key: key.to_owned(),
+                }
             }
             Destination::TempQueue { .. } | Destination::ReplyQueue { .. } => {
                 return Err(BridgeError::Invalid(
@@ -171,34 +190,59 @@ impl SessionBroker {
                 ))
             }
         };
-        self.start_consumer(channel.clone(), &queue, &req.id, req.ack)
-            .await
+        let spec = ConsumeSpec {
+            id: Arc::from(req.id.as_str()),
+            plan,
+            prefetch: req.prefetch,
+        };
+        self.start_consumer(spec, req.ack).await?;
+        Ok(())
     }
 
+    /// Opens the consumer and its forwarding task; returns the queue name.
     async fn start_consumer(
         &mut self,
-        channel: Channel,
-        queue: &str,
-        id: &str,
+        spec: ConsumeSpec,
         ack: AckMode,
-    ) -> Result<(), BridgeError> {
-        let consumer = channel
-            .basic_consume(
-                short("queue name", queue)?,
-                "".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        let subscription: Arc<str> = Arc::from(id);
-        let inbound = self.inbound.clone();
-        let task = tokio::spawn(forward(consumer, subscription, inbound));
-        self.own
-            .insert(id.to_owned(), OwnConsumer { channel, ack, task });
+    ) -> Result<String, BridgeError> {
+        let (channel, consumer, queue) = open_consumer(&self.pool, &spec).await?;
+        let id = spec.id.to_string();
+        let task = tokio::spawn(run_consumer(
+            Arc::clone(&self.pool),
+            spec,
+            consumer,
+            self.inbound.clone(),
+        ));
+        self.own.insert(
+            id,
+            OwnConsumer {
+                channel,
+                generation: 0,
+                ack,
+                task,
+            },
+        );
         let metrics = crate::metrics::get();
         metrics.subscriptions.increment(1.0);
         metrics.amqp_consumers.increment(1.0);
-        Ok(())
+        Ok(queue)
+    }
+
+    /// A consumer came back on a new channel (see [`Inbound::Restarted`]).
+    pub fn restarted(
+        &mut self,
+        subscription: &str,
+        generation: u64,
+        channel: Channel,
+        queue: String,
+    ) {
+        if let Some(own) = self.own.get_mut(subscription) {
+            own.channel = channel;
+            own.generation = generation;
+        }
+        if let Some(name) = subscription.strip_prefix("/temp-queue/") {
+            self.temp.insert(name.to_owned(), queue);
+        }
     }
 
     /// Cancels a subscription; unacked messages of a queue subscription go
@@ -225,20 +269,22 @@ impl SessionBroker {
             .is_some_and(|o| o.ack == AckMode::Auto)
     }
 
+    /// basic.ack of `tag` (with its generation, see [`Inbound::Delivery`]).
+    /// Acks for deliveries of a lost channel are dropped: the broker
+    /// redelivers those messages on the new one.
     pub async fn ack(
         &self,
         subscription: &str,
         tag: u64,
         multiple: bool,
     ) -> Result<(), BridgeError> {
-        if let Some(own) = self.own.get(subscription) {
-            own.channel
-                .basic_ack(tag, BasicAckOptions { multiple })
-                .await?;
+        if let Some((channel, tag)) = self.live_tag(subscription, tag) {
+            channel.basic_ack(tag, BasicAckOptions { multiple }).await?;
         }
         Ok(())
     }
 
+    /// basic.nack; see [`SessionBroker::ack`].
     pub async fn nack(
         &self,
         subscription: &str,
@@ -246,12 +292,20 @@ impl SessionBroker {
         multiple: bool,
         requeue: bool,
     ) -> Result<(), BridgeError> {
-        if let Some(own) = self.own.get(subscription) {
-            own.channel
+        if let Some((channel, tag)) = self.live_tag(subscription, tag) {
+            channel
                 .basic_nack(tag, BasicNackOptions { multiple, requeue })
                 .await?;
         }
         Ok(())
+    }
+
+    /// The channel and broker tag for `tag`, unless it belongs to a channel
+    /// that is gone.
+    fn live_tag(&self, subscription: &str, tag: u64) -> Option<(&Channel, u64)> {
+        let own = self.own.get(subscription)?;
+        let live = tag >> GENERATION_SHIFT == own.generation && own.channel.status().connected();
+        live.then_some((&own.channel, tag & ((1 << GENERATION_SHIFT) - 1)))
     }
 
     /// Publishes; the returned confirm resolves when the broker took it.
@@ -301,24 +355,14 @@ impl SessionBroker {
         if let Some(queue) = self.temp.get(name) {
             return Ok(queue.clone());
         }
-        let channel = self.pool.channel().await?;
-        let queue = channel
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        let queue_name = queue.name().as_str().to_owned();
-        let id = format!("/temp-queue/{name}");
-        self.start_consumer(channel, &queue_name, &id, AckMode::Auto)
-            .await?;
-        self.temp.insert(name.to_owned(), queue_name.clone());
-        Ok(queue_name)
+        let spec = ConsumeSpec {
+            id: Arc::from(format!("/temp-queue/{name}").as_str()),
+            plan: QueuePlan::Temp,
+            prefetch: 0,
+        };
+        let queue = self.start_consumer(spec, AckMode::Auto).await?;
+        self.temp.insert(name.to_owned(), queue.clone());
+        Ok(queue)
     }
 
     /// Releases everything; unacked queue messages are requeued by the broker.
@@ -359,40 +403,159 @@ async fn declare_shared_queue(
     Ok(())
 }
 
-async fn forward(
+/// Opens a channel, (re)declares the queue as planned and consumes it.
+async fn open_consumer(
+    pool: &Pool,
+    spec: &ConsumeSpec,
+) -> Result<(Channel, lapin::Consumer, String), BridgeError> {
+    let channel = pool.channel().await?;
+    match declare_and_consume(&channel, spec).await {
+        Ok((consumer, queue)) => Ok((channel, consumer, queue)),
+        Err(error) => {
+            let _ = channel.close(200, "subscribe failed".into()).await;
+            Err(error)
+        }
+    }
+}
+
+async fn declare_and_consume(
+    channel: &Channel,
+    spec: &ConsumeSpec,
+) -> Result<(lapin::Consumer, String), BridgeError> {
+    if spec.prefetch > 0 {
+        channel
+            .basic_qos(spec.prefetch, BasicQosOptions::default())
+            .await?;
+    }
+    let queue = match &spec.plan {
+        QueuePlan::Shared { name, args } => {
+            declare_shared_queue(channel, name, args).await?;
+            name.clone()
+        }
+        QueuePlan::Existing { name } => name.clone(),
+        QueuePlan::Own {
+            name,
+            durable,
+            auto_delete,
+            args,
+            exchange,
+            key,
+        } => {
+            channel
+                .queue_declare(
+                    short("queue name", name)?,
+                    QueueDeclareOptions {
+                        durable: *durable,
+                        auto_delete: *auto_delete,
+                        ..QueueDeclareOptions::default()
+                    },
+                    queue_arguments(args)?,
+                )
+                .await?;
+            channel
+                .queue_bind(
+                    short("queue name", name)?,
+                    short("exchange name", exchange)?,
+                    short("routing key", key)?,
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            name.clone()
+        }
+        QueuePlan::Temp => {
+            let queue = channel
+                .queue_declare(
+                    "".into(),
+                    QueueDeclareOptions {
+                        exclusive: true,
+                        auto_delete: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await?;
+            queue.name().as_str().to_owned()
+        }
+    };
+    let consumer = channel
+        .basic_consume(
+            short("queue name", &queue)?,
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok((consumer, queue))
+}
+
+/// Forwards a consumer's deliveries to the session, and re-establishes the
+/// consumer on a new channel when it is lost while the broker is away.
+async fn run_consumer(
+    pool: Arc<Pool>,
+    spec: ConsumeSpec,
     mut consumer: lapin::Consumer,
-    subscription: Arc<str>,
     inbound: mpsc::Sender<Inbound>,
 ) {
-    let reason = loop {
-        match consumer.next().await {
-            Some(Ok(delivery)) => {
-                let headers = stomp_headers_from_amqp(
-                    delivery.exchange.as_str(),
-                    delivery.routing_key.as_str(),
-                    delivery.redelivered,
-                    &delivery.properties,
-                );
-                let item = Inbound::Delivery {
-                    subscription: Arc::clone(&subscription),
-                    tag: delivery.delivery_tag,
-                    message: Message {
-                        headers,
-                        body: bytes::Bytes::from(delivery.data),
-                    },
-                };
-                if inbound.send(item).await.is_err() {
+    let mut generation = 0u64;
+    loop {
+        let reason = loop {
+            match consumer.next().await {
+                Some(Ok(delivery)) => {
+                    let headers = stomp_headers_from_amqp(
+                        delivery.exchange.as_str(),
+                        delivery.routing_key.as_str(),
+                        delivery.redelivered,
+                        &delivery.properties,
+                    );
+                    let item = Inbound::Delivery {
+                        subscription: Arc::clone(&spec.id),
+                        tag: (generation << GENERATION_SHIFT) | delivery.delivery_tag,
+                        message: Message {
+                            headers,
+                            body: bytes::Bytes::from(delivery.data),
+                        },
+                    };
+                    if inbound.send(item).await.is_err() {
+                        return;
+                    }
+                }
+                Some(Err(error)) => break error.to_string(),
+                None => break "consumer cancelled by the broker".to_owned(),
+            }
+        };
+        tracing::debug!(subscription = %spec.id, %reason, "queue consumer lost");
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+            match open_consumer(&pool, &spec).await {
+                Ok((channel, next, queue)) => {
+                    generation += 1;
+                    consumer = next;
+                    let restarted = Inbound::Restarted {
+                        subscription: Arc::clone(&spec.id),
+                        generation,
+                        channel,
+                        queue,
+                    };
+                    if inbound.send(restarted).await.is_err() {
+                        return;
+                    }
+                    break;
+                }
+                // The broker is away: keep trying until it is back.
+                Err(BridgeError::Unavailable) => continue,
+                Err(_) if !pool.is_ready() => continue,
+                Err(error) => {
+                    let lost = Inbound::Lost {
+                        subscription: Arc::clone(&spec.id),
+                        reason: format!("{reason}; re-subscribing failed: {error}"),
+                    };
+                    let _ = inbound.send(lost).await;
                     return;
                 }
             }
-            Some(Err(error)) => break error.to_string(),
-            None => break "consumer cancelled by the broker".to_owned(),
         }
-    };
-    let _ = inbound
-        .send(Inbound::Lost {
-            subscription,
-            reason,
-        })
-        .await;
+    }
 }

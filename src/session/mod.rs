@@ -79,6 +79,8 @@ struct Subscription {
     fanout: bool,
     /// Delivery tags sent to the client and not yet acked (client modes).
     pending: BTreeSet<u64>,
+    /// Generation of the broker consumer (see [`GENERATION_SHIFT`]).
+    generation: u64,
 }
 
 #[derive(Debug, Default)]
@@ -90,6 +92,13 @@ struct Transaction {
 /// Prefix of the `message-id` of messages that the broker delivered to this
 /// session's own consumer: `T_<subscription>@@<delivery tag>`.
 const OWN_PREFIX: &str = "T_";
+/// Delivery tags handed to [`Session::deliver`] carry the generation of the
+/// subscription's consumer above this bit: when the broker connection is lost
+/// and the consumer re-established, tags restart on the new channel, and acks
+/// for messages of the dead channel (which the broker redelivers anyway) must
+/// be told apart and ignored.
+pub const GENERATION_SHIFT: u32 = 40;
+
 /// Prefix of the `message-id` of fanned-out messages.
 pub const FANOUT_PREFIX: &str = "B_";
 
@@ -180,6 +189,16 @@ impl Session {
     ) {
         if self.phase != Phase::Closed {
             self.fail(message, "", receipt, out);
+        }
+    }
+
+    /// The broker consumer of `subscription` was re-established after a loss
+    /// with `generation`: what the client had not acked will be redelivered,
+    /// and acks for the old deliveries are ignored.
+    pub fn restart_subscription(&mut self, subscription: &str, generation: u64) {
+        if let Some(sub) = self.subscriptions.get_mut(subscription) {
+            sub.generation = generation;
+            sub.pending.clear();
         }
     }
 
@@ -327,6 +346,7 @@ impl Session {
                                 ack: AckMode::Auto,
                                 fanout: false,
                                 pending: BTreeSet::new(),
+                                generation: 0,
                             },
                         );
                     }
@@ -454,6 +474,7 @@ impl Session {
                 ack,
                 fanout: request.is_fanout(),
                 pending: BTreeSet::new(),
+                generation: 0,
             },
         );
         out.push(Action::Subscribe(request));
@@ -522,6 +543,9 @@ impl Session {
         match sub.ack {
             AckMode::Auto => {}
             _ if sub.fanout => {}
+            // A delivery of a consumer lost with its channel: the broker
+            // redelivers it; the ack has nothing left to settle.
+            _ if tag >> GENERATION_SHIFT != sub.generation => {}
             mode => {
                 if !sub.pending.contains(&tag) {
                     return Err(unknown());

@@ -1796,3 +1796,31 @@ fn version_is_reported_after_a_refused_connect() {
     assert!(session.is_closed());
     assert_eq!(session.version(), None);
 }
+
+#[test]
+fn acks_for_a_lost_consumer_generation_are_ignored_and_new_ones_apply() {
+    let mut session = delivered("client-individual", &[1, 2]);
+    // The consumer is re-established with generation 1: the broker will
+    // redeliver 1 and 2 with new tags.
+    session.restart_subscription("sub", 1);
+    let out = handle(
+        &mut session,
+        ack_frame("T_sub@@1").with_header("receipt", "r"),
+    );
+    assert_eq!(out, vec![Action::Receipt("r".into())], "stale ack dropped");
+    let tag = (1u64 << GENERATION_SHIFT) | 1;
+    let frame = session
+        .deliver("sub", tag, message("again"))
+        .expect("delivered");
+    let id = frame.header("ack").expect("ack").into_owned();
+    assert_eq!(id, format!("T_sub@@{tag}"));
+    let out = handle(&mut session, ack_frame(&id));
+    assert_eq!(
+        out,
+        vec![Action::Ack {
+            subscription: "sub".into(),
+            tag,
+            multiple: false
+        }]
+    );
+}

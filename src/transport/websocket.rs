@@ -286,6 +286,17 @@ impl Connection {
                     }
                 }
             }
+            Inbound::Restarted {
+                subscription,
+                generation,
+                channel,
+                queue,
+            } => {
+                tracing::info!(%subscription, generation, "queue subscription re-established");
+                self.session.restart_subscription(&subscription, generation);
+                self.broker
+                    .restarted(&subscription, generation, channel, queue);
+            }
             Inbound::Lost {
                 subscription,
                 reason,
