@@ -14,6 +14,8 @@
 # PRIVATE_RABBIT_WEB_STOMP_PORT=15675, PRIVATE_RABBIT_DIST_PORT=25673,
 # PRIVATE_RABBIT_STOMP_PORT=61614 (the plain STOMP listener Web-STOMP pulls in).
 # PRIVATE_RABBIT_WAIT_SECS (default 60) bounds the boot.
+# PRIVATE_RABBIT_KEEP_DATA=1 keeps the node's data from an earlier start
+# (restart after a crash).
 #
 # `start` prints one line of key=value pairs that tools parse:
 #   node=... amqp_port=... web_stomp_port=... dist_port=... pid=... pidfile=... base=...
@@ -105,8 +107,12 @@ start() {
         fi
     done
 
-    # Fresh data each time: a benchmark node keeps nothing.
-    rm -rf "$BASE"
+    # Fresh data each time (a benchmark node keeps nothing), unless
+    # PRIVATE_RABBIT_KEEP_DATA=1: a restart after a crash keeps durable
+    # queues and persistent messages, as a real broker would.
+    if [ -z "${PRIVATE_RABBIT_KEEP_DATA:-}" ]; then
+        rm -rf "$BASE"
+    fi
     mkdir -p "$BASE/mnesia" "$BASE/log" "$BASE/home"
     if [ -r "$SYSTEM_COOKIE" ]; then
         cp "$SYSTEM_COOKIE" "$BASE/home/.erlang.cookie"

@@ -100,7 +100,7 @@ impl Pool {
     async fn supervise(&self, index: usize) {
         let mut backoff = Duration::from_millis(100);
         let mut first = true;
-        const MAX_BACKOFF: Duration = Duration::from_secs(5);
+        const MAX_BACKOFF: Duration = Duration::from_secs(2);
         loop {
             let props = ConnectionProperties::default()
                 .with_connection_name(format!("stompgate-{}-{index}", std::process::id()).into());
