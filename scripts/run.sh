@@ -12,4 +12,9 @@ cd "$ROOT"
 
 "$ROOT/scripts/ensure-rabbitmq.sh"
 
+# A development gateway lets anyone in (anonymous access must be enabled
+# explicitly; production configurations set JWT keys or users instead, see
+# docs/security.md). Override with STOMPGATE_AUTH__ANONYMOUS=false.
+export STOMPGATE_AUTH__ANONYMOUS="${STOMPGATE_AUTH__ANONYMOUS:-true}"
+
 exec cargo run --release --bin stompgate -- "$@"

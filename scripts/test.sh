@@ -15,6 +15,7 @@ cd "$ROOT"
 
 "$ROOT/scripts/ensure-rabbitmq.sh"
 "$ROOT/scripts/ensure-node.sh"
+"$ROOT/scripts/ensure-haproxy.sh"
 
 # --all-targets unless the arguments pick targets themselves (cargo would
 # otherwise add them to all targets rather than select them).

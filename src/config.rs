@@ -31,6 +31,132 @@ pub struct Config {
     /// On SIGTERM, sessions are closed at random moments spread over this
     /// window (ms), so that clients do not all reconnect at the same instant.
     pub drain_window_ms: u64,
+    pub auth: AuthConfig,
+    pub security: SecurityConfig,
+    pub tls: TlsConfig,
+}
+
+/// Who may connect and what they may do (see docs/security.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Let clients in without credentials. Off unless set: a gateway with
+    /// no JWT keys, no users and this off refuses every CONNECT.
+    pub anonymous: bool,
+    /// JWT verification; tokens come from CONNECT's `passcode`, an
+    /// `Authorization: Bearer` header or an `access_token` query parameter.
+    pub jwt: Option<JwtConfig>,
+    /// A fixed login/passcode list, for simple setups.
+    pub users: Vec<UserConfig>,
+    /// Per-destination rules. When any is configured, whatever no rule
+    /// allows is denied.
+    pub rules: Vec<RuleConfig>,
+    /// Topic exchange of `/user/` destinations: a session of user U
+    /// subscribing to `/user/queue/<name>` receives what is published there
+    /// with routing key `<U>.<name>` (U percent-encoded). Declared (durable)
+    /// by the gateway.
+    pub user_exchange: String,
+}
+
+/// JWT keys and checks.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct JwtConfig {
+    /// HS256 shared secret.
+    pub hs256_secret: Option<String>,
+    /// PEM file with an RSA public key (RS256).
+    pub rs256_public_key_file: Option<std::path::PathBuf>,
+    /// PEM file with an EC P-256 public key (ES256).
+    pub es256_public_key_file: Option<std::path::PathBuf>,
+    /// A JWKS file (JSON Web Key Set); keys are chosen by the token's `kid`.
+    pub jwks_file: Option<std::path::PathBuf>,
+    /// Required `iss`, when set.
+    pub issuer: Option<String>,
+    /// Required `aud` (one of), when set.
+    pub audience: Vec<String>,
+    /// Clock skew allowed on `exp` and `nbf`, in seconds.
+    pub leeway_seconds: u64,
+    /// The claim that names the user (for `/user/` destinations and rules).
+    pub user_claim: Option<String>,
+}
+
+/// One login/passcode pair.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    pub login: String,
+    pub passcode: String,
+}
+
+/// One authorization rule: `verbs` on destinations matching `destination`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// `subscribe`, `send`, or both.
+    pub verbs: Vec<String>,
+    /// A destination pattern: `*` matches any run of characters except `/`;
+    /// `{user}`, `{sub}` and `{claims.NAME}` are replaced by the session's
+    /// values (a value holding `*`, `#` or `/` makes the rule not apply).
+    pub destination: String,
+    /// Queue arguments (`x-*` headers, and `durable` / `x-queue-name` for
+    /// queues of their own) a SUBSCRIBE allowed by this rule may set.
+    #[serde(default)]
+    pub queue_arguments: Vec<String>,
+}
+
+/// Abuse limits on the HTTP side.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecurityConfig {
+    /// Allowed `Origin` values of the WebSocket handshake (cross-site
+    /// WebSocket hijacking); empty allows any. A handshake without Origin
+    /// (non-browser clients) is allowed.
+    pub allowed_origins: Vec<String>,
+    /// Open connections per gateway (0: unlimited); beyond, HTTP 503.
+    pub max_connections: usize,
+    /// Open connections per client IP (0: unlimited); beyond, HTTP 429.
+    /// Behind a load balancer every client has its address.
+    pub max_connections_per_ip: usize,
+    /// Time from accepting a TCP connection to the end of the HTTP request
+    /// head of the handshake.
+    pub handshake_timeout_ms: u64,
+    /// Frames per second one session may send (0: unlimited), with bursts
+    /// of twice that; beyond, ERROR and close.
+    pub max_frames_per_second: u32,
+}
+
+/// TLS (`wss://`), on when both files are set.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert_file: Option<std::path::PathBuf>,
+    /// PEM private key.
+    pub key_file: Option<std::path::PathBuf>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            anonymous: false,
+            jwt: None,
+            users: Vec::new(),
+            rules: Vec::new(),
+            user_exchange: "stompgate.user".to_owned(),
+        }
+    }
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        SecurityConfig {
+            allowed_origins: Vec::new(),
+            max_connections: 100_000,
+            max_connections_per_ip: 0,
+            handshake_timeout_ms: 10_000,
+            max_frames_per_second: 1_000,
+        }
+    }
 }
 
 /// The AMQP side.
@@ -110,6 +236,9 @@ impl Default for Config {
             heartbeat: HeartbeatConfig::default(),
             allowed_hosts: Vec::new(),
             drain_window_ms: 5_000,
+            auth: AuthConfig::default(),
+            security: SecurityConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -194,6 +323,8 @@ impl Config {
                 .try_parsing(true)
                 .list_separator(",")
                 .with_list_parse_key("allowed_hosts")
+                .with_list_parse_key("security.allowed_origins")
+                .with_list_parse_key("auth.jwt.audience")
                 .source(Some(vars.into_iter().collect())),
         );
         let config: Config = builder.build()?.try_deserialize()?;
@@ -219,6 +350,25 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "limits.outbound_queue_frames must be at least 1".into(),
             ));
+        }
+        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
+            return Err(ConfigError::Invalid(
+                "tls.cert_file and tls.key_file go together".into(),
+            ));
+        }
+        if self.auth.user_exchange.is_empty() || self.auth.user_exchange.starts_with("amq.") {
+            return Err(ConfigError::Invalid(
+                "auth.user_exchange must be a name of its own (not empty, not amq.*)".into(),
+            ));
+        }
+        for rule in &self.auth.rules {
+            for verb in &rule.verbs {
+                if verb != "subscribe" && verb != "send" {
+                    return Err(ConfigError::Invalid(format!(
+                        "auth.rules: unknown verb '{verb}' (subscribe or send)"
+                    )));
+                }
+            }
         }
         if self.heartbeat.grace_factor < 1.0 {
             return Err(ConfigError::Invalid(
@@ -266,6 +416,14 @@ mod tests {
         assert_eq!(c.listen.port(), 9999);
         assert_eq!(c.amqp.url, "amqp://env");
         assert_eq!(c.limits.max_subscriptions, 7);
+    }
+
+    #[test]
+    fn a_partial_section_keeps_the_other_defaults() {
+        let env = vec![("STOMPGATE_AUTH__ANONYMOUS".to_owned(), "true".to_owned())];
+        let c = Config::load(None, env).expect("load");
+        assert!(c.auth.anonymous);
+        assert_eq!(c.auth.user_exchange, "stompgate.user");
     }
 
     #[test]

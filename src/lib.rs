@@ -12,6 +12,7 @@
 //! - [`server`]: the HTTP listener that ties it together (WebSocket upgrade,
 //!   `/healthz`, `/readyz`).
 
+pub mod auth;
 pub mod bridge;
 pub mod config;
 pub mod metrics;

@@ -47,6 +47,50 @@ pub enum ErrorKind {
     Broker,
     /// No CONNECT in time or no heart-beat from the client.
     Timeout,
+    /// Authentication or authorization refused, or the token expired.
+    Auth,
+    /// The client sent frames faster than allowed.
+    RateLimit,
+}
+
+/// Why a connection was turned away before it became a WebSocket session,
+/// for `stompgate_rejected_total{reason}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectReason {
+    /// The handshake's `Origin` is not in `security.allowed_origins`.
+    Origin,
+    /// `security.max_connections` sessions are open (HTTP 503).
+    MaxConnections,
+    /// `security.max_connections_per_ip` sessions are open from the
+    /// client's address (HTTP 429).
+    PerIp,
+    /// No complete request head (or TLS handshake) within
+    /// `security.handshake_timeout_ms`.
+    HandshakeTimeout,
+    /// The TLS handshake failed.
+    Tls,
+}
+
+impl RejectReason {
+    /// Every reason, in the order used to index the series.
+    pub const ALL: [RejectReason; 5] = [
+        RejectReason::Origin,
+        RejectReason::MaxConnections,
+        RejectReason::PerIp,
+        RejectReason::HandshakeTimeout,
+        RejectReason::Tls,
+    ];
+
+    /// The `reason` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::Origin => "origin",
+            RejectReason::MaxConnections => "max_connections",
+            RejectReason::PerIp => "per_ip",
+            RejectReason::HandshakeTimeout => "handshake_timeout",
+            RejectReason::Tls => "tls",
+        }
+    }
 }
 
 /// The series of the gateway.
@@ -68,7 +112,8 @@ pub struct Metrics {
     pub amqp_reconnects: Counter,
     pub slow_client_dropped: Counter,
     pub slow_client_disconnected: Counter,
-    errors: [Counter; 4],
+    errors: [Counter; 6],
+    rejected: [Counter; 5],
     pub draining: Gauge,
 }
 
@@ -106,7 +151,11 @@ impl Metrics {
                 metrics::counter!("stompgate_errors_total", "kind" => "session"),
                 metrics::counter!("stompgate_errors_total", "kind" => "broker"),
                 metrics::counter!("stompgate_errors_total", "kind" => "timeout"),
+                metrics::counter!("stompgate_errors_total", "kind" => "auth"),
+                metrics::counter!("stompgate_errors_total", "kind" => "rate_limit"),
             ],
+            rejected: RejectReason::ALL
+                .map(|r| metrics::counter!("stompgate_rejected_total", "reason" => r.as_str())),
             draining: metrics::gauge!("stompgate_draining"),
         }
     }
@@ -133,6 +182,10 @@ impl Metrics {
 
     pub fn error(&self, kind: ErrorKind) {
         self.errors[kind as usize].increment(1);
+    }
+
+    pub fn rejected(&self, reason: RejectReason) {
+        self.rejected[reason as usize].increment(1);
     }
 }
 

@@ -1,13 +1,15 @@
 //! The HTTP listener: the WebSocket endpoint and the health endpoints, all on
 //! one port.
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -19,8 +21,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::bridge::Bridge;
 use crate::config::Config;
+use crate::metrics::RejectReason;
 use crate::session::SessionConfig;
-use crate::transport::websocket;
+use crate::transport::{listener, websocket};
 
 /// What every connection of the process shares.
 #[derive(Debug)]
@@ -33,22 +36,51 @@ pub struct Gateway {
     pub draining: CancellationToken,
     connections: AtomicUsize,
     all_closed: Notify,
+    /// WebSocket sessions admitted under `security.max_connections` and
+    /// `security.max_connections_per_ip`.
+    admitted: Mutex<Admitted>,
+    /// The TLS configuration, when `tls.cert_file` and `tls.key_file` are set.
+    tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// Sessions admitted, in all and per client address.
+#[derive(Debug, Default)]
+struct Admitted {
+    total: usize,
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+/// Why [`Gateway::admit`] turned a WebSocket session away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdmitError {
+    /// `security.max_connections` sessions are open.
+    MaxConnections,
+    /// `security.max_connections_per_ip` sessions are open from this address.
+    PerIp,
 }
 
 impl Gateway {
     /// Creates the gateway and starts connecting to the broker.
-    pub fn start(config: Config) -> Arc<Gateway> {
+    pub fn start(config: Config) -> std::io::Result<Arc<Gateway>> {
+        let session_config = SessionConfig::from_config(&config).map_err(std::io::Error::other)?;
+        let tls = listener::load_tls(&config.tls)?;
         let prometheus = crate::metrics::install();
-        let bridge = Bridge::start(&config.amqp.url, config.amqp.connections);
-        Arc::new(Gateway {
-            session_config: Arc::new(SessionConfig::from_config(&config)),
+        let bridge = Bridge::start(
+            &config.amqp.url,
+            config.amqp.connections,
+            vec![config.auth.user_exchange.clone()],
+        );
+        Ok(Arc::new(Gateway {
+            session_config: Arc::new(session_config),
             config,
             bridge,
             prometheus,
             draining: CancellationToken::new(),
             connections: AtomicUsize::new(0),
             all_closed: Notify::new(),
-        })
+            admitted: Mutex::new(Admitted::default()),
+            tls,
+        }))
     }
 
     /// Open WebSocket connections.
@@ -61,6 +93,41 @@ impl Gateway {
         self.connections.fetch_add(1, Ordering::AcqRel);
         crate::metrics::get().connections.increment(1.0);
         ConnectionGuard(Arc::clone(self))
+    }
+
+    /// Whether the listener speaks TLS (`wss://`).
+    pub fn tls_enabled(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Admits one WebSocket session from `ip` under the connection limits
+    /// (`security.max_connections`, `security.max_connections_per_ip`; 0 is
+    /// unlimited). The session counts until the returned guard is dropped.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Admission, AdmitError> {
+        let ip = ip.to_canonical();
+        let security = &self.config.security;
+        let mut admitted = self.admitted.lock().unwrap_or_else(PoisonError::into_inner);
+        if security.max_connections != 0 && admitted.total >= security.max_connections {
+            return Err(AdmitError::MaxConnections);
+        }
+        let from_ip = admitted.per_ip.get(&ip).copied().unwrap_or(0);
+        if security.max_connections_per_ip != 0 && from_ip >= security.max_connections_per_ip {
+            return Err(AdmitError::PerIp);
+        }
+        admitted.total += 1;
+        admitted.per_ip.insert(ip, from_ip + 1);
+        Ok(Admission {
+            gateway: Arc::clone(self),
+            ip,
+        })
+    }
+
+    /// Sessions admitted by [`Gateway::admit`] and not yet released.
+    pub fn admitted(&self) -> usize {
+        self.admitted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .total
     }
 
     /// Starts the graceful drain: not ready any more, and every session
@@ -98,6 +165,30 @@ impl Drop for ConnectionGuard {
     }
 }
 
+/// Keeps a session admitted; see [`Gateway::admit`].
+#[derive(Debug)]
+pub struct Admission {
+    gateway: Arc<Gateway>,
+    ip: IpAddr,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        let mut admitted = self
+            .gateway
+            .admitted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        admitted.total = admitted.total.saturating_sub(1);
+        if let Some(n) = admitted.per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                admitted.per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
 /// The HTTP routes of a gateway.
 pub fn router(gateway: Arc<Gateway>) -> Router {
     Router::new()
@@ -114,11 +205,15 @@ pub async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let gateway = Gateway::start(config);
+    let gateway = Gateway::start(config)?;
     serve_gateway(listener, gateway, shutdown).await
 }
 
 /// Serves an existing gateway (tests use this to look inside it).
+///
+/// Each TCP connection gets `security.handshake_timeout_ms` to finish its
+/// TLS handshake (when `tls` is configured: TLS only) and its first HTTP
+/// request head; see [`listener::run`].
 ///
 /// When `shutdown` resolves the gateway drains: it stops accepting, reports
 /// not ready, lets every session finish its pending receipts and closes it
@@ -130,14 +225,15 @@ pub async fn serve_gateway(
     gateway: Arc<Gateway>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let drain = Arc::clone(&gateway);
-    axum::serve(listener, router(Arc::clone(&gateway)))
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            tracing::info!(connections = drain.connections(), "draining");
-            drain.begin_drain();
-        })
-        .await?;
+    let timeout_ms = gateway.config.security.handshake_timeout_ms;
+    let config = listener::ListenerConfig {
+        handshake_timeout: (timeout_ms > 0).then(|| Duration::from_millis(timeout_ms)),
+        tls: gateway.tls.clone(),
+        draining: gateway.draining.clone(),
+    };
+    listener::run(listener, router(Arc::clone(&gateway)), config, shutdown).await;
+    tracing::info!(connections = gateway.connections(), "draining");
+    gateway.begin_drain();
     let limit = Duration::from_millis(gateway.config.drain_window_ms) + Duration::from_secs(10);
     if !gateway.wait_drained(limit).await {
         tracing::warn!(
@@ -148,10 +244,38 @@ pub async fn serve_gateway(
     Ok(())
 }
 
-async fn upgrade(State(gateway): State<Arc<Gateway>>, ws: WebSocketUpgrade) -> Response {
+async fn upgrade(
+    State(gateway): State<Arc<Gateway>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: axum::http::HeaderMap,
+    uri: axum::http::Uri,
+    ws: WebSocketUpgrade,
+) -> Response {
     if gateway.draining.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
     }
+    let metrics = crate::metrics::get();
+    if !origin_allowed(&gateway.config.security.allowed_origins, &headers) {
+        metrics.rejected(RejectReason::Origin);
+        return refuse(StatusCode::FORBIDDEN, "origin not allowed");
+    }
+    let admission = match gateway.admit(peer.ip()) {
+        Ok(admission) => admission,
+        Err(AdmitError::MaxConnections) => {
+            metrics.rejected(RejectReason::MaxConnections);
+            return refuse(StatusCode::SERVICE_UNAVAILABLE, "too many connections");
+        }
+        Err(AdmitError::PerIp) => {
+            metrics.rejected(RejectReason::PerIp);
+            return refuse(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many connections from this address",
+            );
+        }
+    };
+    let handshake = websocket::Handshake {
+        token: handshake_token(&headers, &uri),
+    };
     let limits = &gateway.config.limits;
     // The codec enforces STOMP's limits; the WebSocket layer only needs to
     // bound one message (a frame may span several, and one may hold several).
@@ -161,7 +285,92 @@ async fn upgrade(State(gateway): State<Arc<Gateway>>, ws: WebSocketUpgrade) -> R
         .write_buffer_size(0)
         .max_message_size(max_message)
         .max_frame_size(max_message)
-        .on_upgrade(move |socket| websocket::run(socket, gateway))
+        .on_upgrade(move |socket| async move {
+            // Admitted until the session ends (or the upgrade fails, which
+            // drops this closure unrun).
+            let _admission = admission;
+            websocket::run(socket, gateway, handshake).await;
+        })
+}
+
+/// A refused handshake: `status` with a `text/plain` reason.
+fn refuse(status: StatusCode, reason: &'static str) -> Response {
+    (
+        status,
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; charset=utf-8",
+        )],
+        reason,
+    )
+        .into_response()
+}
+
+/// Whether the handshake's `Origin` (every one, if repeated) is in
+/// `allowed`; an empty list allows any, and no `Origin` (non-browser
+/// clients) is allowed. Compared ASCII case-insensitively, without a
+/// trailing `/`.
+fn origin_allowed(allowed: &[String], headers: &axum::http::HeaderMap) -> bool {
+    if allowed.is_empty() {
+        return true;
+    }
+    headers
+        .get_all(axum::http::header::ORIGIN)
+        .iter()
+        .all(|origin| match origin.to_str() {
+            Ok(origin) => {
+                let origin = origin.trim().trim_end_matches('/');
+                allowed
+                    .iter()
+                    .any(|a| a.trim().trim_end_matches('/').eq_ignore_ascii_case(origin))
+            }
+            Err(_) => false,
+        })
+}
+
+/// A token from `Authorization: Bearer <token>` or `?access_token=<token>`
+/// (browsers cannot set headers on a WebSocket handshake).
+fn handshake_token(headers: &axum::http::HeaderMap, uri: &axum::http::Uri) -> Option<String> {
+    if let Some(value) = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        if let Some(token) = value.strip_prefix("Bearer ") {
+            return Some(token.trim().to_owned());
+        }
+    }
+    uri.query()?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == "access_token").then(|| percent_decode(v))
+    })
+}
+
+/// Decodes `%XX` escapes (and `+` as space) of a query value.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                match std::str::from_utf8(&bytes[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                {
+                    Some(b) => {
+                        out.push(b);
+                        i += 3;
+                        continue;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 async fn readyz(State(gateway): State<Arc<Gateway>>) -> impl IntoResponse {

@@ -495,12 +495,13 @@ async fn subscribe_while_the_broker_is_unreachable_is_refused() {
     // A gateway whose AMQP URL points at a closed port: clients can connect,
     // but anything that needs the broker gets an ERROR.
     let mut config = Config::default();
+    config.auth.anonymous = true;
     config.amqp.url = "amqp://127.0.0.1:1/%2f".to_owned();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let gateway = Gateway::start(config);
+    let gateway = Gateway::start(config).expect("gateway configuration");
     let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(stompgate::server::serve_gateway(
         listener,

@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -74,82 +74,6 @@ fn sigkill(pid: u32) {
         assert!(Instant::now() < deadline, "pid {pid} survived SIGKILL");
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// A gateway process, killed when dropped.
-struct GatewayProcess {
-    child: Child,
-    port: u16,
-}
-
-impl GatewayProcess {
-    fn spawn(amqp_url: &str, env: &[(&str, &str)]) -> GatewayProcess {
-        let port = free_port();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_stompgate"));
-        cmd.args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--amqp-url",
-            amqp_url,
-        ])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let child = cmd.spawn().expect("spawn stompgate");
-        GatewayProcess { child, port }
-    }
-
-    fn ws_url(&self) -> String {
-        format!("ws://127.0.0.1:{}/ws", self.port)
-    }
-
-    async fn wait_ready(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if http_status(self.port, "/readyz").await == Some(200) {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        false
-    }
-}
-
-impl Drop for GatewayProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-/// Status code of `GET path`, or `None` when nothing answers.
-async fn http_status(port: u16, path: &str) -> Option<u16> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::time::timeout(
-        Duration::from_secs(2),
-        tokio::net::TcpStream::connect(("127.0.0.1", port)),
-    )
-    .await
-    .ok()?
-    .ok()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut buf))
-        .await
-        .ok()?
-        .ok()?;
-    let text = String::from_utf8_lossy(&buf);
-    text.split_whitespace().nth(1)?.parse().ok()
 }
 
 async fn wait_until<F: std::future::Future<Output = bool>>(

@@ -16,6 +16,8 @@ use tokio::net::TcpStream;
 use tokio::process::Command;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// HS256 key of the JWT tests.
+const JWT_SECRET: &str = "stompjs-test-secret-0123456789";
 const NODE_TIMEOUT: Duration = Duration::from_secs(90);
 
 fn js_dir() -> PathBuf {
@@ -179,6 +181,24 @@ async fn stompjs_client_against_gateway() {
     );
 
     let mut config = stompgate::config::Config::default();
+    // Anonymous sessions for the plain tests, and a JWT key for the JWT ones.
+    config.auth.anonymous = true;
+    config.auth.jwt = Some(stompgate::config::JwtConfig {
+        hs256_secret: Some(JWT_SECRET.to_owned()),
+        ..Default::default()
+    });
+    let jwt_user = format!("js-user-{}", std::process::id());
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        + 600;
+    let jwt = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &serde_json::json!({ "sub": jwt_user, "exp": exp }),
+        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+    )
+    .expect("encode token");
     if let Ok(url) = std::env::var("STOMPGATE_AMQP_URL") {
         config.amqp.url = url;
     }
@@ -209,6 +229,8 @@ async fn stompjs_client_against_gateway() {
         .args(&files)
         .current_dir(&dir)
         .env("STOMPGATE_URL", &url)
+        .env("STOMPGATE_JWT", &jwt)
+        .env("STOMPGATE_JWT_USER", &jwt_user)
         .env("STOMPGATE_JS_QUEUE_LOG", &queue_log)
         .env("NO_COLOR", "1")
         .env_remove("FORCE_COLOR")

@@ -572,12 +572,13 @@ async fn health_and_readiness_when_the_broker_is_up() {
 async fn not_ready_when_the_broker_is_unreachable() {
     // Built by hand: start_gateway waits for readiness.
     let mut config = Config::default();
+    config.auth.anonymous = true;
     config.amqp.url = "amqp://127.0.0.1:1/%2f".to_owned();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let gateway = Gateway::start(config);
+    let gateway = Gateway::start(config).expect("gateway configuration");
     let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(stompgate::server::serve_gateway(
         listener,

@@ -40,9 +40,10 @@ pub struct Bridge {
 }
 
 impl Bridge {
-    /// Creates the bridge and starts connecting to `url`.
-    pub fn start(url: &str, connections: usize) -> Arc<Bridge> {
-        let pool = pool::Pool::new(url.to_owned(), connections);
+    /// Creates the bridge and starts connecting to `url`; `exchanges` are
+    /// declared (durable topic exchanges) on every (re)connection.
+    pub fn start(url: &str, connections: usize, exchanges: Vec<String>) -> Arc<Bridge> {
+        let pool = pool::Pool::new(url.to_owned(), connections, exchanges);
         pool.start();
         let hub = fanout::Hub::new(Arc::clone(&pool));
         Arc::new(Bridge {

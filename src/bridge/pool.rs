@@ -24,15 +24,19 @@ pub struct Pool {
     next: AtomicUsize,
     /// Woken whenever a connection comes up, so that waiters can retry.
     connected: Notify,
+    /// Topic exchanges the gateway itself needs (the `/user/` exchange),
+    /// declared durable on every connection.
+    exchanges: Vec<String>,
 }
 
 impl Pool {
-    pub fn new(url: String, connections: usize) -> Arc<Pool> {
+    pub fn new(url: String, connections: usize, exchanges: Vec<String>) -> Arc<Pool> {
         Arc::new(Pool {
             url,
             slots: (0..connections.max(1)).map(|_| RwLock::new(None)).collect(),
             next: AtomicUsize::new(0),
             connected: Notify::new(),
+            exchanges,
         })
     }
 
@@ -97,6 +101,28 @@ impl Pool {
         crate::metrics::get().amqp_connections_up.set(up as f64);
     }
 
+    async fn declare_exchanges(&self, conn: &Connection) -> Result<(), BridgeError> {
+        if self.exchanges.is_empty() {
+            return Ok(());
+        }
+        let channel = conn.create_channel().await?;
+        for name in &self.exchanges {
+            channel
+                .exchange_declare(
+                    super::properties::short("exchange name", name)?,
+                    lapin::ExchangeKind::Topic,
+                    lapin::options::ExchangeDeclareOptions {
+                        durable: true,
+                        ..Default::default()
+                    },
+                    lapin::types::FieldTable::default(),
+                )
+                .await?;
+        }
+        let _ = channel.close(200, "declared".into()).await;
+        Ok(())
+    }
+
     async fn supervise(&self, index: usize) {
         let mut backoff = Duration::from_millis(100);
         let mut first = true;
@@ -107,6 +133,9 @@ impl Pool {
             match Connection::connect(&self.url, props).await {
                 Ok(conn) => {
                     tracing::info!(connection = index, "AMQP connection up");
+                    if let Err(error) = self.declare_exchanges(&conn).await {
+                        tracing::warn!(%error, "declaring the gateway's exchanges failed");
+                    }
                     let conn = Arc::new(conn);
                     if let Ok(mut slot) = self.slots[index].write() {
                         *slot = Some(Arc::clone(&conn));

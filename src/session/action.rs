@@ -109,6 +109,10 @@ pub struct PublishRequest {
 pub enum Action {
     /// CONNECT accepted: apply version, heart-beats and the full frame limit.
     Established(Negotiated),
+    /// The session's credentials expire at this time (seconds since the
+    /// Unix epoch), or never; the transport ends the session then unless a
+    /// refreshed token moved it.
+    Expiry(Option<u64>),
     /// Write this frame to the client.
     Send(Frame),
     Subscribe(SubscribeRequest),

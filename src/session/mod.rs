@@ -20,6 +20,8 @@ use bytes::Bytes;
 
 pub use action::{AckMode, Action, Negotiated, PublishRequest, ReplyTo, SubscribeRequest, Version};
 
+use crate::auth::user::UserDestination;
+use crate::auth::{Auth, Identity, Verb};
 use crate::bridge::destination::Destination;
 use crate::config::{HeartbeatConfig, Limits};
 use crate::stomp::{Command, Frame};
@@ -34,26 +36,44 @@ pub struct SessionConfig {
     pub allowed_hosts: Vec<String>,
     pub default_prefetch: u16,
     pub auto_ack_prefetch: u16,
+    pub auth: std::sync::Arc<Auth>,
 }
 
 impl SessionConfig {
-    pub fn from_config(config: &crate::config::Config) -> SessionConfig {
-        SessionConfig {
+    pub fn from_config(
+        config: &crate::config::Config,
+    ) -> Result<SessionConfig, crate::auth::AuthConfigError> {
+        Ok(SessionConfig {
             server: format!("stompgate/{}", env!("CARGO_PKG_VERSION")),
             limits: config.limits.clone(),
             heartbeat: config.heartbeat.clone(),
             allowed_hosts: config.allowed_hosts.clone(),
             default_prefetch: config.amqp.default_prefetch,
             auto_ack_prefetch: config.amqp.auto_ack_prefetch,
-        }
+            auth: Auth::from_config(&config.auth)?,
+        })
     }
 }
 
 impl Default for SessionConfig {
+    /// The default limits with open access (anyone may do anything).
     fn default() -> Self {
-        SessionConfig::from_config(&crate::config::Config::default())
+        let config = crate::config::Config::default();
+        SessionConfig {
+            server: format!("stompgate/{}", env!("CARGO_PKG_VERSION")),
+            limits: config.limits,
+            heartbeat: config.heartbeat,
+            allowed_hosts: config.allowed_hosts,
+            default_prefetch: config.amqp.default_prefetch,
+            auto_ack_prefetch: config.amqp.auto_ack_prefetch,
+            auth: Auth::open(),
+        }
     }
 }
+
+/// The reserved destination a client SENDs a fresh token to (in the body,
+/// or in a `passcode` header) before the current one expires.
+pub const TOKEN_REFRESH_DESTINATION: &str = "/stompgate/token";
 
 /// A message from the broker, already mapped to STOMP headers by the bridge
 /// (`destination` and properties); the session adds the per-subscription
@@ -113,6 +133,10 @@ pub struct Session {
     negotiated: bool,
     subscriptions: HashMap<String, Subscription>,
     transactions: HashMap<String, Transaction>,
+    /// Who the session is, once CONNECT was accepted.
+    identity: Option<Identity>,
+    /// A token from the WebSocket handshake (header or query parameter).
+    handshake_token: Option<String>,
 }
 
 impl Session {
@@ -126,6 +150,26 @@ impl Session {
             negotiated: false,
             subscriptions: HashMap::new(),
             transactions: HashMap::new(),
+            identity: None,
+            handshake_token: None,
+        }
+    }
+
+    /// A token the WebSocket handshake carried (`Authorization: Bearer` or
+    /// `access_token`), used when CONNECT brings none.
+    pub fn set_handshake_token(&mut self, token: Option<String>) {
+        self.handshake_token = token;
+    }
+
+    /// Who the session is, once connected.
+    pub fn identity(&self) -> Option<&Identity> {
+        self.identity.as_ref()
+    }
+
+    /// The credentials expired (the transport's timer): end the session.
+    pub fn token_expired(&mut self, out: &mut Vec<Action>) {
+        if self.phase == Phase::Connected {
+            self.fail("token expired", "", None, out);
         }
     }
 
@@ -289,6 +333,15 @@ impl Session {
             (_, Some(value)) => heartbeat::parse(&value)
                 .ok_or_else(|| Refusal::new(format!("malformed heart-beat header '{value}'")))?,
         };
+        let identity = self
+            .config
+            .auth
+            .authenticate(
+                frame.header("login").as_deref(),
+                frame.header("passcode").as_deref(),
+                self.handshake_token.as_deref(),
+            )
+            .map_err(|e| Refusal::new(e.to_string()))?;
         let hb = heartbeat::negotiate(client_heartbeat, &self.config.heartbeat);
         self.version = version;
         self.negotiated = true;
@@ -316,12 +369,78 @@ impl Session {
                 None
             },
         }));
+        if identity.expires_at.is_some() {
+            out.push(Action::Expiry(identity.expires_at));
+        }
+        self.identity = Some(identity);
         out.push(Action::Send(connected));
         Ok(())
     }
 
+    /// SEND to [`TOKEN_REFRESH_DESTINATION`]: a fresh token for the same user.
+    fn refresh_token(&mut self, frame: &Frame, out: &mut Vec<Action>) -> Result<(), Refusal> {
+        let token = match frame.header("passcode") {
+            Some(p) => p.into_owned(),
+            None => String::from_utf8_lossy(&frame.body).trim().to_owned(),
+        };
+        let current = self
+            .identity
+            .as_ref()
+            .ok_or_else(|| Refusal::new("not connected"))?;
+        let next = self
+            .config
+            .auth
+            .refresh(current, &token)
+            .map_err(|e| Refusal::new(format!("token refresh refused: {e}")))?;
+        out.push(Action::Expiry(next.expires_at));
+        self.identity = Some(next);
+        push_receipt(frame, out);
+        Ok(())
+    }
+
+    /// Parses the destination of `frame`, resolves `/user/` forms to the
+    /// user exchange, and checks that the session may do `verb` there.
+    fn authorized_destination(
+        &self,
+        frame: &Frame,
+        verb: Verb,
+        arguments: &[&str],
+    ) -> Result<Destination, Refusal> {
+        let written = frame.header("destination").ok_or_else(|| {
+            Refusal::new(format!("{} frame has no 'destination' header", frame.command))
+        })?;
+        let anonymous = Identity::anonymous();
+        let identity = self.identity.as_ref().unwrap_or(&anonymous);
+        let destination = match UserDestination::parse(&written) {
+            None => Destination::parse(&written).map_err(|e| Refusal::new(e.to_string()))?,
+            Some(Err(message)) => return Err(Refusal::new(message)),
+            Some(Ok(user_destination)) => {
+                let routing_key = match (&user_destination, &identity.user) {
+                    (UserDestination::Own { .. }, None) => {
+                        return Err(Refusal::new(
+                            "access refused: anonymous sessions have no /user/ queue",
+                        ))
+                    }
+                    (_, user) => user_destination.routing_key(user.as_deref().unwrap_or("")),
+                };
+                Destination::Exchange {
+                    exchange: self.config.auth.user_exchange.clone(),
+                    routing_key,
+                }
+            }
+        };
+        self.config
+            .auth
+            .authorize(verb, &written, &destination, identity, arguments)
+            .map_err(|e| Refusal::new(e.to_string()))?;
+        Ok(destination)
+    }
+
     fn send(&mut self, frame: &Frame, out: &mut Vec<Action>, replay: bool) -> Result<(), Refusal> {
-        let destination = parse_destination(frame)?;
+        if frame.header("destination").as_deref() == Some(TOKEN_REFRESH_DESTINATION) {
+            return self.refresh_token(frame, out);
+        }
+        let destination = self.authorized_destination(frame, Verb::Send, &[])?;
         if let Destination::TempQueue { .. } = destination {
             return Err(Refusal::new(
                 "cannot SEND to a /temp-queue/ destination; use it as reply-to",
@@ -386,7 +505,18 @@ impl Session {
     }
 
     fn subscribe(&mut self, frame: &Frame, out: &mut Vec<Action>) -> Result<(), Refusal> {
-        let destination = parse_destination(frame)?;
+        let durable = parse_bool(frame, "durable")?.unwrap_or(false)
+            || parse_bool(frame, "persistent")?.unwrap_or(false);
+        let mut arguments: Vec<String> = frame
+            .headers()
+            .filter(|(n, _)| n.starts_with("x-"))
+            .map(|(n, _)| n.into_owned())
+            .collect();
+        if durable {
+            arguments.push("durable".to_owned());
+        }
+        let arguments: Vec<&str> = arguments.iter().map(String::as_str).collect();
+        let destination = self.authorized_destination(frame, Verb::Subscribe, &arguments)?;
         if matches!(
             destination,
             Destination::TempQueue { .. } | Destination::ReplyQueue { .. }
@@ -443,8 +573,6 @@ impl Session {
                 }
             },
         };
-        let durable = parse_bool(frame, "durable")?.unwrap_or(false)
-            || parse_bool(frame, "persistent")?.unwrap_or(false);
         let auto_delete = parse_bool(frame, "auto-delete")?.unwrap_or(!durable);
         let queue_name = frame.header("x-queue-name").map(|q| q.into_owned());
         if queue_name
@@ -713,16 +841,6 @@ impl Refusal {
             detail: String::new(),
         }
     }
-}
-
-fn parse_destination(frame: &Frame) -> Result<Destination, Refusal> {
-    let value = frame.header("destination").ok_or_else(|| {
-        Refusal::new(format!(
-            "{} frame has no 'destination' header",
-            frame.command
-        ))
-    })?;
-    Destination::parse(&value).map_err(|e| Refusal::new(e.to_string()))
 }
 
 fn transaction_name(frame: &Frame) -> Result<String, Refusal> {

@@ -1,5 +1,6 @@
 //! Transports: how STOMP frames reach the gateway. Today WebSocket; HTTP
 //! fallbacks would be further adapters around the same session.
 
+pub mod listener;
 pub mod outbound;
 pub mod websocket;

@@ -40,8 +40,15 @@ type Refused = (String, Option<String>);
 
 type Confirm = BoxFuture<'static, Result<Option<String>, Refused>>;
 
+/// What the HTTP handshake told about a connection.
+#[derive(Debug, Default, Clone)]
+pub struct Handshake {
+    /// A token from `Authorization: Bearer` or `?access_token=`.
+    pub token: Option<String>,
+}
+
 /// Serves one upgraded WebSocket until it closes.
-pub async fn run(socket: WebSocket, gateway: Arc<Gateway>) {
+pub async fn run(socket: WebSocket, gateway: Arc<Gateway>, handshake: Handshake) {
     let _guard = gateway.track_connection();
     let metrics = crate::metrics::get();
     let limits = &gateway.config.limits;
@@ -50,8 +57,10 @@ pub async fn run(socket: WebSocket, gateway: Arc<Gateway>) {
     let writer = tokio::spawn(write_loop(sink, out_rx));
     let (broker, mut inbound) = gateway.bridge.session();
     let session_id = format!("session-{}-{:08x}", broker.key(), rand::random::<u32>());
+    let mut session = Session::new(Arc::clone(&gateway.session_config), session_id);
+    session.set_handshake_token(handshake.token);
     let mut conn = Connection {
-        session: Session::new(Arc::clone(&gateway.session_config), session_id),
+        session,
         codec: StompCodec::new(FrameLimits {
             max_frame_bytes: limits.max_frame_bytes_before_connect,
             max_headers: limits.max_headers,
@@ -67,6 +76,8 @@ pub async fn run(socket: WebSocket, gateway: Arc<Gateway>) {
         link: Arc::clone(&link),
         escaping: Escaping::None,
         expect_within: None,
+        expires_at: None,
+        rate: RateLimit::new(gateway.config.security.max_frames_per_second),
         last_read: Instant::now(),
         closing: false,
         confirms: FuturesOrdered::new(),
@@ -85,6 +96,10 @@ pub async fn run(socket: WebSocket, gateway: Arc<Gateway>) {
             conn.last_read + within
         } else {
             Instant::now() + Duration::from_secs(3600)
+        };
+        let deadline = match conn.expires_at {
+            Some(at) => deadline.min(at),
+            None => deadline,
         };
         // Biased: input already waiting on the socket is read before the
         // heart-beat deadline is judged, so a session that was busy writing
@@ -148,7 +163,10 @@ pub async fn run(socket: WebSocket, gateway: Arc<Gateway>) {
             }
             Event::Deadline => {
                 let mut actions = Vec::new();
-                if !conn.session.is_connected() {
+                if conn.expires_at.is_some_and(|at| at <= Instant::now()) {
+                    conn.session.token_expired(&mut actions);
+                    metrics.error(ErrorKind::Auth);
+                } else if !conn.session.is_connected() {
                     conn.session.protocol_error(
                         &format!("no CONNECT frame within {connect_timeout_ms} ms"),
                         &mut actions,
@@ -220,6 +238,9 @@ struct Connection {
     link: Arc<ClientLink>,
     escaping: Escaping,
     expect_within: Option<Duration>,
+    /// When the session's credentials expire.
+    expires_at: Option<Instant>,
+    rate: RateLimit,
     last_read: Instant,
     /// The session ended: stop reading, drain receipts, then close.
     closing: bool,
@@ -239,13 +260,31 @@ impl Connection {
             match self.codec.decode(&mut self.buffer) {
                 Ok(Some(stomp::Inbound::Frame(frame))) => {
                     metrics.frame_in(frame.command);
+                    if !self.rate.allow(Instant::now()) {
+                        metrics.error(ErrorKind::RateLimit);
+                        self.session.protocol_error(
+                            &format!(
+                                "rate limit exceeded: more than {} frames per second",
+                                self.rate.per_second
+                            ),
+                            &mut actions,
+                        );
+                        self.execute(actions).await;
+                        break;
+                    }
                     self.session.handle(frame, &mut actions);
-                    if self.session.is_closed()
-                        && actions.iter().any(
-                            |a| matches!(a, Action::Send(f) if f.command == stomp::Command::Error),
-                        )
-                    {
-                        metrics.error(ErrorKind::Session);
+                    if self.session.is_closed() {
+                        let refusal = actions.iter().find_map(|a| match a {
+                            Action::Send(f) if f.command == stomp::Command::Error => {
+                                f.header("message").map(|m| m.starts_with("access refused"))
+                            }
+                            _ => None,
+                        });
+                        match refusal {
+                            Some(true) => metrics.error(ErrorKind::Auth),
+                            Some(false) => metrics.error(ErrorKind::Session),
+                            None => {}
+                        }
                     }
                 }
                 Ok(Some(stomp::Inbound::Heartbeat)) => continue,
@@ -345,6 +384,15 @@ impl Connection {
                     .await;
             }
             Action::Send(frame) => self.write(&frame).await,
+            Action::Expiry(at) => {
+                self.expires_at = at.map(|at| {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_secs())
+                        .unwrap_or(0);
+                    Instant::now() + Duration::from_secs(at.saturating_sub(now))
+                });
+            }
             Action::Subscribe(request) => {
                 let ack_header =
                     self.session.version() == Some(Version::V1_2) && request.ack != AckMode::Auto;
@@ -435,6 +483,41 @@ impl Connection {
                 binary,
             })
             .await;
+    }
+}
+
+/// A token bucket of frames per second, with bursts of twice the rate.
+#[derive(Debug)]
+struct RateLimit {
+    per_second: u32,
+    tokens: f64,
+    last: Instant,
+}
+
+impl RateLimit {
+    fn new(per_second: u32) -> RateLimit {
+        RateLimit {
+            per_second,
+            tokens: 2.0 * per_second as f64,
+            last: Instant::now(),
+        }
+    }
+
+    /// Takes one token; `false` when the client sends too fast.
+    fn allow(&mut self, now: Instant) -> bool {
+        if self.per_second == 0 {
+            return true;
+        }
+        let rate = self.per_second as f64;
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * rate).min(2.0 * rate);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
     }
 }
 

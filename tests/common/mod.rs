@@ -39,12 +39,13 @@ impl TestGateway {
 pub async fn start_gateway(tweak: impl FnOnce(&mut Config)) -> TestGateway {
     let mut config = Config::default();
     config.amqp.url = AMQP_URL.to_owned();
+    config.auth.anonymous = true;
     tweak(&mut config);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let gateway = Gateway::start(config);
+    let gateway = Gateway::start(config).expect("gateway configuration");
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(stompgate::server::serve_gateway(
         listener,
@@ -336,4 +337,83 @@ pub fn list_queues() -> Vec<(String, u64)> {
             Some((name, consumers))
         })
         .collect()
+}
+
+/// A gateway process, killed when dropped.
+pub struct GatewayProcess {
+    pub child: std::process::Child,
+    pub port: u16,
+}
+
+impl GatewayProcess {
+    /// Spawns the `stompgate` binary on a free port with `amqp_url` and
+    /// extra environment (anonymous access is on unless `env` says otherwise).
+    pub fn spawn(amqp_url: &str, env: &[(&str, &str)]) -> GatewayProcess {
+        let port = free_port();
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_stompgate"));
+        cmd.args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--amqp-url",
+            amqp_url,
+        ])
+        .env("RUST_LOG", "warn")
+        .env("STOMPGATE_AUTH__ANONYMOUS", "true")
+        .stdin(std::process::Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn stompgate");
+        GatewayProcess { child, port }
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://127.0.0.1:{}/ws", self.port)
+    }
+
+    pub async fn wait_ready(&self, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if http_status(self.port, "/readyz").await == Some(200) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Status code of `GET path`, or `None` when nothing answers.
+pub async fn http_status(port: u16, path: &str) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::time::timeout(
+        Duration::from_secs(2),
+        tokio::net::TcpStream::connect(("127.0.0.1", port)),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    let text = String::from_utf8_lossy(&buf);
+    text.split_whitespace().nth(1)?.parse().ok()
 }

@@ -398,3 +398,44 @@ test('a 10 KB frame split over 1 KB WebSocket messages is reassembled', { timeou
     assert.equal(next.body, 'after the large one');
   }),
 );
+
+// ---- JWT: tests/stompjs.rs configures the gateway with an HS256 key and
+// passes a valid token for user STOMPGATE_JWT_USER in STOMPGATE_JWT.
+const JWT = process.env.STOMPGATE_JWT;
+const JWT_USER = process.env.STOMPGATE_JWT_USER;
+
+test('a JWT in the CONNECT passcode identifies the user: /user/ queue receives', { timeout: TEST_TIMEOUT, skip: !JWT && 'STOMPGATE_JWT not set' }, () =>
+  withClients(async (ctx) => {
+    const { client } = await ctx.open('jwt', { connectHeaders: { login: JWT_USER, passcode: JWT } });
+    const inbox = new Inbox('jwt user queue');
+    const name = `inbox-${RUN_ID}`;
+    // Only an authenticated session has a /user/ queue.
+    await subscribeWithReceipt(client, `/user/queue/${name}`, inbox.push);
+    // What a backend publishes to the user exchange with key <user>.<name>.
+    client.publish({ destination: `/exchange/stompgate.user/${JWT_USER}.${name}`, body: 'for you' });
+    const message = await inbox.next('the /user/ MESSAGE');
+    assert.equal(message.body, 'for you');
+  }),
+);
+
+test('a JWT in the access_token query parameter works too', { timeout: TEST_TIMEOUT, skip: !JWT && 'STOMPGATE_JWT not set' }, () =>
+  withClients(async (ctx) => {
+    const url = `${URL}?access_token=${encodeURIComponent(JWT)}`;
+    const { client } = await ctx.open('jwt-query', {
+      webSocketFactory: () => new WebSocket(url, Versions.default.protocolVersions()),
+    });
+    const inbox = new Inbox('query user queue');
+    await subscribeWithReceipt(client, `/user/queue/q-${RUN_ID}`, inbox.push);
+    client.publish({ destination: `/exchange/stompgate.user/${JWT_USER}.q-${RUN_ID}`, body: 'via query' });
+    assert.equal((await inbox.next('the /user/ MESSAGE')).body, 'via query');
+  }),
+);
+
+test('a forged JWT is refused with an ERROR', { timeout: TEST_TIMEOUT, skip: !JWT && 'STOMPGATE_JWT not set' }, async () => {
+  const [head, payload] = JWT.split('.');
+  const forged = `${head}.${payload}.${Buffer.from('not the signature').toString('base64url')}`;
+  await assert.rejects(
+    withClients((ctx) => ctx.open('forged', { connectHeaders: { passcode: forged } })),
+    /ERROR instead of CONNECTED.*access refused/,
+  );
+});

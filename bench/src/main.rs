@@ -1,0 +1,611 @@
+//! `stompgate-bench`: load and comparison benchmarks for stompgate.
+//!
+//! Scenarios (see `stompgate-bench help <scenario>`):
+//! - `fanout`: N STOMP-over-WebSocket subscribers on one topic, one AMQP (or
+//!   STOMP) publisher at a fixed rate or as fast as the subscribers keep up;
+//!   loss, duplicates, reordering, latency, server RSS.
+//! - `idle`: N idle subscribed sessions; server RSS per session.
+//! - `send`: N sessions SENDing with receipts, pipelined; receipts/s.
+//! - `ceiling`: a minimal STOMP-over-WS broadcast server, the upper bound.
+//! - `compare`: fanout against stompgate, RabbitMQ Web-STOMP and the ceiling;
+//!   table, JSON and SVG.
+//! - `smoke`: tiny runs of everything against a gateway; non-zero exit on
+//!   loss or duplicates.
+//!
+//! Progress goes to stderr, results to stdout (and JSON files when asked).
+
+mod ceiling;
+mod client;
+mod compare;
+mod fanout;
+mod idle;
+mod publish;
+mod send;
+mod servers;
+mod sessions;
+mod smoke;
+mod stats;
+mod svg;
+mod util;
+mod wire;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Serialize;
+
+use crate::client::Target;
+use crate::publish::PublishVia;
+use crate::sessions::SessionOpts;
+use crate::util::{parse_duration, unique_name};
+
+/// Load and comparison benchmarks for stompgate (STOMP over WebSocket,
+/// bridged to RabbitMQ).
+#[derive(Debug, Parser)]
+#[command(name = "stompgate-bench", version)]
+struct Cli {
+    /// Tokio worker threads [default: number of cores].
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// N subscribers on one topic, one publisher: delivered msgs/s, loss,
+    /// duplicates, reordering, latency, server RSS.
+    Fanout(FanoutArgs),
+    /// N idle sessions, one subscription each: server RSS per session.
+    Idle(IdleArgs),
+    /// N sessions SEND with receipts, pipelined: confirmed publishes/s.
+    Send(SendArgs),
+    /// A minimal STOMP-over-WebSocket broadcast server (the ceiling).
+    Ceiling(CeilingArgs),
+    /// The fanout scenario against stompgate, Web-STOMP and the ceiling.
+    Compare(CompareArgs),
+    /// Tiny runs of fanout, idle and send against a gateway; exits non-zero
+    /// on loss, duplicates, failed sessions or missing receipts.
+    Smoke(SmokeArgs),
+    /// (internal) one process's share of `idle --procs K`.
+    #[command(hide = true)]
+    IdleWorker(IdleWorkerArgs),
+}
+
+/// How to reach the server and open sessions.
+#[derive(Debug, Clone, Args)]
+struct ConnArgs {
+    /// WebSocket URL of the STOMP endpoint.
+    #[arg(long, default_value = "ws://127.0.0.1:15674/ws")]
+    url: String,
+    #[arg(long, default_value = "guest")]
+    login: String,
+    #[arg(long, default_value = "guest")]
+    passcode: String,
+    /// CONNECT's `host` header (RabbitMQ: the virtual host).
+    #[arg(long, default_value = "/")]
+    vhost: String,
+    /// Spread client source addresses over 127.0.0.1 .. 127.0.0.<N> (each
+    /// address has its own ephemeral ports, ~28k per server port).
+    #[arg(long, default_value_t = 4)]
+    source_ips: usize,
+    /// WebSocket handshakes + CONNECT + SUBSCRIBE in flight at once.
+    #[arg(long, default_value_t = 128)]
+    concurrency: usize,
+    /// Bound on one session's setup, in ms.
+    #[arg(long, default_value_t = 30_000)]
+    setup_timeout_ms: u64,
+}
+
+impl ConnArgs {
+    async fn target(&self) -> Result<Target, String> {
+        Target::resolve(&self.url, &self.login, &self.passcode, &self.vhost).await
+    }
+
+    fn session_opts(&self, label: &str) -> SessionOpts {
+        SessionOpts {
+            source_ips: self.source_ips,
+            source_offset: 0,
+            concurrency: self.concurrency,
+            setup_timeout: Duration::from_millis(self.setup_timeout_ms),
+            label: label.to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Via {
+    /// AMQP to amq.topic (routing key = topic), at --amqp.
+    Amqp,
+    /// STOMP SEND to /topic/<topic> at --url (use for the ceiling).
+    Stomp,
+}
+
+#[derive(Debug, Args)]
+struct FanoutArgs {
+    #[command(flatten)]
+    conn: ConnArgs,
+    /// AMQP URL the publisher uses.
+    #[arg(long, default_value = "amqp://127.0.0.1:5672/%2f")]
+    amqp: String,
+    /// How the publisher reaches the server.
+    #[arg(long, value_enum, default_value = "amqp")]
+    publish: Via,
+    #[arg(long, default_value_t = 1000)]
+    subscribers: usize,
+    /// How long to publish (e.g. 15s, 500ms, 2m).
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Messages per second; without it, as fast as the slowest subscriber
+    /// keeps up (see --window).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Max rate: messages in flight (published, not yet seen by the slowest
+    /// subscriber). Keep it under the server's per-client queue (stompgate:
+    /// 1024 frames).
+    #[arg(long, default_value_t = 128)]
+    window: u64,
+    /// Max rate: hold publishing while the oldest message in flight is older
+    /// than this (bounds the backlog of a slow server).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    max_age: Duration,
+    /// AMQP publishes without publisher confirms.
+    #[arg(long)]
+    no_confirms: bool,
+    /// Body size (at least 36: sequence number and timestamp).
+    #[arg(long, default_value_t = 100)]
+    body_bytes: usize,
+    /// After publishing, wait for the last deliveries until nothing arrived
+    /// for this long.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    drain: Duration,
+    /// Server process to sample RSS of (/proc/PID/status).
+    #[arg(long)]
+    pid: Option<u32>,
+    /// Topic name [default: a unique one].
+    #[arg(long)]
+    topic: Option<String>,
+    /// Also write the report as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct IdleArgs {
+    #[command(flatten)]
+    conn: ConnArgs,
+    #[arg(long, default_value_t = 1000)]
+    subscribers: usize,
+    #[arg(long)]
+    pid: Option<u32>,
+    /// How long to hold the sessions.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    hold: Duration,
+    /// Split the sessions over this many child processes.
+    #[arg(long, default_value_t = 1)]
+    procs: usize,
+    #[arg(long)]
+    topic: Option<String>,
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct SendArgs {
+    #[command(flatten)]
+    conn: ConnArgs,
+    #[arg(long, default_value_t = 100)]
+    sessions: usize,
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Outstanding receipts per session.
+    #[arg(long, default_value_t = 32)]
+    window: usize,
+    #[arg(long, default_value_t = 100)]
+    body_bytes: usize,
+    #[arg(long)]
+    topic: Option<String>,
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct CeilingArgs {
+    #[arg(long, default_value = "127.0.0.1:15680")]
+    listen: SocketAddr,
+    /// KiB queued for a subscriber that cannot keep up before it misses
+    /// messages.
+    #[arg(long, default_value_t = 4096)]
+    max_pending_kib: usize,
+    /// Put the frames of one batch in one WebSocket message (default: one
+    /// message per frame, all written with one write).
+    #[arg(long)]
+    coalesce: bool,
+}
+
+#[derive(Debug, Args)]
+struct CompareArgs {
+    /// Subscriber counts, e.g. 1000,5000.
+    #[arg(long, default_value = "1000,5000", value_delimiter = ',')]
+    subscribers: Vec<usize>,
+    /// Duration of each phase (max rate, then fixed rate).
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Rate of the latency phase, msgs/s.
+    #[arg(long, default_value_t = 10.0)]
+    fixed_rate: f64,
+    #[arg(long, default_value_t = 100)]
+    body_bytes: usize,
+    /// Max rate: messages in flight (published, not yet seen by the slowest
+    /// subscriber).
+    #[arg(long, default_value_t = 128)]
+    window: u64,
+    /// Max rate: hold publishing while the oldest message in flight is older
+    /// than this.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    max_age: Duration,
+    /// After publishing, wait for the last deliveries until nothing arrived
+    /// for this long.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    drain: Duration,
+    #[arg(long)]
+    no_confirms: bool,
+    /// The gateway binary to spawn.
+    #[arg(long, default_value = "target/release/stompgate")]
+    gateway_bin: PathBuf,
+    /// Configuration file for the spawned gateway [default: one with user
+    /// guest/guest and no per-session frame rate limit].
+    #[arg(long)]
+    gateway_config: Option<PathBuf>,
+    /// The machine's broker, for stompgate.
+    #[arg(long, default_value = "amqp://127.0.0.1:5672/%2f")]
+    amqp: String,
+    /// Starts/stops the private RabbitMQ node with Web-STOMP.
+    #[arg(long, default_value = "scripts/private-rabbitmq.sh")]
+    rabbit_script: PathBuf,
+    #[arg(long, default_value = "stompgate-bench")]
+    rabbit_name: String,
+    /// Servers to run, of stompgate, webstomp, ceiling.
+    #[arg(
+        long,
+        default_value = "stompgate,webstomp,ceiling",
+        value_delimiter = ','
+    )]
+    servers: Vec<String>,
+    /// Ceiling: one WebSocket message per batch of queued frames.
+    #[arg(long)]
+    coalesce: bool,
+    /// Where results JSON, SVG and server logs go.
+    #[arg(long, default_value = "bench-results")]
+    out_dir: PathBuf,
+    #[arg(long, default_value_t = 4)]
+    source_ips: usize,
+    #[arg(long, default_value_t = 128)]
+    concurrency: usize,
+}
+
+#[derive(Debug, Args)]
+struct SmokeArgs {
+    /// Gateway binary to spawn on the machine's broker.
+    #[arg(long, default_value = "target/debug/stompgate")]
+    gateway_bin: PathBuf,
+    /// Configuration file for the spawned gateway [default: one with user
+    /// guest/guest and no per-session frame rate limit].
+    #[arg(long)]
+    gateway_config: Option<PathBuf>,
+    /// Use a running gateway at this URL instead of spawning one.
+    #[arg(long)]
+    url: Option<String>,
+    #[arg(long, default_value = "amqp://127.0.0.1:5672/%2f")]
+    amqp: String,
+    #[arg(long, default_value_t = 200)]
+    subscribers: usize,
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    duration: Duration,
+    #[arg(long, default_value_t = 200)]
+    idle_sessions: usize,
+    #[arg(long, default_value_t = 20)]
+    send_sessions: usize,
+    /// Where the spawned gateway's log goes.
+    #[arg(long, default_value = "bench-results")]
+    out_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct IdleWorkerArgs {
+    #[arg(long)]
+    url: String,
+    #[arg(long)]
+    login: String,
+    #[arg(long)]
+    passcode: String,
+    #[arg(long)]
+    vhost: String,
+    #[arg(long)]
+    sessions: usize,
+    #[arg(long)]
+    topic: String,
+    #[arg(long)]
+    source_ips: usize,
+    #[arg(long)]
+    source_offset: usize,
+    #[arg(long)]
+    concurrency: usize,
+    #[arg(long)]
+    setup_timeout_ms: u64,
+    #[arg(long)]
+    label: String,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let threads = cli
+        .threads
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+        })
+        .max(1);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("stompgate-bench: tokio runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    util::now_ns();
+    let code = runtime.block_on(run(cli.command));
+    // Sessions still closing must not keep the process alive.
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    code
+}
+
+async fn run(command: Cmd) -> ExitCode {
+    match command {
+        Cmd::Fanout(a) => fanout_cmd(a).await,
+        Cmd::Idle(a) => idle_cmd(a).await,
+        Cmd::Send(a) => send_cmd(a).await,
+        Cmd::Ceiling(a) => {
+            let cfg = ceiling::CeilingConfig {
+                listen: a.listen,
+                max_pending: a.max_pending_kib * 1024,
+                coalesce: a.coalesce,
+            };
+            match ceiling::run_ceiling(cfg).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(format!("ceiling: {e}")),
+            }
+        }
+        Cmd::Compare(a) => compare_cmd(a).await,
+        Cmd::Smoke(a) => {
+            let cfg = smoke::SmokeConfig {
+                gateway_bin: a.gateway_bin,
+                gateway_config: a.gateway_config,
+                gateway_config: a.gateway_config,
+                url: a.url,
+                amqp: a.amqp,
+                subscribers: a.subscribers,
+                duration: a.duration,
+                idle_sessions: a.idle_sessions,
+                send_sessions: a.send_sessions,
+                out_dir: a.out_dir,
+                sessions: SessionOpts {
+                    source_ips: 4,
+                    source_offset: 0,
+                    concurrency: 64,
+                    setup_timeout: Duration::from_secs(30),
+                    label: "smoke".into(),
+                },
+            };
+            if smoke::run_smoke(&cfg).await {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Cmd::IdleWorker(a) => {
+            let target = match Target::resolve(&a.url, &a.login, &a.passcode, &a.vhost).await {
+                Ok(t) => t,
+                Err(e) => {
+                    println!("READY 0 {} {e}", a.sessions);
+                    return ExitCode::from(1);
+                }
+            };
+            let opts = SessionOpts {
+                source_ips: a.source_ips,
+                source_offset: a.source_offset,
+                concurrency: a.concurrency,
+                setup_timeout: Duration::from_millis(a.setup_timeout_ms),
+                label: a.label,
+            };
+            idle::idle_worker(&target, a.sessions, &a.topic, &opts).await;
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn fail(message: String) -> ExitCode {
+    eprintln!("stompgate-bench: {message}");
+    ExitCode::from(1)
+}
+
+fn write_json<T: Serialize>(path: Option<&Path>, value: &T) -> Result<(), String> {
+    let Some(path) = path else { return Ok(()) };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    }
+    let text = serde_json::to_string_pretty(value).map_err(|e| e.to_string())?;
+    std::fs::write(path, text).map_err(|e| format!("write {}: {e}", path.display()))?;
+    eprintln!("wrote {}", path.display());
+    Ok(())
+}
+
+/// Warns when this process cannot hold `sockets` more open files.
+fn check_fd_limit(sockets: usize) {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    let soft = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse::<usize>().ok());
+    if let Some(soft) = soft {
+        if sockets + 64 > soft {
+            eprintln!(
+                "warning: {sockets} sockets but the open-file limit is {soft} (ulimit -n; or split with idle --procs)"
+            );
+        }
+    }
+}
+
+async fn fanout_cmd(a: FanoutArgs) -> ExitCode {
+    if a.body_bytes < wire::MIN_BODY {
+        return fail(format!("--body-bytes must be at least {}", wire::MIN_BODY));
+    }
+    check_fd_limit(a.subscribers + 2);
+    let target = match a.conn.target().await {
+        Ok(t) => t,
+        Err(e) => return fail(e),
+    };
+    let via = match a.publish {
+        Via::Amqp => PublishVia::Amqp {
+            url: a.amqp.clone(),
+            confirms: !a.no_confirms,
+        },
+        Via::Stomp => PublishVia::Stomp {
+            target: target.clone(),
+        },
+    };
+    let cfg = fanout::FanoutConfig {
+        target,
+        via,
+        subscribers: a.subscribers,
+        duration: a.duration,
+        rate: a.rate,
+        window: a.window.max(1),
+        max_age: a.max_age,
+        body_bytes: a.body_bytes,
+        drain: a.drain,
+        pid: a.pid,
+        topic: a.topic.unwrap_or_else(|| unique_name("bench")),
+        sessions: a.conn.session_opts("fanout"),
+    };
+    match fanout::run_fanout(&cfg).await {
+        Ok(report) => {
+            report.print();
+            if let Err(e) = write_json(a.json.as_deref(), &report) {
+                return fail(e);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
+}
+
+async fn idle_cmd(a: IdleArgs) -> ExitCode {
+    if a.procs <= 1 {
+        check_fd_limit(a.subscribers);
+    }
+    let target = match a.conn.target().await {
+        Ok(t) => t,
+        Err(e) => return fail(e),
+    };
+    let cfg = idle::IdleConfig {
+        target,
+        subscribers: a.subscribers,
+        hold: a.hold,
+        pid: a.pid,
+        procs: a.procs,
+        topic: a.topic.unwrap_or_else(|| unique_name("idle")),
+        sessions: a.conn.session_opts("idle"),
+    };
+    match idle::run_idle(&cfg).await {
+        Ok(report) => {
+            report.print();
+            if let Err(e) = write_json(a.json.as_deref(), &report) {
+                return fail(e);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
+}
+
+async fn send_cmd(a: SendArgs) -> ExitCode {
+    if a.body_bytes < wire::MIN_BODY {
+        return fail(format!("--body-bytes must be at least {}", wire::MIN_BODY));
+    }
+    check_fd_limit(a.sessions);
+    let target = match a.conn.target().await {
+        Ok(t) => t,
+        Err(e) => return fail(e),
+    };
+    let cfg = send::SendConfig {
+        target,
+        sessions: a.sessions,
+        duration: a.duration,
+        window: a.window.max(1),
+        body_bytes: a.body_bytes,
+        topic: a.topic.unwrap_or_else(|| unique_name("send")),
+        source_ips: a.conn.source_ips,
+        label: "send".into(),
+    };
+    let report = send::run_send(&cfg).await;
+    report.print();
+    if let Err(e) = write_json(a.json.as_deref(), &report) {
+        return fail(e);
+    }
+    ExitCode::SUCCESS
+}
+
+async fn compare_cmd(a: CompareArgs) -> ExitCode {
+    if a.body_bytes < wire::MIN_BODY {
+        return fail(format!("--body-bytes must be at least {}", wire::MIN_BODY));
+    }
+    let subscribers = a.subscribers;
+    if let Some(max) = subscribers.iter().max() {
+        check_fd_limit(*max + 16);
+    }
+    let cfg = compare::CompareConfig {
+        subscribers,
+        duration: a.duration,
+        fixed_rate: a.fixed_rate,
+        body_bytes: a.body_bytes,
+        window: a.window.max(1),
+        max_age: a.max_age,
+        drain: a.drain,
+        confirms: !a.no_confirms,
+        gateway_bin: a.gateway_bin,
+        amqp: a.amqp,
+        rabbit_script: a.rabbit_script,
+        rabbit_name: a.rabbit_name,
+        out_dir: a.out_dir.clone(),
+        servers: a.servers,
+        coalesce: a.coalesce,
+        sessions: SessionOpts {
+            source_ips: a.source_ips,
+            source_offset: 0,
+            concurrency: a.concurrency,
+            setup_timeout: Duration::from_secs(60),
+            label: "compare".into(),
+        },
+    };
+    match compare::run_compare(&cfg).await {
+        Ok(report) => {
+            report.print();
+            match report.write(&a.out_dir) {
+                Ok((json, svg)) => println!("wrote {} and {}", json.display(), svg.display()),
+                Err(e) => return fail(e),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
+}

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Smoke run of the benchmark tool, for CI: builds stompgate-bench and the
+# gateway, then runs every scenario tiny against a gateway it spawns on the
+# machine's broker (127.0.0.1:5672):
+#   fanout 200 subscribers for 3 s at max rate, idle 200 sessions,
+#   send 20 sessions for 3 s.
+# Exits non-zero on any loss, duplicate, failed or dropped session or
+# missing receipt (never on speed).
+#
+#   scripts/bench-smoke.sh                      # debug builds
+#   BENCH_PROFILE=release scripts/bench-smoke.sh
+#   scripts/bench-smoke.sh --subscribers 500    # extra args go to `smoke`
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+PROFILE="${BENCH_PROFILE:-debug}"
+case "$PROFILE" in
+debug) build_flags=() ;;
+release) build_flags=(--release) ;;
+*)
+    echo "bench-smoke: BENCH_PROFILE must be debug or release" >&2
+    exit 2
+    ;;
+esac
+
+"$ROOT/scripts/ensure-rabbitmq.sh"
+
+echo "bench-smoke: cargo build ${build_flags[*]} -p stompgate-bench --bin stompgate-bench"
+cargo build "${build_flags[@]}" -p stompgate-bench --bin stompgate-bench
+echo "bench-smoke: cargo build ${build_flags[*]} --bin stompgate"
+cargo build "${build_flags[@]}" --bin stompgate
+
+# One socket per session on each side; the gateway inherits this limit.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+exec timeout 300 "target/$PROFILE/stompgate-bench" smoke \
+    --gateway-bin "target/$PROFILE/stompgate" \
+    --out-dir "${BENCH_OUT_DIR:-bench-results}" "$@"

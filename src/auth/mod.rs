@@ -1,0 +1,186 @@
+//! Who may connect, and what they may do.
+//!
+//! Authentication happens on CONNECT, from (in this order) a login/passcode
+//! pair of the configured user list, a JWT (in CONNECT's `passcode`, as
+//! RabbitMQ's OAuth 2 support takes it, or from the WebSocket handshake's
+//! `Authorization: Bearer` header or `access_token` query parameter), or
+//! anonymously when that is explicitly enabled. Authorization is a list of
+//! rules per verb and destination pattern, evaluated against the session's
+//! identity; when any rule is configured, whatever no rule allows is denied.
+//!
+//! All of it is pure computation (signature checks, pattern matching), so
+//! the session state machine calls it directly.
+
+mod jwt;
+mod rules;
+pub mod user;
+
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+use crate::bridge::destination::Destination;
+use crate::config::{AuthConfig, UserConfig};
+
+pub use jwt::JwtVerifier;
+pub use rules::{Rules, Verb};
+
+/// Who a session is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Identity {
+    /// The user's name; `None` for anonymous sessions.
+    pub user: Option<String>,
+    /// The token's claims (for users from the login list: `sub`).
+    pub claims: Map<String, Value>,
+    /// When the credentials expire (seconds since the Unix epoch).
+    pub expires_at: Option<u64>,
+}
+
+impl Identity {
+    pub fn anonymous() -> Identity {
+        Identity {
+            user: None,
+            claims: Map::new(),
+            expires_at: None,
+        }
+    }
+}
+
+/// Why a client was refused; the text goes to the client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("access refused: authentication required")]
+    Required,
+    #[error("access refused: bad login or passcode")]
+    BadLogin,
+    #[error("access refused: token expired")]
+    Expired,
+    #[error("access refused: invalid token ({0})")]
+    InvalidToken(String),
+    #[error("access refused: {verb} on '{destination}' is not allowed")]
+    Forbidden { verb: &'static str, destination: String },
+    #[error("access refused: queue argument '{0}' is not allowed")]
+    ArgumentForbidden(String),
+}
+
+/// Why the auth configuration is unusable.
+#[derive(Debug, thiserror::Error)]
+#[error("auth configuration: {0}")]
+pub struct AuthConfigError(pub String);
+
+/// Authentication and authorization, built once from the configuration.
+#[derive(Debug)]
+pub struct Auth {
+    anonymous: bool,
+    jwt: Option<JwtVerifier>,
+    users: Vec<UserConfig>,
+    rules: Rules,
+    /// Exchange of `/user/` destinations.
+    pub user_exchange: String,
+}
+
+impl Auth {
+    pub fn from_config(config: &AuthConfig) -> Result<Arc<Auth>, AuthConfigError> {
+        let jwt = config.jwt.as_ref().map(JwtVerifier::from_config).transpose()?;
+        Ok(Arc::new(Auth {
+            anonymous: config.anonymous,
+            jwt,
+            users: config.users.clone(),
+            rules: Rules::from_config(&config.rules),
+            user_exchange: config.user_exchange.clone(),
+        }))
+    }
+
+    /// Anyone may connect and do anything (tests, the demo).
+    pub fn open() -> Arc<Auth> {
+        Arc::new(Auth {
+            anonymous: true,
+            jwt: None,
+            users: Vec::new(),
+            rules: Rules::default(),
+            user_exchange: "stompgate.user".to_owned(),
+        })
+    }
+
+    /// Authenticates a CONNECT.
+    pub fn authenticate(
+        &self,
+        login: Option<&str>,
+        passcode: Option<&str>,
+        handshake_token: Option<&str>,
+    ) -> Result<Identity, AuthError> {
+        if let Some(login) = login.filter(|l| !l.is_empty()) {
+            if let Some(user) = self.users.iter().find(|u| u.login == login) {
+                return if constant_time_eq(user.passcode.as_bytes(), passcode.unwrap_or("").as_bytes()) {
+                    let mut claims = Map::new();
+                    claims.insert("sub".to_owned(), Value::String(login.to_owned()));
+                    Ok(Identity {
+                        user: Some(login.to_owned()),
+                        claims,
+                        expires_at: None,
+                    })
+                } else {
+                    Err(AuthError::BadLogin)
+                };
+            }
+        }
+        if let Some(jwt) = &self.jwt {
+            let token = passcode
+                .filter(|p| looks_like_jwt(p))
+                .or(handshake_token.filter(|t| !t.is_empty()));
+            if let Some(token) = token {
+                return jwt.verify(token);
+            }
+        }
+        if self.anonymous {
+            return Ok(Identity::anonymous());
+        }
+        if login.is_some_and(|l| !l.is_empty()) || passcode.is_some_and(|p| !p.is_empty()) {
+            return Err(AuthError::BadLogin);
+        }
+        Err(AuthError::Required)
+    }
+
+    /// Verifies a refreshed token for a connected session.
+    pub fn refresh(&self, current: &Identity, token: &str) -> Result<Identity, AuthError> {
+        let jwt = self
+            .jwt
+            .as_ref()
+            .ok_or_else(|| AuthError::InvalidToken("no JWT keys configured".into()))?;
+        let next = jwt.verify(token)?;
+        if next.user != current.user {
+            return Err(AuthError::InvalidToken(
+                "the new token names another user".into(),
+            ));
+        }
+        Ok(next)
+    }
+
+    /// May `identity` do `verb` on `destination` (as the client wrote it,
+    /// and parsed), setting the queue arguments `arguments`?
+    pub fn authorize(
+        &self,
+        verb: Verb,
+        written: &str,
+        destination: &Destination,
+        identity: &Identity,
+        arguments: &[&str],
+    ) -> Result<(), AuthError> {
+        self.rules.authorize(verb, written, destination, identity, arguments)
+    }
+}
+
+/// Three base64url parts separated by dots.
+fn looks_like_jwt(s: &str) -> bool {
+    s.split('.').count() == 3 && s.len() > 20
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests;

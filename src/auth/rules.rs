@@ -1,0 +1,237 @@
+//! Authorization rules: which verbs on which destinations, per identity.
+//!
+//! Some things are refused whatever the rules say: exchanges named
+//! `amq.rabbitmq.*` (the broker's own: tracing, events), and queues named
+//! `amq.*` (reserved by AMQP). With no rule configured everything else is
+//! allowed, except SEND to another user's `/user/` queue; with rules, only
+//! what a rule allows is.
+
+use serde_json::Value;
+
+use super::user::{encode_user, UserDestination};
+use super::{AuthError, Identity};
+use crate::bridge::destination::Destination;
+use crate::config::RuleConfig;
+
+/// What a client wants to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verb {
+    Subscribe,
+    Send,
+}
+
+impl Verb {
+    fn as_str(self) -> &'static str {
+        match self {
+            Verb::Subscribe => "SUBSCRIBE",
+            Verb::Send => "SEND",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Rule {
+    subscribe: bool,
+    send: bool,
+    pattern: String,
+    queue_arguments: Vec<String>,
+}
+
+/// The configured rules.
+#[derive(Debug, Clone, Default)]
+pub struct Rules {
+    rules: Vec<Rule>,
+}
+
+impl Rules {
+    pub fn from_config(config: &[RuleConfig]) -> Rules {
+        Rules {
+            rules: config
+                .iter()
+                .map(|r| Rule {
+                    subscribe: r.verbs.iter().any(|v| v == "subscribe"),
+                    send: r.verbs.iter().any(|v| v == "send"),
+                    pattern: r.destination.clone(),
+                    queue_arguments: r.queue_arguments.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    pub fn authorize(
+        &self,
+        verb: Verb,
+        written: &str,
+        destination: &Destination,
+        identity: &Identity,
+        arguments: &[&str],
+    ) -> Result<(), AuthError> {
+        let forbidden = || AuthError::Forbidden {
+            verb: verb.as_str(),
+            destination: written.to_owned(),
+        };
+        if reserved(destination) {
+            return Err(forbidden());
+        }
+        // Reply queues have unguessable, server-made names: knowing one is
+        // the permission to answer on it.
+        if matches!(destination, Destination::ReplyQueue { .. }) && verb == Verb::Send {
+            return Ok(());
+        }
+        // Subscribing to one's own user queue needs no rule; anonymous
+        // sessions have none.
+        match UserDestination::parse(written) {
+            Some(Ok(UserDestination::Own { .. })) if verb == Verb::Subscribe => {
+                return if identity.user.is_some() && arguments.is_empty() {
+                    Ok(())
+                } else {
+                    Err(forbidden())
+                };
+            }
+            Some(_) if self.rules.is_empty() => return Err(forbidden()),
+            _ => {}
+        }
+        if self.rules.is_empty() {
+            return Ok(());
+        }
+        let mut matched = false;
+        for rule in &self.rules {
+            let applies = match verb {
+                Verb::Subscribe => rule.subscribe,
+                Verb::Send => rule.send,
+            };
+            if !applies {
+                continue;
+            }
+            let Some(pattern) = expand(&rule.pattern, identity) else {
+                continue;
+            };
+            if !glob_match(&pattern, written) {
+                continue;
+            }
+            matched = true;
+            if let Some(arg) = arguments
+                .iter()
+                .find(|a| !rule.queue_arguments.iter().any(|r| r == *a))
+            {
+                // Another rule may allow the argument; remember and go on.
+                let _ = arg;
+                continue;
+            }
+            return Ok(());
+        }
+        match (matched, arguments.first()) {
+            (true, Some(arg)) => Err(AuthError::ArgumentForbidden((*arg).to_owned())),
+            _ => Err(forbidden()),
+        }
+    }
+}
+
+/// The broker's own exchanges and AMQP's reserved queue names.
+fn reserved(destination: &Destination) -> bool {
+    match destination {
+        Destination::Exchange { exchange, .. } => exchange.starts_with("amq.rabbitmq."),
+        Destination::Queue { name } | Destination::AmqQueue { name } => name.starts_with("amq."),
+        _ => false,
+    }
+}
+
+/// Replaces `{user}`, `{sub}` and `{claims.NAME}`; `None` when a value is
+/// missing or holds a wildcard or a `/` (it could widen the pattern).
+fn expand(pattern: &str, identity: &Identity) -> Option<String> {
+    let mut out = String::with_capacity(pattern.len());
+    let mut rest = pattern;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let close = rest[open..].find('}')? + open;
+        let name = &rest[open + 1..close];
+        let value = match name {
+            "user" => identity.user.as_deref().map(encode_user)?,
+            "sub" => claim_text(identity.claims.get("sub")?)?,
+            _ => claim_text(identity.claims.get(name.strip_prefix("claims.")?)?)?,
+        };
+        if value.is_empty() || value.contains(['*', '#', '/']) {
+            return None;
+        }
+        out.push_str(&value);
+        rest = &rest[close + 1..];
+    }
+    out.push_str(rest);
+    Some(out)
+}
+
+fn claim_text(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// `*` matches any run of characters except `/`.
+fn glob_match(pattern: &str, text: &str) -> bool {
+    let p = pattern.as_bytes();
+    let t = text.as_bytes();
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && p[pi] == b'*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if pi < p.len() && p[pi] == t[ti] {
+            pi += 1;
+            ti += 1;
+        } else if let Some((sp, st)) = star {
+            // Let the star take one more character, unless that is a '/'.
+            if t[st] == b'/' {
+                return false;
+            }
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    while pi < p.len() && p[pi] == b'*' {
+        pi += 1;
+    }
+    pi == p.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_star_stops_at_slash() {
+        assert!(glob_match("/topic/news.*", "/topic/news.eu"));
+        assert!(glob_match("/topic/news.*", "/topic/news."));
+        assert!(glob_match("/exchange/orders/u1.*", "/exchange/orders/u1.*"));
+        assert!(glob_match("/a/*/c", "/a/b/c"));
+        assert!(!glob_match("/a/*/c", "/a/b/x/c"));
+        assert!(!glob_match("/topic/news.*", "/topic/sports"));
+        assert!(glob_match("/topic/*", "/topic/x"));
+        assert!(!glob_match("/topic/*", "/topic/x/y"));
+        assert!(glob_match("*", "abc"));
+        assert!(!glob_match("abc", "abcd"));
+    }
+
+    #[test]
+    fn expansion_refuses_widening_values() {
+        let mut id = Identity::anonymous();
+        id.user = Some("u.1".into());
+        id.claims.insert("merchant_id".into(), Value::from(42));
+        id.claims.insert("sub".into(), Value::from("u.1"));
+        id.claims.insert("evil".into(), Value::from("#"));
+        assert_eq!(
+            expand("/topic/merchant.{claims.merchant_id}.orders", &id).as_deref(),
+            Some("/topic/merchant.42.orders")
+        );
+        assert_eq!(expand("/x/{user}", &id).as_deref(), Some("/x/u%2E1"));
+        assert_eq!(expand("/x/{sub}", &id).as_deref(), Some("/x/u.1"));
+        assert_eq!(expand("/x/{claims.evil}", &id), None);
+        assert_eq!(expand("/x/{claims.missing}", &id), None);
+        assert_eq!(expand("/x/{unknown}", &id), None);
+    }
+}
