@@ -115,7 +115,8 @@ pub struct SecurityConfig {
     /// Open connections per gateway (0: unlimited); beyond, HTTP 503.
     pub max_connections: usize,
     /// Open connections per client IP (0: unlimited); beyond, HTTP 429.
-    /// Behind a load balancer every client has its address.
+    /// This is the TCP peer address: behind a load balancer every client
+    /// shares the balancer's, so keep it 0 there.
     pub max_connections_per_ip: usize,
     /// Time from accepting a TCP connection to the end of the HTTP request
     /// head of the handshake.
@@ -424,6 +425,19 @@ mod tests {
         let c = Config::load(None, env).expect("load");
         assert!(c.auth.anonymous);
         assert_eq!(c.auth.user_exchange, "stompgate.user");
+    }
+
+    #[test]
+    fn the_documented_file_is_the_defaults() {
+        let doc = include_str!("../docs/configuration.md");
+        let start = doc.find("```toml\n").expect("toml block") + 8;
+        let end = start + doc[start..].find("```").expect("end of block");
+        let dir = std::env::temp_dir().join(format!("stompgate-cfg3-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("tmp dir");
+        let path = dir.join("documented.toml");
+        std::fs::write(&path, &doc[start..end]).expect("write");
+        let loaded = Config::load(Some(&path), Vec::new()).expect("documented file loads");
+        assert_eq!(format!("{loaded:?}"), format!("{:?}", Config::default()));
     }
 
     #[test]

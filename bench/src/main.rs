@@ -389,7 +389,6 @@ async fn run(command: Cmd) -> ExitCode {
             let cfg = smoke::SmokeConfig {
                 gateway_bin: a.gateway_bin,
                 gateway_config: a.gateway_config,
-                gateway_config: a.gateway_config,
                 url: a.url,
                 amqp: a.amqp,
                 subscribers: a.subscribers,
@@ -583,6 +582,7 @@ async fn compare_cmd(a: CompareArgs) -> ExitCode {
         drain: a.drain,
         confirms: !a.no_confirms,
         gateway_bin: a.gateway_bin,
+        gateway_config: a.gateway_config,
         amqp: a.amqp,
         rabbit_script: a.rabbit_script,
         rabbit_name: a.rabbit_name,

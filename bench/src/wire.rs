@@ -50,11 +50,13 @@ impl<'a> FrameView<'a> {
     pub fn describe_error(&self) -> String {
         let message = self.header_str("message").unwrap_or_default();
         let body = String::from_utf8_lossy(&self.body[..self.body.len().min(200)]).into_owned();
-        format!(
-            "{}: {message} {}",
-            String::from_utf8_lossy(self.command),
-            body.trim()
-        )
+        let body = body.trim();
+        let command = String::from_utf8_lossy(self.command);
+        if body.is_empty() || body == message.trim() {
+            format!("{command}: {message}")
+        } else {
+            format!("{command}: {message} ({body})")
+        }
     }
 }
 

@@ -78,7 +78,10 @@ impl JwtVerifier {
             issuer: config.issuer.clone(),
             audience: config.audience.clone(),
             leeway: config.leeway_seconds,
-            user_claim: config.user_claim.clone().unwrap_or_else(|| "sub".to_owned()),
+            user_claim: config
+                .user_claim
+                .clone()
+                .unwrap_or_else(|| "sub".to_owned()),
         })
     }
 
@@ -118,12 +121,11 @@ impl JwtVerifier {
         } else {
             validation.set_audience(&self.audience);
         }
-        let data = decode::<Map<String, Value>>(token, &key, &validation).map_err(|e| {
-            match e.kind() {
+        let data =
+            decode::<Map<String, Value>>(token, &key, &validation).map_err(|e| match e.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
                 _ => invalid(&e),
-            }
-        })?;
+            })?;
         let claims = data.claims;
         let user = match claims.get(&self.user_claim) {
             Some(Value::String(s)) => Some(s.clone()),

@@ -58,7 +58,10 @@ pub enum AuthError {
     #[error("access refused: invalid token ({0})")]
     InvalidToken(String),
     #[error("access refused: {verb} on '{destination}' is not allowed")]
-    Forbidden { verb: &'static str, destination: String },
+    Forbidden {
+        verb: &'static str,
+        destination: String,
+    },
     #[error("access refused: queue argument '{0}' is not allowed")]
     ArgumentForbidden(String),
 }
@@ -81,7 +84,11 @@ pub struct Auth {
 
 impl Auth {
     pub fn from_config(config: &AuthConfig) -> Result<Arc<Auth>, AuthConfigError> {
-        let jwt = config.jwt.as_ref().map(JwtVerifier::from_config).transpose()?;
+        let jwt = config
+            .jwt
+            .as_ref()
+            .map(JwtVerifier::from_config)
+            .transpose()?;
         Ok(Arc::new(Auth {
             anonymous: config.anonymous,
             jwt,
@@ -111,7 +118,10 @@ impl Auth {
     ) -> Result<Identity, AuthError> {
         if let Some(login) = login.filter(|l| !l.is_empty()) {
             if let Some(user) = self.users.iter().find(|u| u.login == login) {
-                return if constant_time_eq(user.passcode.as_bytes(), passcode.unwrap_or("").as_bytes()) {
+                return if constant_time_eq(
+                    user.passcode.as_bytes(),
+                    passcode.unwrap_or("").as_bytes(),
+                ) {
                     let mut claims = Map::new();
                     claims.insert("sub".to_owned(), Value::String(login.to_owned()));
                     Ok(Identity {
@@ -166,7 +176,8 @@ impl Auth {
         identity: &Identity,
         arguments: &[&str],
     ) -> Result<(), AuthError> {
-        self.rules.authorize(verb, written, destination, identity, arguments)
+        self.rules
+            .authorize(verb, written, destination, identity, arguments)
     }
 }
 

@@ -54,17 +54,23 @@ fn rule(verbs: &[&str], destination: &str) -> RuleConfig {
 }
 
 fn merchant_token(merchant: u64) -> String {
-    token(json!({"sub": format!("m{merchant}"), "merchant_id": merchant, "iss": "shop", "aud": "stompgate", "exp": now() + 600}))
+    token(
+        json!({"sub": format!("m{merchant}"), "merchant_id": merchant, "iss": "shop", "aud": "stompgate", "exp": now() + 600}),
+    )
 }
 
 #[test]
 fn jwt_from_passcode_or_handshake() {
     let auth = jwt_auth(vec![]);
     let t = merchant_token(7);
-    let id = auth.authenticate(None, Some(&t), None).expect("passcode token");
+    let id = auth
+        .authenticate(None, Some(&t), None)
+        .expect("passcode token");
     assert_eq!(id.user.as_deref(), Some("m7"));
     assert!(id.expires_at.is_some());
-    let id = auth.authenticate(Some("m7"), None, Some(&t)).expect("handshake token");
+    let id = auth
+        .authenticate(Some("m7"), None, Some(&t))
+        .expect("handshake token");
     assert_eq!(id.user.as_deref(), Some("m7"));
 }
 
@@ -72,22 +78,43 @@ fn jwt_from_passcode_or_handshake() {
 fn jwt_checks_exp_nbf_iss_aud_and_signature() {
     let auth = jwt_auth(vec![]);
     let expired = token(json!({"sub": "a", "iss": "shop", "aud": "stompgate", "exp": now() - 120}));
-    assert_eq!(auth.authenticate(None, Some(&expired), None), Err(AuthError::Expired));
-    let future = token(json!({"sub": "a", "iss": "shop", "aud": "stompgate", "exp": now() + 600, "nbf": now() + 300}));
-    assert!(matches!(auth.authenticate(None, Some(&future), None), Err(AuthError::InvalidToken(_))));
-    let wrong_iss = token(json!({"sub": "a", "iss": "other", "aud": "stompgate", "exp": now() + 600}));
-    assert!(matches!(auth.authenticate(None, Some(&wrong_iss), None), Err(AuthError::InvalidToken(_))));
+    assert_eq!(
+        auth.authenticate(None, Some(&expired), None),
+        Err(AuthError::Expired)
+    );
+    let future = token(
+        json!({"sub": "a", "iss": "shop", "aud": "stompgate", "exp": now() + 600, "nbf": now() + 300}),
+    );
+    assert!(matches!(
+        auth.authenticate(None, Some(&future), None),
+        Err(AuthError::InvalidToken(_))
+    ));
+    let wrong_iss =
+        token(json!({"sub": "a", "iss": "other", "aud": "stompgate", "exp": now() + 600}));
+    assert!(matches!(
+        auth.authenticate(None, Some(&wrong_iss), None),
+        Err(AuthError::InvalidToken(_))
+    ));
     let wrong_aud = token(json!({"sub": "a", "iss": "shop", "aud": "else", "exp": now() + 600}));
-    assert!(matches!(auth.authenticate(None, Some(&wrong_aud), None), Err(AuthError::InvalidToken(_))));
+    assert!(matches!(
+        auth.authenticate(None, Some(&wrong_aud), None),
+        Err(AuthError::InvalidToken(_))
+    ));
     let no_exp = token(json!({"sub": "a", "iss": "shop", "aud": "stompgate"}));
-    assert!(matches!(auth.authenticate(None, Some(&no_exp), None), Err(AuthError::InvalidToken(_))));
+    assert!(matches!(
+        auth.authenticate(None, Some(&no_exp), None),
+        Err(AuthError::InvalidToken(_))
+    ));
     let forged = encode(
         &Header::default(),
         &json!({"sub": "a", "iss": "shop", "aud": "stompgate", "exp": now() + 600}),
         &EncodingKey::from_secret(b"another-secret"),
     )
     .expect("encode");
-    assert!(matches!(auth.authenticate(None, Some(&forged), None), Err(AuthError::InvalidToken(_))));
+    assert!(matches!(
+        auth.authenticate(None, Some(&forged), None),
+        Err(AuthError::InvalidToken(_))
+    ));
 }
 
 #[test]
@@ -100,21 +127,41 @@ fn login_list_and_anonymous() {
             .as_deref(),
         Some("ops")
     );
-    assert_eq!(auth.authenticate(Some("ops"), Some("nope"), None), Err(AuthError::BadLogin));
-    assert_eq!(auth.authenticate(None, None, None), Err(AuthError::Required));
+    assert_eq!(
+        auth.authenticate(Some("ops"), Some("nope"), None),
+        Err(AuthError::BadLogin)
+    );
+    assert_eq!(
+        auth.authenticate(None, None, None),
+        Err(AuthError::Required)
+    );
     let open = Auth::open();
-    assert_eq!(open.authenticate(None, None, None), Ok(Identity::anonymous()));
+    assert_eq!(
+        open.authenticate(None, None, None),
+        Ok(Identity::anonymous())
+    );
 }
 
 #[test]
 fn refresh_keeps_the_user() {
     let auth = jwt_auth(vec![]);
-    let id = auth.authenticate(None, Some(&merchant_token(1)), None).expect("id");
+    let id = auth
+        .authenticate(None, Some(&merchant_token(1)), None)
+        .expect("id");
     assert!(auth.refresh(&id, &merchant_token(1)).is_ok());
-    assert!(matches!(auth.refresh(&id, &merchant_token(2)), Err(AuthError::InvalidToken(_))));
+    assert!(matches!(
+        auth.refresh(&id, &merchant_token(2)),
+        Err(AuthError::InvalidToken(_))
+    ));
 }
 
-fn check(auth: &Auth, verb: Verb, dest: &str, id: &Identity, args: &[&str]) -> Result<(), AuthError> {
+fn check(
+    auth: &Auth,
+    verb: Verb,
+    dest: &str,
+    id: &Identity,
+    args: &[&str],
+) -> Result<(), AuthError> {
     let parsed = Destination::parse(dest).unwrap_or(Destination::Topic { key: "user".into() });
     auth.authorize(verb, dest, &parsed, id, args)
 }
@@ -124,12 +171,17 @@ fn rules_use_claims_and_deny_by_default() {
     let mut with_args = rule(&["subscribe"], "/queue/merchant.{claims.merchant_id}.jobs");
     with_args.queue_arguments = vec!["x-max-length".into()];
     let auth = jwt_auth(vec![
-        rule(&["subscribe"], "/topic/merchant.{claims.merchant_id}.orders"),
+        rule(
+            &["subscribe"],
+            "/topic/merchant.{claims.merchant_id}.orders",
+        ),
         rule(&["subscribe", "send"], "/exchange/orders/{sub}.*"),
         rule(&["send"], "/user/*/queue/notifications"),
         with_args,
     ]);
-    let a = auth.authenticate(None, Some(&merchant_token(1)), None).expect("a");
+    let a = auth
+        .authenticate(None, Some(&merchant_token(1)), None)
+        .expect("a");
     assert!(check(&auth, Verb::Subscribe, "/topic/merchant.1.orders", &a, &[]).is_ok());
     assert!(check(&auth, Verb::Subscribe, "/topic/merchant.2.orders", &a, &[]).is_err());
     assert!(check(&auth, Verb::Send, "/topic/merchant.1.orders", &a, &[]).is_err());
@@ -137,9 +189,22 @@ fn rules_use_claims_and_deny_by_default() {
     assert!(check(&auth, Verb::Send, "/exchange/orders/m1.new", &a, &[]).is_ok());
     assert!(check(&auth, Verb::Send, "/exchange/orders/m2.new", &a, &[]).is_err());
     assert!(check(&auth, Verb::Subscribe, "/topic/anything", &a, &[]).is_err());
-    assert!(check(&auth, Verb::Subscribe, "/queue/merchant.1.jobs", &a, &["x-max-length"]).is_ok());
+    assert!(check(
+        &auth,
+        Verb::Subscribe,
+        "/queue/merchant.1.jobs",
+        &a,
+        &["x-max-length"]
+    )
+    .is_ok());
     assert_eq!(
-        check(&auth, Verb::Subscribe, "/queue/merchant.1.jobs", &a, &["x-message-ttl"]),
+        check(
+            &auth,
+            Verb::Subscribe,
+            "/queue/merchant.1.jobs",
+            &a,
+            &["x-message-ttl"]
+        ),
         Err(AuthError::ArgumentForbidden("x-message-ttl".into()))
     );
     // Own user queue: always; another user's: by rule only.
@@ -152,11 +217,32 @@ fn rules_use_claims_and_deny_by_default() {
 fn reserved_names_are_refused_even_without_rules() {
     let open = Auth::open();
     let id = Identity::anonymous();
-    assert!(check(&open, Verb::Subscribe, "/exchange/amq.rabbitmq.trace/#", &id, &[]).is_err());
-    assert!(check(&open, Verb::Send, "/exchange/amq.rabbitmq.event/x", &id, &[]).is_err());
+    assert!(check(
+        &open,
+        Verb::Subscribe,
+        "/exchange/amq.rabbitmq.trace/#",
+        &id,
+        &[]
+    )
+    .is_err());
+    assert!(check(
+        &open,
+        Verb::Send,
+        "/exchange/amq.rabbitmq.event/x",
+        &id,
+        &[]
+    )
+    .is_err());
     assert!(check(&open, Verb::Subscribe, "/queue/amq.direct-q", &id, &[]).is_err());
     assert!(check(&open, Verb::Subscribe, "/exchange/amq.topic/x", &id, &[]).is_ok());
-    assert!(check(&open, Verb::Subscribe, "/queue/jobs", &id, &["x-max-length"]).is_ok());
+    assert!(check(
+        &open,
+        Verb::Subscribe,
+        "/queue/jobs",
+        &id,
+        &["x-max-length"]
+    )
+    .is_ok());
     // Anonymous sessions have no user queue; other users' queues need a rule.
     assert!(check(&open, Verb::Subscribe, "/user/queue/n", &id, &[]).is_err());
     assert!(check(&open, Verb::Send, "/user/bob/queue/n", &id, &[]).is_err());

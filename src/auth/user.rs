@@ -23,7 +23,9 @@ impl UserDestination {
     /// one but malformed.
     pub fn parse(s: &str) -> Option<Result<UserDestination, String>> {
         let rest = s.strip_prefix("/user/")?;
-        let bad = || format!("malformed user destination '{s}': expected /user/queue/<name> or /user/<user>/queue/<name>");
+        let bad = || {
+            format!("malformed user destination '{s}': expected /user/queue/<name> or /user/<user>/queue/<name>")
+        };
         if let Some(name) = rest.strip_prefix("queue/") {
             if name.is_empty() || name.contains('/') {
                 return Some(Err(bad()));
@@ -92,9 +94,15 @@ mod tests {
             }))
         );
         assert_eq!(UserDestination::parse("/topic/x"), None);
-        assert!(matches!(UserDestination::parse("/user/queue/"), Some(Err(_))));
+        assert!(matches!(
+            UserDestination::parse("/user/queue/"),
+            Some(Err(_))
+        ));
         assert!(matches!(UserDestination::parse("/user/bob"), Some(Err(_))));
-        assert!(matches!(UserDestination::parse("/user/bob/topic/x"), Some(Err(_))));
+        assert!(matches!(
+            UserDestination::parse("/user/bob/topic/x"),
+            Some(Err(_))
+        ));
     }
 
     #[test]

@@ -407,7 +407,10 @@ impl Session {
         arguments: &[&str],
     ) -> Result<Destination, Refusal> {
         let written = frame.header("destination").ok_or_else(|| {
-            Refusal::new(format!("{} frame has no 'destination' header", frame.command))
+            Refusal::new(format!(
+                "{} frame has no 'destination' header",
+                frame.command
+            ))
         })?;
         let anonymous = Identity::anonymous();
         let identity = self.identity.as_ref().unwrap_or(&anonymous);

@@ -186,7 +186,12 @@ async fn tls_handshake(
         Ok(stream) => Some(stream),
         Err(e) => {
             tracing::debug!(%peer, error = %e, "TLS handshake failed");
-            crate::metrics::get().rejected(RejectReason::Tls);
+            // A client hanging up mid-handshake (e.g. a load balancer's TCP
+            // health check) is not a rejection; one speaking something else
+            // than acceptable TLS is.
+            if e.kind() != io::ErrorKind::UnexpectedEof {
+                crate::metrics::get().rejected(RejectReason::Tls);
+            }
             None
         }
     }

@@ -360,6 +360,10 @@ impl GatewayProcess {
         .env("RUST_LOG", "warn")
         .env("STOMPGATE_AUTH__ANONYMOUS", "true")
         .stdin(std::process::Stdio::null());
+        // The gateway's own log only when asked for: STOMPGATE_TEST_LOG=1.
+        if std::env::var_os("STOMPGATE_TEST_LOG").is_none() {
+            cmd.stderr(std::process::Stdio::null());
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }
