@@ -281,7 +281,7 @@ async fn upgrade(
     // bound one message (a frame may span several, and one may hold several).
     let max_message = limits.max_frame_bytes + 64 * 1024;
     ws.protocols(websocket::SUBPROTOCOLS)
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(512)
         .write_buffer_size(0)
         .max_message_size(max_message)
         .max_frame_size(max_message)

@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::client::Target;
 use crate::fanout::{opt, FanoutResult};
@@ -19,7 +19,7 @@ use crate::publish::{run_phase, PhasePlan, PublishVia, Publisher};
 use crate::servers::{spawn_ceiling, spawn_gateway, topic_queues, PrivateRabbit, Spawned};
 use crate::sessions::{SessionOpts, SessionSet};
 use crate::svg;
-use crate::util::{thousands, unique_name, RssSampler};
+use crate::util::{thousands, unique_name, CpuMark, RssSampler};
 
 #[derive(Debug, Clone)]
 pub struct CompareConfig {
@@ -30,6 +30,7 @@ pub struct CompareConfig {
     pub window: u64,
     pub max_age: Duration,
     pub drain: Duration,
+    pub max_drain: Duration,
     pub confirms: bool,
     pub gateway_bin: PathBuf,
     pub gateway_config: Option<PathBuf>,
@@ -43,7 +44,8 @@ pub struct CompareConfig {
 }
 
 /// One server at one subscriber count.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct CompareRow {
     pub server: String,
     pub subscribers: usize,
@@ -63,13 +65,14 @@ pub struct CompareRow {
     pub error: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CompareReport {
     pub cores: usize,
     pub duration_s: f64,
     pub fixed_rate: f64,
     pub body_bytes: usize,
     pub window: u64,
+    #[serde(default)]
     pub max_age_s: f64,
     pub publisher_confirms: bool,
     pub rows: Vec<CompareRow>,
@@ -289,11 +292,13 @@ async fn run_one(server: &Server, n: usize, cfg: &CompareConfig) -> CompareRow {
         body_bytes: cfg.body_bytes,
         start_seq: 0,
         drain: cfg.drain,
+        max_drain: cfg.max_drain,
     };
     eprintln!(
         "== {label}: max rate for {:.0} s",
         cfg.duration.as_secs_f64()
     );
+    let mark = CpuMark::now(Some(server.pid));
     let run = run_phase(
         &mut publisher,
         &max_plan,
@@ -301,7 +306,8 @@ async fn run_one(server: &Server, n: usize, cfg: &CompareConfig) -> CompareRow {
         &format!("{label} max"),
     )
     .await;
-    let max = FanoutResult::collect(&sessions, &run, &max_plan).await;
+    let mut max = FanoutResult::collect(&sessions, &run, &max_plan).await;
+    max.set_cpu(&mark, Some(server.pid));
     max.print(&format!("{label} max rate"));
     let fixed_plan = PhasePlan {
         phase: 1,
@@ -314,6 +320,7 @@ async fn run_one(server: &Server, n: usize, cfg: &CompareConfig) -> CompareRow {
         cfg.fixed_rate,
         cfg.duration.as_secs_f64()
     );
+    let mark = CpuMark::now(Some(server.pid));
     let run = run_phase(
         &mut publisher,
         &fixed_plan,
@@ -321,7 +328,8 @@ async fn run_one(server: &Server, n: usize, cfg: &CompareConfig) -> CompareRow {
         &format!("{label} fixed"),
     )
     .await;
-    let fixed = FanoutResult::collect(&sessions, &run, &fixed_plan).await;
+    let mut fixed = FanoutResult::collect(&sessions, &run, &fixed_plan).await;
+    fixed.set_cpu(&mark, Some(server.pid));
     fixed.print(&format!("{label} fixed rate"));
     row.rss_peak_kib = Some(sampler.peak());
     row.max_rate = Some(max);
@@ -345,7 +353,14 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> String {
 
 impl CompareRow {
     fn delivered(&self) -> Option<f64> {
-        self.max_rate.as_ref().map(|r| r.delivered_rate)
+        self.max_rate
+            .as_ref()
+            .map(|r| r.steady_rate.unwrap_or(r.delivered_rate))
+    }
+    fn cpu_per_delivery(&self) -> Option<f64> {
+        self.max_rate
+            .as_ref()
+            .and_then(|r| r.server_cpu_us_per_delivery)
     }
     fn p50(&self) -> Option<f64> {
         self.fixed_rate
@@ -363,22 +378,24 @@ impl CompareRow {
 
 impl CompareReport {
     pub fn print(&self) {
+        let dash = || "-".to_owned();
         println!();
         println!(
             "fan-out comparison: {} cores, {:.0} s per phase, {} B bodies, max rate (window {} msgs, max age {} s) then {} msg/s",
             self.cores, self.duration_s, self.body_bytes, self.window, self.max_age_s, self.fixed_rate
         );
         println!(
-            "{:<10} {:>6} {:>6} {:>14} {:>9} {:>5} {:>10} {:>10} {:>10} {:>9} {:>7}",
+            "{:<10} {:>6} {:>6} {:>12} {:>8} {:>7} {:>5} {:>10} {:>10} {:>8} {:>7} {:>7}",
             "server",
             "subs",
             "conn",
             "delivered/s",
+            "cpu µs",
             "loss",
             "dups",
             "p50 µs",
             "p99 µs",
-            "KiB/sess",
+            "KiB/ses",
             "queues",
             "loss@10"
         );
@@ -386,32 +403,35 @@ impl CompareReport {
             let max = r.max_rate.as_ref();
             let fixed = r.fixed_rate.as_ref();
             println!(
-                "{:<10} {:>6} {:>6} {:>14} {:>9} {:>5} {:>10} {:>10} {:>10} {:>9} {:>7}",
+                "{:<10} {:>6} {:>6} {:>12} {:>8} {:>7} {:>5} {:>10} {:>10} {:>8} {:>7} {:>7}",
                 r.server,
                 r.subscribers,
                 r.connected,
-                max.map(|m| thousands(m.delivered_rate))
-                    .unwrap_or_else(|| "-".into()),
-                max.map(|m| m.loss.to_string())
-                    .unwrap_or_else(|| "-".into()),
+                r.delivered().map(thousands).unwrap_or_else(dash),
+                r.cpu_per_delivery()
+                    .map(|v| format!("{v:.2}"))
+                    .unwrap_or_else(dash),
+                max.map(|m| m.loss.to_string()).unwrap_or_else(dash),
                 max.map(|m| (m.duplicates + fixed.map(|f| f.duplicates).unwrap_or(0)).to_string())
-                    .unwrap_or_else(|| "-".into()),
-                r.p50().map(thousands).unwrap_or_else(|| "-".into()),
-                r.p99().map(thousands).unwrap_or_else(|| "-".into()),
+                    .unwrap_or_else(dash),
+                r.p50().map(thousands).unwrap_or_else(dash),
+                r.p99().map(thousands).unwrap_or_else(dash),
                 r.rss_per_session_kib
                     .map(|v| format!("{v:.1}"))
-                    .unwrap_or_else(|| "-".into()),
+                    .unwrap_or_else(dash),
                 r.topic_queues
                     .map(|q| q.to_string())
                     .unwrap_or_else(|| "n/a".into()),
-                fixed
-                    .map(|f| f.loss.to_string())
-                    .unwrap_or_else(|| "-".into()),
+                fixed.map(|f| f.loss.to_string()).unwrap_or_else(dash),
             );
             if let Some(e) = &r.error {
                 println!("           error: {e}");
             }
         }
+        println!(
+            "(delivered/s: steady deliveries per second at max rate, after warm-up; cpu µs: server CPU per delivery at max rate; p50/p99 latency and loss@10 at {} msg/s; KiB/ses: server RSS per idle session; queues: queues bound to the topic)",
+            self.fixed_rate
+        );
         let mut subs: Vec<usize> = self.rows.iter().map(|r| r.subscribers).collect();
         subs.dedup();
         for n in subs {
@@ -424,13 +444,28 @@ impl CompareReport {
             for other in ["webstomp", "ceiling"] {
                 let Some(o) = find(other) else { continue };
                 println!(
-                    "stompgate/{other:<8} at {n:>6}: delivered/s {}  p50 {}  p99 {}  KiB/session {}  queues {}/{}",
+                    "stompgate/{other:<8} at {n:>6}: delivered/s {}  cpu/delivery {}  p50 {}  p99 {}  KiB/session {}  queues {}/{}",
                     ratio(g.delivered(), o.delivered()),
+                    ratio(g.cpu_per_delivery(), o.cpu_per_delivery()),
                     ratio(g.p50(), o.p50()),
                     ratio(g.p99(), o.p99()),
                     ratio(g.rss_per_session_kib, o.rss_per_session_kib),
                     opt(g.topic_queues.map(|q| q as u64)),
-                    o.topic_queues.map(|q| q.to_string()).unwrap_or_else(|| "n/a".into()),
+                    o.topic_queues
+                        .map(|q| q.to_string())
+                        .unwrap_or_else(|| "n/a".into()),
+                );
+            }
+        }
+        for r in &self.rows {
+            if let Some(f) = r.fixed_rate.as_ref().filter(|f| !f.kept_up) {
+                println!(
+                    "note: {} with {} subscribers did not keep up with {} msg/s ({} deliveries/s of {} needed): its latency there is mostly queueing",
+                    r.server,
+                    r.subscribers,
+                    self.fixed_rate,
+                    thousands(f.delivered_rate),
+                    thousands(f.expected as f64 / f.duration_s.max(1e-9))
                 );
             }
         }

@@ -3,15 +3,16 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::client::Target;
 use crate::publish::{run_phase, PhasePlan, PhaseRun, PublishVia, Publisher};
 use crate::sessions::{SessionOpts, SessionSet};
-use crate::util::{thousands, Latency, RssReport, RssSampler};
+use crate::util::{thousands, CpuMark, Latency, RssReport, RssSampler};
 
 /// One publishing phase's outcome.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct FanoutResult {
     /// `max` (as fast as the slowest subscriber keeps up) or `fixed`.
     pub mode: String,
@@ -31,14 +32,28 @@ pub struct FanoutResult {
     pub delivered: u64,
     /// delivered / (first publish .. last delivery).
     pub delivered_rate: f64,
+    /// Deliveries per second once warmed up, while publishing (see
+    /// `PhaseRun::steady_rate`); the headline number at max rate.
+    pub steady_rate: Option<f64>,
     pub loss: u64,
     pub duplicates: u64,
     pub reorders: u64,
     pub malformed: u64,
+    /// The server delivered at least 90% of the rate asked for (published x
+    /// live subscribers per second of publishing); when not, its latency is
+    /// mostly queueing.
+    pub kept_up: bool,
     /// Live subscribers that had not seen the last message after the drain.
     pub lagging_subscribers: usize,
     pub nacks: u64,
     pub latency: Latency,
+    /// CPU seconds the server used from the first publish to the end of the
+    /// drain (when its pid is known), and per delivered message.
+    pub server_cpu_s: Option<f64>,
+    pub server_cpu_us_per_delivery: Option<f64>,
+    /// CPU seconds this benchmark process used meanwhile (subscribers and
+    /// publisher share the machine with the server).
+    pub client_cpu_s: Option<f64>,
     pub error: Option<String>,
 }
 
@@ -69,6 +84,7 @@ impl FanoutResult {
             publish_rate: run.published as f64 / run.publish_secs.max(1e-9),
             expected,
             delivered: unique,
+            steady_rate: run.steady_rate,
             delivered_rate: if span > 0.0 {
                 unique as f64 / span
             } else {
@@ -78,11 +94,26 @@ impl FanoutResult {
             duplicates: load(&agg.duplicates),
             reorders: load(&agg.reorders),
             malformed: load(&agg.malformed),
+            kept_up: span > 0.0
+                && unique as f64 / span >= 0.9 * expected as f64 / run.publish_secs.max(1e-9),
             lagging_subscribers: sessions.lagging(run.end_seq),
             nacks: run.nacks,
             latency: Latency::from_histogram(&agg.histogram()),
+            server_cpu_s: None,
+            server_cpu_us_per_delivery: None,
+            client_cpu_s: None,
             error: run.error.clone(),
         }
+    }
+
+    /// Records the CPU used since `mark`.
+    pub fn set_cpu(&mut self, mark: &CpuMark, server_pid: Option<u32>) {
+        let (server, client) = mark.since(server_pid);
+        self.server_cpu_s = server;
+        self.client_cpu_s = client;
+        self.server_cpu_us_per_delivery = server
+            .filter(|_| self.delivered > 0)
+            .map(|s| s * 1e6 / self.delivered as f64);
     }
 
     /// No loss, no duplicates, nothing malformed, nobody disconnected.
@@ -116,10 +147,13 @@ impl FanoutResult {
             }
         );
         println!(
-            "  delivered  {:>12} msgs  {:>12} msg/s   expected {}",
+            "  delivered  {:>12} msgs  {:>12} msg/s   expected {}{}",
             thousands(self.delivered as f64),
             thousands(self.delivered_rate),
-            thousands(self.expected as f64)
+            thousands(self.expected as f64),
+            self.steady_rate
+                .map(|s| format!("   steady {} msg/s", thousands(s)))
+                .unwrap_or_default()
         );
         println!(
             "  loss {}  duplicates {}  reorders {}  malformed {}  disconnected {}  lagging {}",
@@ -135,6 +169,17 @@ impl FanoutResult {
             "  latency µs  p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  (mean {:.0}, n {})",
             l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.max_us, l.mean_us, l.count
         );
+        if let Some(cpu) = self.client_cpu_s {
+            println!(
+                "  CPU s: server {} ({} µs/delivery), this process {cpu:.2}",
+                self.server_cpu_s
+                    .map(|s| format!("{s:.2}"))
+                    .unwrap_or_else(|| "-".into()),
+                self.server_cpu_us_per_delivery
+                    .map(|s| format!("{s:.2}"))
+                    .unwrap_or_else(|| "-".into())
+            );
+        }
         if let Some(e) = &self.error {
             println!("  error: {e}");
         }
@@ -153,6 +198,7 @@ pub struct FanoutConfig {
     pub max_age: Duration,
     pub body_bytes: usize,
     pub drain: Duration,
+    pub max_drain: Duration,
     pub pid: Option<u32>,
     pub topic: String,
     pub sessions: SessionOpts,
@@ -228,9 +274,12 @@ pub async fn run_fanout(cfg: &FanoutConfig) -> Result<FanoutReport, String> {
         body_bytes: cfg.body_bytes,
         start_seq: 0,
         drain: cfg.drain,
+        max_drain: cfg.max_drain,
     };
+    let mark = CpuMark::now(cfg.pid);
     let run = run_phase(&mut publisher, &plan, &sessions, &cfg.sessions.label).await;
-    let result = FanoutResult::collect(&sessions, &run, &plan).await;
+    let mut result = FanoutResult::collect(&sessions, &run, &plan).await;
+    result.set_cpu(&mark, cfg.pid);
     let errors = sessions.errors();
     publisher.close().await;
     let setup_secs = sessions.setup_time.as_secs_f64();

@@ -70,6 +70,8 @@ enum Cmd {
     /// Tiny runs of fanout, idle and send against a gateway; exits non-zero
     /// on loss, duplicates, failed sessions or missing receipts.
     Smoke(SmokeArgs),
+    /// Draws the SVG plot of a `compare` results JSON again.
+    Plot(PlotArgs),
     /// (internal) one process's share of `idle --procs K`.
     #[command(hide = true)]
     IdleWorker(IdleWorkerArgs),
@@ -162,6 +164,10 @@ struct FanoutArgs {
     /// for this long.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     drain: Duration,
+    /// Stop waiting for the last deliveries after this long in any case
+    /// (what has not arrived then counts as lost).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    max_drain: Duration,
     /// Server process to sample RSS of (/proc/PID/status).
     #[arg(long)]
     pid: Option<u32>,
@@ -251,6 +257,10 @@ struct CompareArgs {
     /// for this long.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     drain: Duration,
+    /// Stop waiting for the last deliveries after this long in any case
+    /// (what has not arrived then counts as lost).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    max_drain: Duration,
     #[arg(long)]
     no_confirms: bool,
     /// The gateway binary to spawn.
@@ -312,6 +322,15 @@ struct SmokeArgs {
     /// Where the spawned gateway's log goes.
     #[arg(long, default_value = "bench-results")]
     out_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct PlotArgs {
+    /// A results JSON written by `compare`.
+    json: PathBuf,
+    /// The SVG to write [default: the JSON's path with .svg].
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -385,6 +404,24 @@ async fn run(command: Cmd) -> ExitCode {
             }
         }
         Cmd::Compare(a) => compare_cmd(a).await,
+        Cmd::Plot(a) => {
+            let text = match std::fs::read_to_string(&a.json) {
+                Ok(t) => t,
+                Err(e) => return fail(format!("read {}: {e}", a.json.display())),
+            };
+            let report: compare::CompareReport = match serde_json::from_str(&text) {
+                Ok(r) => r,
+                Err(e) => return fail(format!("{}: {e}", a.json.display())),
+            };
+            let out = a.out.unwrap_or_else(|| a.json.with_extension("svg"));
+            match std::fs::write(&out, svg::plot(&report)) {
+                Ok(()) => {
+                    println!("wrote {}", out.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(format!("write {}: {e}", out.display())),
+            }
+        }
         Cmd::Smoke(a) => {
             let cfg = smoke::SmokeConfig {
                 gateway_bin: a.gateway_bin,
@@ -492,6 +529,7 @@ async fn fanout_cmd(a: FanoutArgs) -> ExitCode {
         max_age: a.max_age,
         body_bytes: a.body_bytes,
         drain: a.drain,
+        max_drain: a.max_drain,
         pid: a.pid,
         topic: a.topic.unwrap_or_else(|| unique_name("bench")),
         sessions: a.conn.session_opts("fanout"),
@@ -580,6 +618,7 @@ async fn compare_cmd(a: CompareArgs) -> ExitCode {
         window: a.window.max(1),
         max_age: a.max_age,
         drain: a.drain,
+        max_drain: a.max_drain,
         confirms: !a.no_confirms,
         gateway_bin: a.gateway_bin,
         gateway_config: a.gateway_config,

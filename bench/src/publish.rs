@@ -186,8 +186,9 @@ pub struct PhasePlan {
     pub start_seq: u64,
     /// After the last publish, wait for deliveries until every live
     /// subscriber has the last message, or nothing arrived for this long
-    /// (and two minutes at most).
+    /// (and `max_drain` at most).
     pub drain: Duration,
+    pub max_drain: Duration,
 }
 
 /// What a phase did.
@@ -200,6 +201,10 @@ pub struct PhaseRun {
     pub live_at_start: usize,
     pub dead_at_start: usize,
     pub nacks: u64,
+    /// Deliveries per second after the warm-up (a fifth of the duration,
+    /// 0.5 to 3 s) until the end of publishing, from the subscribers'
+    /// progress: the steady rate, without slow start and drain.
+    pub steady_rate: Option<f64>,
     pub error: Option<String>,
 }
 
@@ -223,7 +228,9 @@ pub async fn run_phase(
     // Max rate: a congestion window (slow start up to `window`, halved when
     // the oldest message in flight gets older than `max_age`).
     let mut in_flight: VecDeque<(u64, u64)> = VecDeque::new();
-    let mut cwnd: f64 = 4f64.min(plan.window as f64);
+    let mut cwnd: f64 = 16f64.min(plan.window as f64);
+    let warm_up = (plan.duration / 5).clamp(Duration::from_millis(500), Duration::from_secs(3));
+    let mut warm_mark: Option<(Instant, u64)> = None;
     let mut last_decrease = Instant::now();
     let max_age_ns = plan.max_age.as_nanos() as u64;
     loop {
@@ -231,15 +238,23 @@ pub async fn run_phase(
         if elapsed >= plan.duration {
             break;
         }
+        if warm_mark.is_none() && elapsed >= warm_up && elapsed + warm_up <= plan.duration {
+            warm_mark = Some((Instant::now(), sessions.delivered_since(plan.start_seq)));
+        }
         if last_print.elapsed() >= Duration::from_secs(1) {
             let secs = last_print.elapsed().as_secs_f64();
             let delivered = sessions.delivered_since(plan.start_seq);
             let (live, _, dead) = sessions.counts();
             eprintln!(
-                "[{label}] {:>5.1}s published {:>9} msg/s  delivered {:>11} msg/s  live {live}{}",
+                "[{label}] {:>5.1}s published {:>9} msg/s  delivered {:>11} msg/s  live {live}{}{}",
                 elapsed.as_secs_f64(),
                 thousands((seq - printed_seq) as f64 / secs),
                 thousands(delivered.saturating_sub(printed_delivered) as f64 / secs),
+                if plan.rate.is_none() {
+                    format!("  window {cwnd:.0}")
+                } else {
+                    String::new()
+                },
                 if dead > dead_at_start {
                     format!(" ({} disconnected)", dead - dead_at_start)
                 } else {
@@ -320,9 +335,13 @@ pub async fn run_phase(
         }
     }
     let publish_secs = start.elapsed().as_secs_f64();
+    let steady_rate = warm_mark.map(|(at, delivered)| {
+        let now = sessions.delivered_since(plan.start_seq);
+        now.saturating_sub(delivered) as f64 / at.elapsed().as_secs_f64().max(1e-9)
+    });
     publisher.settle().await;
     // Drain: until every live subscriber saw the last message, or nothing
-    // arrived for `drain`, or two minutes.
+    // arrived for `drain`, or `max_drain`.
     let drain_start = Instant::now();
     let mut seen = sessions.delivered_since(plan.start_seq);
     let mut last_change = Instant::now();
@@ -332,8 +351,7 @@ pub async fn run_phase(
             Some(min) if min < seq => {}
             _ => break,
         }
-        if last_change.elapsed() >= plan.drain || drain_start.elapsed() >= Duration::from_secs(120)
-        {
+        if last_change.elapsed() >= plan.drain || drain_start.elapsed() >= plan.max_drain {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -359,6 +377,7 @@ pub async fn run_phase(
         live_at_start,
         dead_at_start,
         nacks: publisher.nacks - nacks_before,
+        steady_rate,
         error,
     }
 }

@@ -72,6 +72,7 @@ pub async fn run_smoke(cfg: &SmokeConfig) -> bool {
         max_age: Duration::from_secs(1),
         body_bytes: 100,
         drain: Duration::from_secs(5),
+        max_drain: Duration::from_secs(30),
         pid,
         topic: unique_name("smoke"),
         sessions: SessionOpts {

@@ -24,7 +24,9 @@ type Metric = fn(&CompareRow) -> Option<f64>;
 pub fn plot(report: &CompareReport) -> String {
     let panels: [(String, Metric); 4] = [
         ("delivered msgs/s at max rate".to_owned(), |r| {
-            r.max_rate.as_ref().map(|m| m.delivered_rate)
+            r.max_rate
+                .as_ref()
+                .map(|m| m.steady_rate.unwrap_or(m.delivered_rate))
         }),
         (
             format!("p50 latency at {} msg/s (µs)", report.fixed_rate),
@@ -90,16 +92,50 @@ fn panel(out: &mut String, report: &CompareReport, title: &str, metric: Metric, 
     let mut xs: Vec<usize> = report.rows.iter().map(|r| r.subscribers).collect();
     xs.sort_unstable();
     xs.dedup();
+    // One subscriber count: in the middle; several: a linear axis from 0.
     let x_max = xs.last().copied().unwrap_or(1).max(1) as f64 * 1.1;
-    let y_data_max = report
+    let single_x = xs.len() == 1;
+    let sx = |x: f64| {
+        if single_x {
+            pl + pw / 2.0
+        } else {
+            pl + x / x_max * pw
+        }
+    };
+    let values: Vec<f64> = report
         .rows
         .iter()
         .filter_map(metric)
         .filter(|v| v.is_finite())
-        .fold(0.0f64, f64::max);
-    let y_max = nice_ceiling(y_data_max.max(1e-9) * 1.1);
-    let sx = |x: f64| pl + x / x_max * pw;
-    let sy = |y: f64| pt + ph - (y.max(0.0) / y_max) * ph;
+        .collect();
+    let y_data_max = values.iter().copied().fold(0.0f64, f64::max);
+    let y_data_min = values
+        .iter()
+        .copied()
+        .filter(|v| *v > 0.0)
+        .fold(f64::INFINITY, f64::min);
+    // Servers differ by orders of magnitude: a log axis when they do.
+    let log = y_data_min.is_finite() && y_data_max / y_data_min > 20.0;
+    let (y_lo, y_max) = if log {
+        let lo = 10f64.powf(y_data_min.log10().floor());
+        let hi = 10f64.powf(y_data_max.log10().ceil()).max(lo * 10.0);
+        (lo, hi)
+    } else {
+        (0.0, nice_ceiling(y_data_max.max(1e-9) * 1.1))
+    };
+    let sy = |y: f64| {
+        if log {
+            let f = (y.max(y_lo).log10() - y_lo.log10()) / (y_max.log10() - y_lo.log10());
+            pt + ph - f * ph
+        } else {
+            pt + ph - (y.max(0.0) / y_max) * ph
+        }
+    };
+    let title = if log {
+        format!("{title} (log scale)")
+    } else {
+        title.to_owned()
+    };
 
     let _ = writeln!(
         out,
@@ -112,8 +148,13 @@ fn panel(out: &mut String, report: &CompareReport, title: &str, metric: Metric, 
         out,
         r##"<rect x="{pl}" y="{pt}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>"##
     );
-    for k in 0..=5 {
-        let v = y_max * k as f64 / 5.0;
+    let ticks: Vec<f64> = if log {
+        let (a, b) = (y_lo.log10().round() as i32, y_max.log10().round() as i32);
+        (a..=b).map(|e| 10f64.powi(e)).collect()
+    } else {
+        (0..=5).map(|k| y_max * k as f64 / 5.0).collect()
+    };
+    for v in ticks {
         let y = sy(v);
         let _ = writeln!(
             out,

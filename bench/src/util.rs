@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 static EPOCH: OnceLock<Instant> = OnceLock::new();
 
@@ -48,6 +48,44 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         .find(|l| l.starts_with("VmRSS:"))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
+}
+
+/// CPU time (user + system, all threads) of `pid` in seconds, from
+/// /proc/PID/stat (clock ticks of 1/100 s, as on every Linux we run on).
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces: fields count from after its ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
+}
+
+/// CPU seconds of the server (if known) and of this process, to subtract.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuMark {
+    server: Option<f64>,
+    client: Option<f64>,
+}
+
+impl CpuMark {
+    pub fn now(server_pid: Option<u32>) -> CpuMark {
+        CpuMark {
+            server: server_pid.and_then(cpu_seconds),
+            client: cpu_seconds(std::process::id()),
+        }
+    }
+
+    /// (server, client) CPU seconds since `self`.
+    pub fn since(&self, server_pid: Option<u32>) -> (Option<f64>, Option<f64>) {
+        let later = CpuMark::now(server_pid);
+        let diff = |a: Option<f64>, b: Option<f64>| Some(b? - a?);
+        (
+            diff(self.server, later.server),
+            diff(self.client, later.client),
+        )
+    }
 }
 
 /// Samples a process's RSS every 200 ms and keeps the peak, until dropped.
@@ -114,7 +152,8 @@ impl RssReport {
 }
 
 /// Latency summary in microseconds.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Latency {
     pub count: u64,
     pub p50_us: u64,
@@ -219,6 +258,12 @@ mod tests {
         assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
         assert!(parse_duration("x").is_err());
         assert!(parse_duration("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn reads_own_cpu_time() {
+        let cpu = cpu_seconds(std::process::id()).expect("/proc/self/stat");
+        assert!(cpu >= 0.0);
     }
 
     #[test]

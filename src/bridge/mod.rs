@@ -10,8 +10,6 @@ pub mod session_broker;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
-
 pub use session_broker::{Inbound, SessionBroker};
 
 /// Why the broker side could not do what a session asked.
@@ -57,14 +55,9 @@ impl Bridge {
         self.pool.is_ready()
     }
 
-    /// Broker state for a new session, and the receiver of what its own
-    /// consumers deliver.
-    pub fn session(&self) -> (SessionBroker, mpsc::Receiver<Inbound>) {
+    /// Broker state for a new session.
+    pub fn session(&self) -> SessionBroker {
         let key = self.next_session.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel(16);
-        (
-            SessionBroker::new(Arc::clone(&self.pool), Arc::clone(&self.hub), key, tx),
-            rx,
-        )
+        SessionBroker::new(Arc::clone(&self.pool), Arc::clone(&self.hub), key)
     }
 }

@@ -114,16 +114,14 @@ pub struct SessionBroker {
     fanout: HashMap<String, Binding>,
     /// `/temp-queue/<name>` name -> the broker's queue name.
     temp: HashMap<String, String>,
-    inbound: mpsc::Sender<Inbound>,
+    /// Where this session's own consumers deliver; made with the first of
+    /// them (a session that only listens to broadcasts has none, and an
+    /// idle session should cost as little memory as possible).
+    inbound: Option<(mpsc::Sender<Inbound>, mpsc::Receiver<Inbound>)>,
 }
 
 impl SessionBroker {
-    pub fn new(
-        pool: Arc<Pool>,
-        hub: Arc<Hub>,
-        key: u64,
-        inbound: mpsc::Sender<Inbound>,
-    ) -> SessionBroker {
+    pub fn new(pool: Arc<Pool>, hub: Arc<Hub>, key: u64) -> SessionBroker {
         SessionBroker {
             pool,
             hub,
@@ -133,7 +131,19 @@ impl SessionBroker {
             own: HashMap::new(),
             fanout: HashMap::new(),
             temp: HashMap::new(),
-            inbound,
+            inbound: None,
+        }
+    }
+
+    /// The next message from this session's own consumers; pending forever
+    /// while it has none.
+    pub async fn next_inbound(&mut self) -> Inbound {
+        match &mut self.inbound {
+            Some((_, rx)) => match rx.recv().await {
+                Some(item) => item,
+                None => std::future::pending().await,
+            },
+            None => std::future::pending().await,
         }
     }
 
@@ -211,7 +221,10 @@ impl SessionBroker {
             Arc::clone(&self.pool),
             spec,
             consumer,
-            self.inbound.clone(),
+            self.inbound
+                .get_or_insert_with(|| mpsc::channel(16))
+                .0
+                .clone(),
         ));
         self.own.insert(
             id,

@@ -10,12 +10,17 @@
 //! A broadcast entry is two shared buffers: the subscription's prefix
 //! (`MESSAGE` and `subscription:`) and the message's encoded headers and
 //! body, shared by every recipient. The writer joins them when it writes.
+//!
+//! The queue is a `VecDeque` behind a mutex rather than a channel: an idle
+//! client's queue holds no allocation at all (a channel preallocates a block
+//! of slots per client), and the writer takes everything queued in one go.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 
 use crate::bridge::fanout::SharedMessage;
 use crate::config::SlowClientPolicy;
@@ -39,11 +44,23 @@ pub enum Outbound {
     Close,
 }
 
-/// The sending side of a client's queue, shared by the session and the
-/// fan-out subscriptions of that client.
+#[derive(Debug, Default)]
+struct Queue {
+    items: VecDeque<Outbound>,
+    /// The writer is gone: nothing will be written any more.
+    closed: bool,
+}
+
+/// A client's queue, shared by its session, its fan-out subscriptions and
+/// its writer.
 #[derive(Debug)]
 pub struct ClientLink {
-    tx: mpsc::Sender<Outbound>,
+    queue: Mutex<Queue>,
+    capacity: usize,
+    /// Wakes the writer when something was queued.
+    ready: Notify,
+    /// Wakes a sender waiting for room.
+    room: Notify,
     policy: SlowClientPolicy,
     overflowed: AtomicBool,
     overflow: Notify,
@@ -51,47 +68,101 @@ pub struct ClientLink {
 }
 
 impl ClientLink {
-    /// A link and the receiving end for the writer, holding `capacity` entries.
-    pub fn new(
-        capacity: usize,
-        policy: SlowClientPolicy,
-    ) -> (Arc<ClientLink>, mpsc::Receiver<Outbound>) {
-        let (tx, rx) = mpsc::channel(capacity);
-        (
-            Arc::new(ClientLink {
-                tx,
-                policy,
-                overflowed: AtomicBool::new(false),
-                overflow: Notify::new(),
-                dropped: AtomicU64::new(0),
-            }),
-            rx,
-        )
+    /// A link holding at most `capacity` entries.
+    pub fn new(capacity: usize, policy: SlowClientPolicy) -> Arc<ClientLink> {
+        Arc::new(ClientLink {
+            queue: Mutex::new(Queue::default()),
+            capacity: capacity.max(1),
+            ready: Notify::new(),
+            room: Notify::new(),
+            policy,
+            overflowed: AtomicBool::new(false),
+            overflow: Notify::new(),
+            dropped: AtomicU64::new(0),
+        })
     }
 
     /// Queues an entry, waiting for room. `false` when the writer is gone.
     pub async fn send(&self, item: Outbound) -> bool {
-        self.tx.send(item).await.is_ok()
+        let mut item = Some(item);
+        loop {
+            let room = self.room.notified();
+            {
+                let Ok(mut queue) = self.queue.lock() else {
+                    return false;
+                };
+                if queue.closed {
+                    return false;
+                }
+                // Control entries (close, heart-beat settings) always fit.
+                let control = matches!(item, Some(Outbound::Close | Outbound::SetHeartbeat(_)));
+                if queue.items.len() < self.capacity || control {
+                    if let Some(item) = item.take() {
+                        queue.items.push_back(item);
+                    }
+                    drop(queue);
+                    self.ready.notify_one();
+                    return true;
+                }
+            }
+            room.await;
+        }
     }
 
     /// Offers a broadcast entry without waiting; applies the slow-client
     /// policy when the queue is full.
     pub fn offer(&self, item: Outbound) {
-        match self.tx.try_send(item) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => match self.policy {
-                SlowClientPolicy::Drop => {
-                    self.dropped.fetch_add(1, Ordering::Relaxed);
-                    crate::metrics::get().slow_client_dropped.increment(1);
-                }
-                SlowClientPolicy::Disconnect => {
-                    if !self.overflowed.swap(true, Ordering::AcqRel) {
-                        self.overflow.notify_one();
-                    }
-                }
-            },
+        let Ok(mut queue) = self.queue.lock() else {
+            return;
+        };
+        if queue.closed {
+            return;
         }
+        if queue.items.len() < self.capacity {
+            queue.items.push_back(item);
+            drop(queue);
+            self.ready.notify_one();
+            return;
+        }
+        drop(queue);
+        match self.policy {
+            SlowClientPolicy::Drop => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::get().slow_client_dropped.increment(1);
+            }
+            SlowClientPolicy::Disconnect => {
+                if !self.overflowed.swap(true, Ordering::AcqRel) {
+                    self.overflow.notify_one();
+                }
+            }
+        }
+    }
+
+    /// For the writer: waits until something is queued and moves all of it
+    /// into `batch` (which must be empty).
+    pub async fn take_all(&self, batch: &mut VecDeque<Outbound>) {
+        loop {
+            let ready = self.ready.notified();
+            if let Ok(mut queue) = self.queue.lock() {
+                if !queue.items.is_empty() {
+                    std::mem::swap(&mut queue.items, batch);
+                    drop(queue);
+                    self.room.notify_one();
+                    return;
+                }
+            }
+            ready.await;
+        }
+    }
+
+    /// The writer is gone: wake and refuse every sender from now on.
+    pub fn close(&self) {
+        if let Ok(mut queue) = self.queue.lock() {
+            queue.closed = true;
+            queue.items = VecDeque::new();
+        }
+        self.room.notify_waiters();
+        self.room.notify_one();
     }
 
     /// Resolves once the queue overflowed under the `disconnect` policy.
@@ -108,5 +179,63 @@ impl ClientLink {
     /// Broadcast messages dropped for this client under the `drop` policy.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(n: u8) -> Outbound {
+        Outbound::Frame {
+            bytes: Bytes::from(vec![n]),
+            binary: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn drop_policy_drops_beyond_capacity() {
+        let link = ClientLink::new(2, SlowClientPolicy::Drop);
+        for n in 0..5 {
+            link.offer(frame(n));
+        }
+        assert_eq!(link.dropped(), 3);
+        let mut batch = VecDeque::new();
+        link.take_all(&mut batch).await;
+        assert_eq!(batch.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn disconnect_policy_signals_overflow() {
+        let link = ClientLink::new(1, SlowClientPolicy::Disconnect);
+        link.offer(frame(0));
+        link.offer(frame(1));
+        tokio::time::timeout(std::time::Duration::from_secs(1), link.overflowed())
+            .await
+            .expect("overflow signalled");
+    }
+
+    #[tokio::test]
+    async fn send_waits_for_room_and_fails_once_closed() {
+        let link = ClientLink::new(1, SlowClientPolicy::Drop);
+        assert!(link.send(frame(0)).await);
+        let waiting = {
+            let link = Arc::clone(&link);
+            tokio::spawn(async move { link.send(frame(1)).await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished(), "no room yet");
+        let mut batch = VecDeque::new();
+        link.take_all(&mut batch).await;
+        assert!(waiting.await.expect("task"), "queued once there was room");
+        link.close();
+        assert!(!link.send(frame(2)).await);
+    }
+
+    #[test]
+    fn an_idle_queue_holds_no_allocation() {
+        let link = ClientLink::new(1024, SlowClientPolicy::Drop);
+        let queue = link.queue.lock().expect("lock");
+        assert_eq!(queue.items.capacity(), 0);
     }
 }

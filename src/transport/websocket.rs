@@ -16,11 +16,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{Message as WsMessage, Utf8Bytes, WebSocket};
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, BytesMut};
 use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesOrdered, SplitSink};
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::codec::Decoder;
 
@@ -53,9 +52,9 @@ pub async fn run(socket: WebSocket, gateway: Arc<Gateway>, handshake: Handshake)
     let metrics = crate::metrics::get();
     let limits = &gateway.config.limits;
     let (sink, mut stream) = socket.split();
-    let (link, out_rx) = ClientLink::new(limits.outbound_queue_frames, limits.slow_client_policy);
-    let writer = tokio::spawn(write_loop(sink, out_rx));
-    let (broker, mut inbound) = gateway.bridge.session();
+    let link = ClientLink::new(limits.outbound_queue_frames, limits.slow_client_policy);
+    let writer = tokio::spawn(write_loop(sink, Arc::clone(&link)));
+    let broker = gateway.bridge.session();
     let session_id = format!("session-{}-{:08x}", broker.key(), rand::random::<u32>());
     let mut session = Session::new(Arc::clone(&gateway.session_config), session_id);
     session.set_handshake_token(handshake.token);
@@ -107,7 +106,7 @@ pub async fn run(socket: WebSocket, gateway: Arc<Gateway>, handshake: Handshake)
         let event = tokio::select! {
             biased;
             message = stream.next(), if !conn.closing => Event::Socket(message),
-            Some(item) = inbound.recv(), if !conn.closing => Event::Inbound(item),
+            item = conn.broker.next_inbound(), if !conn.closing => Event::Inbound(item),
             Some(result) = conn.confirms.next(), if !conn.confirms.is_empty() => Event::Confirmed(result),
             () = link.overflowed() => Event::Overflow,
             () = tokio::time::sleep_until(deadline), if !conn.closing => Event::Deadline,
@@ -130,7 +129,7 @@ pub async fn run(socket: WebSocket, gateway: Arc<Gateway>, handshake: Handshake)
                 break;
             }
             Event::Socket(None) => break,
-            Event::Inbound(item) => conn.inbound(item).await,
+            Event::Inbound(item) => Box::pin(conn.inbound(item)).await,
             Event::Confirmed(Ok(Some(receipt))) => {
                 let frame = Frame::new(stomp::Command::Receipt).with_header("receipt-id", &receipt);
                 conn.write(&frame).await;
@@ -149,7 +148,7 @@ pub async fn run(socket: WebSocket, gateway: Arc<Gateway>, handshake: Handshake)
                 tracing::info!("client too slow: outbound queue full, disconnecting");
                 metrics.slow_client_disconnected.increment(1);
                 writer.abort();
-                conn.finish().await;
+                Box::pin(conn.finish()).await;
                 return;
             }
             Event::DrainStarted => {
@@ -195,7 +194,7 @@ pub async fn run(socket: WebSocket, gateway: Arc<Gateway>, handshake: Handshake)
             .broker_error("server shutting down", &mut actions);
         conn.execute(actions).await;
     }
-    conn.finish().await;
+    Box::pin(conn.finish()).await;
     let _ = link.send(Outbound::Close).await;
     drop(link);
     drop(conn);
@@ -301,8 +300,9 @@ impl Connection {
                 break;
             }
         }
-        // Give back the memory of a large frame once it is consumed.
-        if self.buffer.is_empty() && self.buffer.capacity() > 64 * 1024 {
+        // Hold no buffer between frames: most sessions are idle most of the
+        // time, and a large frame's memory goes back once it is consumed.
+        if self.buffer.is_empty() {
             self.buffer = BytesMut::new();
         }
     }
@@ -357,7 +357,9 @@ impl Connection {
     async fn execute(&mut self, actions: Vec<Action>) {
         let mut queue: VecDeque<Action> = actions.into();
         while let Some(action) = queue.pop_front() {
-            if let Err((message, receipt)) = self.apply(action).await {
+            // Boxed: the futures of broker operations are large, and this
+            // task's future is held for the whole life of every session.
+            if let Err((message, receipt)) = Box::pin(self.apply(action)).await {
                 // Nothing queued behind a refusal may be confirmed.
                 self.confirms = FuturesOrdered::new();
                 let mut error = Vec::new();
@@ -521,89 +523,175 @@ impl RateLimit {
     }
 }
 
-/// Drains the outbound queue into the socket.
-async fn write_loop(mut sink: SplitSink<WebSocket, WsMessage>, mut rx: mpsc::Receiver<Outbound>) {
+/// Largest WebSocket message the writer makes by joining queued frames.
+const COALESCE_BYTES: usize = 64 * 1024;
+
+/// Drains the outbound queue into the socket. Frames already queued when
+/// the writer wakes go out together: joined into WebSocket messages of up to
+/// [`COALESCE_BYTES`] (STOMP allows several frames in one message, and
+/// stompjs reads them), so a client that fell behind costs one write, not
+/// one per frame; nothing is kept buffered once written.
+async fn write_loop(mut sink: SplitSink<WebSocket, WsMessage>, link: Arc<ClientLink>) {
     let metrics = crate::metrics::get();
     let mut heartbeat: Option<Duration> = None;
+    let mut batch: VecDeque<Outbound> = VecDeque::new();
+    let mut pending = Pending::default();
     loop {
-        let item = match heartbeat {
-            Some(every) => match tokio::time::timeout(every, rx.recv()).await {
-                Ok(item) => item,
-                Err(_) => {
+        match heartbeat {
+            Some(every) => {
+                if tokio::time::timeout(every, link.take_all(&mut batch))
+                    .await
+                    .is_err()
+                {
                     if sink
                         .send(WsMessage::Text(Utf8Bytes::from_static("\n")))
                         .await
                         .is_err()
                     {
+                        link.close();
                         return;
                     }
                     continue;
                 }
-            },
-            None => rx.recv().await,
-        };
-        let Some(mut item) = item else {
-            let _ = sink.close().await;
-            return;
-        };
-        // Write everything already queued, then flush once.
-        loop {
+            }
+            None => link.take_all(&mut batch).await,
+        }
+        let mut close = false;
+        for item in batch.drain(..) {
             match item {
                 Outbound::SetHeartbeat(every) => heartbeat = every,
                 Outbound::Close => {
-                    let _ = sink.send(WsMessage::Close(None)).await;
-                    let _ = sink.close().await;
-                    return;
+                    close = true;
+                    break;
                 }
-                other => {
-                    let message = to_ws(other);
-                    metrics.bytes_out.increment(ws_len(&message));
-                    if sink.feed(message).await.is_err() {
-                        return;
+                Outbound::Frame { bytes, binary } => {
+                    if let Some(message) = pending.add(&bytes, binary) {
+                        metrics.bytes_out.increment(ws_len(&message));
+                        if sink.feed(message).await.is_err() {
+                            link.close();
+                            return;
+                        }
+                    }
+                }
+                Outbound::Broadcast {
+                    prefix,
+                    ack_header,
+                    escaping,
+                    message,
+                } => {
+                    let ack: &[u8] = if ack_header { &message.ack_line } else { &[] };
+                    let parts = [&prefix[..], ack, &message.tail(escaping)[..]];
+                    if let Some(message) = pending.add_parts(&parts, message.binary) {
+                        metrics.bytes_out.increment(ws_len(&message));
+                        if sink.feed(message).await.is_err() {
+                            link.close();
+                            return;
+                        }
                     }
                 }
             }
-            match rx.try_recv() {
-                Ok(next) => item = next,
-                Err(_) => break,
+        }
+        if let Some(message) = pending.take() {
+            metrics.bytes_out.increment(ws_len(&message));
+            if sink.feed(message).await.is_err() {
+                link.close();
+                return;
             }
         }
-        if sink.flush().await.is_err() {
+        if batch.capacity() > 64 {
+            batch = VecDeque::new();
+        }
+        if sink.flush().await.is_err() || close {
+            if close {
+                let _ = sink.send(WsMessage::Close(None)).await;
+                let _ = sink.close().await;
+            }
+            link.close();
             return;
         }
     }
 }
 
-fn to_ws(item: Outbound) -> WsMessage {
-    let (bytes, binary) = match item {
-        Outbound::Frame { bytes, binary } => (bytes, binary),
-        Outbound::Broadcast {
-            prefix,
-            ack_header,
-            escaping,
-            message,
-        } => {
-            let tail = message.tail(escaping);
-            let ack_len = if ack_header {
-                message.ack_line.len()
-            } else {
-                0
-            };
-            let mut buf = BytesMut::with_capacity(prefix.len() + ack_len + tail.len());
-            buf.put_slice(&prefix);
-            if ack_header {
-                buf.put_slice(&message.ack_line);
-            }
-            buf.put_slice(tail);
-            (buf.freeze(), message.binary)
-        }
-        Outbound::SetHeartbeat(_) | Outbound::Close => (Bytes::new(), false),
-    };
-    if binary {
-        return WsMessage::Binary(bytes);
+/// Frames being joined into one WebSocket message.
+#[derive(Debug, Default)]
+struct Pending {
+    buf: BytesMut,
+    binary: bool,
+}
+
+impl Pending {
+    /// Adds a frame; returns a full message to send first when the frame
+    /// does not fit.
+    fn add(&mut self, frame: &[u8], binary: bool) -> Option<WsMessage> {
+        self.add_parts(&[frame], binary)
     }
-    match Utf8Bytes::try_from(bytes.clone()) {
-        Ok(text) => WsMessage::Text(text),
-        Err(_) => WsMessage::Binary(bytes),
+
+    fn add_parts(&mut self, parts: &[&[u8]], binary: bool) -> Option<WsMessage> {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        let flushed = if !self.buf.is_empty() && self.buf.len() + len > COALESCE_BYTES {
+            self.take()
+        } else {
+            None
+        };
+        if self.buf.is_empty() {
+            self.buf.reserve(len.max(256));
+        }
+        for part in parts {
+            self.buf.put_slice(part);
+        }
+        self.binary |= binary;
+        flushed
+    }
+
+    /// The joined frames as one message, text unless a body was binary.
+    fn take(&mut self) -> Option<WsMessage> {
+        if self.buf.is_empty() {
+            return None;
+        }
+        let bytes = std::mem::take(&mut self.buf).freeze();
+        let binary = std::mem::take(&mut self.binary);
+        Some(if binary {
+            WsMessage::Binary(bytes)
+        } else {
+            match Utf8Bytes::try_from(bytes.clone()) {
+                Ok(text) => WsMessage::Text(text),
+                Err(_) => WsMessage::Binary(bytes),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every session's reader task holds its future for the whole life of
+    /// the session: the large futures of broker operations are boxed so
+    /// that an idle session stays small (docs/benchmarks.md).
+    #[test]
+    fn session_futures_stay_small() {
+        use super::*;
+        fn size<F>(_: &F) -> usize {
+            std::mem::size_of::<F>()
+        }
+        let pool = crate::bridge::pool::Pool::new("amqp://x".into(), 1, vec![]);
+        let hub = crate::bridge::fanout::Hub::new(Arc::clone(&pool));
+        let link = ClientLink::new(8, crate::config::SlowClientPolicy::Drop);
+        let mut conn = Connection {
+            session: Session::new(Arc::new(Default::default()), "s".into()),
+            codec: StompCodec::new(FrameLimits::default()),
+            full_limits: FrameLimits::default(),
+            buffer: BytesMut::new(),
+            broker: SessionBroker::new(pool, hub, 1),
+            link,
+            escaping: Escaping::None,
+            expect_within: None,
+            expires_at: None,
+            rate: RateLimit::new(0),
+            last_read: Instant::now(),
+            closing: false,
+            confirms: FuturesOrdered::new(),
+        };
+        assert!(size(&conn.execute(Vec::new())) <= 512);
+        assert!(size(&conn.receive(&[])) <= 1024);
+        assert!(size(&conn.finish()) <= 1024);
     }
 }
