@@ -1,10 +1,15 @@
 //! Micro-benchmarks of broadcast fan-out: encoding a message once for all
 //! recipients (`SharedMessage::encode`) and what is done per recipient.
 //!
-//! The per-recipient step is the body of the private
-//! `transport::websocket::to_ws`, reproduced inline here: join the
-//! subscription's prefix, the optional `ack` line and the shared tail into one
-//! buffer, then check it is UTF-8 to send it as a text WebSocket message.
+//! The per-recipient step lives in private code of
+//! `transport::websocket` (the writer's `Pending` buffer), reproduced inline
+//! here: each broadcast entry's parts (the subscription's prefix, the
+//! optional `ack` line, the shared tail) are copied into the connection's
+//! coalescing buffer, and each batch of joined frames becomes one WebSocket
+//! message after one UTF-8 check. `join` is the per-recipient copy,
+//! `message_of_1` a batch of one frame (the whole cost when a client gets one
+//! message at a time), `message_of_16` sixteen frames (per batch: divide by
+//! 16 for the cost per frame).
 //!
 //! `cargo bench --bench fanout`
 
@@ -17,6 +22,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use stompgate::bridge::fanout::SharedMessage;
 use stompgate::stomp::{encode_header, Escaping};
+
+/// As the writer's `COALESCE_BYTES`: a batch becomes a message at this size.
+const COALESCE_BYTES: usize = 64 * 1024;
 
 fn headers() -> Vec<(String, String)> {
     [
@@ -38,41 +46,55 @@ fn prefix(id: &str) -> Bytes {
     prefix.freeze()
 }
 
-/// What `to_ws` does for a broadcast entry (inline: it is private).
-fn assemble(
-    prefix: &Bytes,
-    ack_header: bool,
-    escaping: Escaping,
-    message: &SharedMessage,
-) -> Bytes {
-    let tail = message.tail(escaping);
-    let ack_len = if ack_header {
-        message.ack_line.len()
-    } else {
-        0
-    };
-    let mut buf = BytesMut::with_capacity(prefix.len() + ack_len + tail.len());
-    buf.put_slice(prefix);
-    if ack_header {
-        buf.put_slice(&message.ack_line);
-    }
-    buf.put_slice(tail);
-    buf.freeze()
+/// The writer's coalescing buffer (inline copy of the private `Pending`).
+#[derive(Default)]
+struct Pending {
+    buf: BytesMut,
+    binary: bool,
 }
 
-fn to_ws(
-    prefix: &Bytes,
-    ack_header: bool,
-    escaping: Escaping,
-    message: &SharedMessage,
-) -> WsMessage {
-    let bytes = assemble(prefix, ack_header, escaping, message);
-    if message.binary {
-        return WsMessage::Binary(bytes);
+impl Pending {
+    /// Copies one broadcast entry in: prefix, optional ack line, tail.
+    fn add(
+        &mut self,
+        prefix: &Bytes,
+        ack_header: bool,
+        escaping: Escaping,
+        m: &SharedMessage,
+    ) -> Option<WsMessage> {
+        let ack: &[u8] = if ack_header { &m.ack_line } else { &[] };
+        let parts = [&prefix[..], ack, &m.tail(escaping)[..]];
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        let flushed = if !self.buf.is_empty() && self.buf.len() + len > COALESCE_BYTES {
+            self.take()
+        } else {
+            None
+        };
+        if self.buf.is_empty() {
+            self.buf.reserve(len.max(256));
+        }
+        for part in parts {
+            self.buf.put_slice(part);
+        }
+        self.binary |= m.binary;
+        flushed
     }
-    match Utf8Bytes::try_from(bytes.clone()) {
-        Ok(text) => WsMessage::Text(text),
-        Err(_) => WsMessage::Binary(bytes),
+
+    /// The joined frames as one WebSocket message.
+    fn take(&mut self) -> Option<WsMessage> {
+        if self.buf.is_empty() {
+            return None;
+        }
+        let bytes = std::mem::take(&mut self.buf).freeze();
+        let binary = std::mem::take(&mut self.binary);
+        Some(if binary {
+            WsMessage::Binary(bytes)
+        } else {
+            match Utf8Bytes::try_from(bytes.clone()) {
+                Ok(text) => WsMessage::Text(text),
+                Err(_) => WsMessage::Binary(bytes),
+            }
+        })
     }
 }
 
@@ -104,14 +126,42 @@ fn bench_per_recipient(c: &mut Criterion) {
             &Bytes::from(vec![b'x'; size]),
         ));
         group.throughput(Throughput::Elements(1));
-        group.bench_with_input(BenchmarkId::new("assemble", size), &message, |b, m| {
-            b.iter(|| black_box(assemble(&prefix, false, Escaping::V12, m)))
+        // The copy into a buffer that is already there (mid-batch).
+        group.bench_with_input(BenchmarkId::new("join", size), &message, |b, m| {
+            let mut pending = Pending::default();
+            b.iter(|| {
+                if pending.buf.len() > COALESCE_BYTES / 2 {
+                    pending.buf.clear();
+                }
+                black_box(pending.add(&prefix, false, Escaping::V12, m))
+            })
         });
-        group.bench_with_input(BenchmarkId::new("assemble_ack", size), &message, |b, m| {
-            b.iter(|| black_box(assemble(&prefix, true, Escaping::V12, m)))
+        group.bench_with_input(BenchmarkId::new("join_ack", size), &message, |b, m| {
+            let mut pending = Pending::default();
+            b.iter(|| {
+                if pending.buf.len() > COALESCE_BYTES / 2 {
+                    pending.buf.clear();
+                }
+                black_box(pending.add(&prefix, true, Escaping::V12, m))
+            })
         });
-        group.bench_with_input(BenchmarkId::new("to_ws", size), &message, |b, m| {
-            b.iter(|| black_box(to_ws(&prefix, false, Escaping::V12, m)))
+        group.bench_with_input(BenchmarkId::new("message_of_1", size), &message, |b, m| {
+            let mut pending = Pending::default();
+            b.iter(|| {
+                let _ = pending.add(&prefix, false, Escaping::V12, m);
+                black_box(pending.take())
+            })
+        });
+        group.bench_with_input(BenchmarkId::new("message_of_16", size), &message, |b, m| {
+            let mut pending = Pending::default();
+            b.iter(|| {
+                for _ in 0..16 {
+                    if let Some(full) = pending.add(&prefix, false, Escaping::V12, m) {
+                        black_box(full);
+                    }
+                }
+                black_box(pending.take())
+            })
         });
     }
     group.finish();

@@ -74,6 +74,9 @@ pub struct CompareReport {
     pub window: u64,
     #[serde(default)]
     pub max_age_s: f64,
+    /// The ceiling joined the frames of a batch into one WebSocket message.
+    #[serde(default)]
+    pub ceiling_coalesce: bool,
     pub publisher_confirms: bool,
     pub rows: Vec<CompareRow>,
     pub notes: Vec<String>,
@@ -219,6 +222,7 @@ pub async fn run_compare(cfg: &CompareConfig) -> Result<CompareReport, String> {
         body_bytes: cfg.body_bytes,
         window: cfg.window,
         max_age_s: cfg.max_age.as_secs_f64(),
+        ceiling_coalesce: cfg.coalesce,
         publisher_confirms: cfg.confirms,
         rows,
         notes,

@@ -226,10 +226,11 @@ struct CeilingArgs {
     /// messages.
     #[arg(long, default_value_t = 4096)]
     max_pending_kib: usize,
-    /// Put the frames of one batch in one WebSocket message (default: one
-    /// message per frame, all written with one write).
+    /// One WebSocket message per frame (still one write per batch) instead
+    /// of the frames of a batch joined into one message (as stompgate's
+    /// writer does).
     #[arg(long)]
-    coalesce: bool,
+    no_coalesce: bool,
 }
 
 #[derive(Debug, Args)]
@@ -285,9 +286,9 @@ struct CompareArgs {
         value_delimiter = ','
     )]
     servers: Vec<String>,
-    /// Ceiling: one WebSocket message per batch of queued frames.
+    /// Ceiling: one WebSocket message per frame instead of one per batch.
     #[arg(long)]
-    coalesce: bool,
+    no_coalesce: bool,
     /// Where results JSON, SVG and server logs go.
     #[arg(long, default_value = "bench-results")]
     out_dir: PathBuf,
@@ -396,7 +397,7 @@ async fn run(command: Cmd) -> ExitCode {
             let cfg = ceiling::CeilingConfig {
                 listen: a.listen,
                 max_pending: a.max_pending_kib * 1024,
-                coalesce: a.coalesce,
+                coalesce: !a.no_coalesce,
             };
             match ceiling::run_ceiling(cfg).await {
                 Ok(()) => ExitCode::SUCCESS,
@@ -627,7 +628,7 @@ async fn compare_cmd(a: CompareArgs) -> ExitCode {
         rabbit_name: a.rabbit_name,
         out_dir: a.out_dir.clone(),
         servers: a.servers,
-        coalesce: a.coalesce,
+        coalesce: !a.no_coalesce,
         sessions: SessionOpts {
             source_ips: a.source_ips,
             source_offset: 0,

@@ -141,8 +141,8 @@ pub async fn spawn_ceiling(log_dir: &Path, coalesce: bool) -> Result<Spawned, St
     let err = file.try_clone().map_err(|e| e.to_string())?;
     let mut command = Command::new(&exe);
     command.args(["ceiling", "--listen", &addr.to_string()]);
-    if coalesce {
-        command.arg("--coalesce");
+    if !coalesce {
+        command.arg("--no-coalesce");
     }
     let child = command
         .stdin(Stdio::null())

@@ -274,6 +274,7 @@ mod tests {
             body_bytes: 100,
             window: 128,
             max_age_s: 1.0,
+            ceiling_coalesce: true,
             publisher_confirms: true,
             rows: Vec::new(),
             notes: Vec::new(),
