@@ -13,27 +13,8 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use crate::session::Version;
 use crate::stomp::Command;
 
-/// Every command, in the order used to index per-command series.
-const COMMANDS: [Command; 15] = [
-    Command::Connect,
-    Command::Stomp,
-    Command::Send,
-    Command::Subscribe,
-    Command::Unsubscribe,
-    Command::Ack,
-    Command::Nack,
-    Command::Begin,
-    Command::Commit,
-    Command::Abort,
-    Command::Disconnect,
-    Command::Connected,
-    Command::Message,
-    Command::Receipt,
-    Command::Error,
-];
-
 fn command_index(command: Command) -> usize {
-    COMMANDS.iter().position(|c| *c == command).unwrap_or(0)
+    Command::ALL.iter().position(|c| *c == command).unwrap_or(0)
 }
 
 /// Kinds of errors sent to clients, for `stompgate_errors_total{kind}`.
@@ -120,7 +101,7 @@ pub struct Metrics {
 impl Metrics {
     fn new() -> Metrics {
         let per_command = |name: &'static str| {
-            COMMANDS
+            Command::ALL
                 .iter()
                 .map(|c| metrics::counter!(name, "command" => c.as_str()))
                 .collect::<Vec<_>>()

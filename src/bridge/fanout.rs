@@ -347,11 +347,10 @@ impl Hub {
     }
 }
 
-async fn establish(
-    pool: &Pool,
-    binding: &Binding,
-) -> Result<(Channel, lapin::Consumer), BridgeError> {
-    let channel = pool.channel().await?;
+/// Declares an exclusive, auto-delete queue with a broker-made name (a
+/// broadcast binding's shared queue, or a session's temporary reply queue);
+/// it goes away with its consumer or its connection.
+pub(super) async fn declare_private_queue(channel: &Channel) -> Result<String, BridgeError> {
     let queue = channel
         .queue_declare(
             "".into(),
@@ -363,9 +362,18 @@ async fn establish(
             FieldTable::default(),
         )
         .await?;
+    Ok(queue.name().as_str().to_owned())
+}
+
+async fn establish(
+    pool: &Pool,
+    binding: &Binding,
+) -> Result<(Channel, lapin::Consumer), BridgeError> {
+    let channel = pool.channel().await?;
+    let queue = declare_private_queue(&channel).await?;
     channel
         .queue_bind(
-            queue.name().clone(),
+            queue.as_str().into(),
             short("exchange name", &binding.exchange)?,
             short("routing key", &binding.routing_key)?,
             QueueBindOptions::default(),
@@ -374,7 +382,7 @@ async fn establish(
         .await?;
     let consumer = channel
         .basic_consume(
-            queue.name().clone(),
+            queue.as_str().into(),
             "".into(),
             BasicConsumeOptions {
                 no_ack: true,

@@ -476,20 +476,7 @@ async fn declare_and_consume(
                 .await?;
             name.clone()
         }
-        QueuePlan::Temp => {
-            let queue = channel
-                .queue_declare(
-                    "".into(),
-                    QueueDeclareOptions {
-                        exclusive: true,
-                        auto_delete: true,
-                        ..QueueDeclareOptions::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await?;
-            queue.name().as_str().to_owned()
-        }
+        QueuePlan::Temp => super::fanout::declare_private_queue(channel).await?,
     };
     let consumer = channel
         .basic_consume(

@@ -31,6 +31,25 @@ pub enum Command {
 }
 
 impl Command {
+    /// Every command, client and server side.
+    pub const ALL: [Command; 15] = [
+        Command::Connect,
+        Command::Stomp,
+        Command::Send,
+        Command::Subscribe,
+        Command::Unsubscribe,
+        Command::Ack,
+        Command::Nack,
+        Command::Begin,
+        Command::Commit,
+        Command::Abort,
+        Command::Disconnect,
+        Command::Connected,
+        Command::Message,
+        Command::Receipt,
+        Command::Error,
+    ];
+
     /// The command as it is written on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -255,23 +274,7 @@ mod tests {
 
     #[test]
     fn commands_round_trip() {
-        for c in [
-            Command::Connect,
-            Command::Stomp,
-            Command::Send,
-            Command::Subscribe,
-            Command::Unsubscribe,
-            Command::Ack,
-            Command::Nack,
-            Command::Begin,
-            Command::Commit,
-            Command::Abort,
-            Command::Disconnect,
-            Command::Connected,
-            Command::Message,
-            Command::Receipt,
-            Command::Error,
-        ] {
+        for c in Command::ALL {
             assert_eq!(Command::parse(c.as_str().as_bytes()), Some(c));
         }
         assert_eq!(Command::parse(b"send"), None);
