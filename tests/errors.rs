@@ -569,3 +569,33 @@ async fn silent_client_gets_connect_timeout() {
     // The connected bystander is not subject to the CONNECT timeout.
     bystander.still_works().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_sending_too_fast_is_cut_off() {
+    let gw = start_gateway(|c| c.security.max_frames_per_second = 20).await;
+    let bystander = Bystander::connect(&gw).await;
+    let mut flood = connected(&gw).await;
+    // The bucket holds a burst of 40; 200 frames in one go overflow it.
+    let mut burst = Vec::new();
+    for _ in 0..200 {
+        burst.extend_from_slice(b"BEGIN\ntransaction:t\n\n\0ABORT\ntransaction:t\n\n\0");
+    }
+    flood.send_bytes(burst, false).await;
+    let error = flood.expect(Command::Error).await;
+    let message = error_message(&error);
+    assert!(message.contains("rate limit exceeded"), "{message}");
+    flood.expect_closed().await;
+    // A client within the rate is not affected.
+    let mut calm = connected(&gw).await;
+    for i in 0..10 {
+        calm.send(
+            &Frame::new(Command::Begin)
+                .with_header("transaction", &format!("t{i}"))
+                .with_header("receipt", &format!("r{i}")),
+        )
+        .await;
+        calm.expect(Command::Receipt).await;
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    bystander.still_works().await;
+}

@@ -526,3 +526,51 @@ async fn stomp_responder_replies_through_reply_queue() {
     server.disconnect().await;
     delete_queue(&service).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_topic_subscription_keeps_messages_while_away() {
+    let gw = start_gateway(|_| {}).await;
+    let topic = unique("durable");
+    let queue = unique("stomp-durable");
+    let headers = [
+        ("durable", "true"),
+        ("auto-delete", "false"),
+        ("x-queue-name", queue.as_str()),
+        ("ack", "client-individual"),
+    ];
+    let (mut c, _) = StompClient::connect(&gw.ws_url(), "1.2").await;
+    c.subscribe("d", &format!("/topic/{topic}"), &headers).await;
+    // A queue of its own, named as asked, not the shared fan-out queue.
+    assert!(list_queues().iter().any(|(name, _)| name == &queue));
+    assert_eq!(gw.gateway.bridge.hub.bindings(), 0);
+    c.disconnect().await;
+
+    // Published while nobody is connected: kept in the durable queue.
+    let conn = amqp().await;
+    let ch = confirm_channel(&conn).await;
+    publish(
+        &ch,
+        "amq.topic",
+        &topic,
+        b"while away",
+        BasicProperties::default(),
+    )
+    .await;
+
+    let (mut again, _) = StompClient::connect(&gw.ws_url(), "1.2").await;
+    again
+        .subscribe("d", &format!("/topic/{topic}"), &headers)
+        .await;
+    let m = again.expect(Command::Message).await;
+    assert_eq!(body(&m), "while away");
+    again
+        .send(
+            &Frame::new(Command::Ack)
+                .with_header("id", &m.header("ack").expect("ack"))
+                .with_header("receipt", "a"),
+        )
+        .await;
+    again.expect(Command::Receipt).await;
+    again.disconnect().await;
+    delete_queue(&queue).await;
+}

@@ -247,3 +247,102 @@ fn reserved_names_are_refused_even_without_rules() {
     assert!(check(&open, Verb::Subscribe, "/user/queue/n", &id, &[]).is_err());
     assert!(check(&open, Verb::Send, "/user/bob/queue/n", &id, &[]).is_err());
 }
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(FIXTURES).join(name)
+}
+
+fn signed(alg: jsonwebtoken::Algorithm, key: &EncodingKey, kid: Option<&str>) -> String {
+    let mut header = Header::new(alg);
+    header.kid = kid.map(str::to_owned);
+    encode(&header, &json!({"sub": "k", "exp": now() + 600}), key).expect("encode")
+}
+
+fn with_jwt(jwt: JwtConfig) -> Arc<Auth> {
+    Auth::from_config(&AuthConfig {
+        jwt: Some(jwt),
+        ..AuthConfig::default()
+    })
+    .expect("auth")
+}
+
+#[test]
+fn rs256_and_es256_public_keys_from_pem_files() {
+    let rsa =
+        EncodingKey::from_rsa_pem(&std::fs::read(fixture("test-rs256-private.pem")).expect("read"))
+            .expect("rsa key");
+    let ec =
+        EncodingKey::from_ec_pem(&std::fs::read(fixture("test-es256-private.pem")).expect("read"))
+            .expect("ec key");
+    let auth = with_jwt(JwtConfig {
+        rs256_public_key_file: Some(fixture("test-rs256-public.pem")),
+        es256_public_key_file: Some(fixture("test-es256-public.pem")),
+        ..JwtConfig::default()
+    });
+    let rs = signed(jsonwebtoken::Algorithm::RS256, &rsa, None);
+    let es = signed(jsonwebtoken::Algorithm::ES256, &ec, None);
+    assert_eq!(
+        auth.authenticate(None, Some(&rs), None)
+            .expect("rs256")
+            .user
+            .as_deref(),
+        Some("k")
+    );
+    assert_eq!(
+        auth.authenticate(None, Some(&es), None)
+            .expect("es256")
+            .user
+            .as_deref(),
+        Some("k")
+    );
+    // An HS256 token is refused: no secret configured, whatever it claims.
+    let hs = encode(
+        &Header::default(),
+        &json!({"sub": "k", "exp": now() + 600}),
+        &EncodingKey::from_secret(b"x"),
+    )
+    .expect("encode");
+    assert!(matches!(
+        auth.authenticate(None, Some(&hs), None),
+        Err(AuthError::InvalidToken(_))
+    ));
+}
+
+#[test]
+fn keys_from_a_jwks_file_by_kid() {
+    let rsa =
+        EncodingKey::from_rsa_pem(&std::fs::read(fixture("test-rs256-private.pem")).expect("read"))
+            .expect("rsa key");
+    let ec =
+        EncodingKey::from_ec_pem(&std::fs::read(fixture("test-es256-private.pem")).expect("read"))
+            .expect("ec key");
+    let mut rsa_jwk =
+        jsonwebtoken::jwk::Jwk::from_encoding_key(&rsa, jsonwebtoken::Algorithm::RS256)
+            .expect("rsa jwk");
+    rsa_jwk.common.key_id = Some("rsa-1".into());
+    let mut ec_jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(&ec, jsonwebtoken::Algorithm::ES256)
+        .expect("ec jwk");
+    ec_jwk.common.key_id = Some("ec-1".into());
+    let set = jsonwebtoken::jwk::JwkSet {
+        keys: vec![rsa_jwk, ec_jwk],
+    };
+    let dir = std::env::temp_dir().join(format!("stompgate-jwks-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("jwks.json");
+    std::fs::write(&path, serde_json::to_vec(&set).expect("json")).expect("write");
+    let auth = with_jwt(JwtConfig {
+        jwks_file: Some(path),
+        ..JwtConfig::default()
+    });
+    let rs = signed(jsonwebtoken::Algorithm::RS256, &rsa, Some("rsa-1"));
+    let es = signed(jsonwebtoken::Algorithm::ES256, &ec, Some("ec-1"));
+    assert!(auth.authenticate(None, Some(&rs), None).is_ok());
+    assert!(auth.authenticate(None, Some(&es), None).is_ok());
+    let unknown = signed(jsonwebtoken::Algorithm::RS256, &rsa, Some("nope"));
+    assert!(matches!(
+        auth.authenticate(None, Some(&unknown), None),
+        Err(AuthError::InvalidToken(_))
+    ));
+}
