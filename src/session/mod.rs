@@ -806,7 +806,13 @@ impl Session {
     }
 
     fn fail(&mut self, message: &str, detail: &str, receipt: Option<&str>, out: &mut Vec<Action>) {
-        // The message header must stay on one line whatever the escaping.
+        // The message header must stay on one line whatever the escaping,
+        // and say something.
+        let message = if message.trim().is_empty() {
+            "error"
+        } else {
+            message
+        };
         let message: String = message
             .chars()
             .map(|c| if c == '\n' || c == '\r' { ' ' } else { c })
