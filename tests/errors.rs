@@ -13,8 +13,6 @@ use common::*;
 use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::BasicProperties;
-use stompgate::config::Config;
-use stompgate::server::Gateway;
 use stompgate::stomp::{Command, Frame};
 
 /// A well-behaved client connected to the same gateway before the bad one.
@@ -494,22 +492,8 @@ async fn subscribe_to_nonexistent_amq_queue_is_refused() {
 async fn subscribe_while_the_broker_is_unreachable_is_refused() {
     // A gateway whose AMQP URL points at a closed port: clients can connect,
     // but anything that needs the broker gets an ERROR.
-    let mut config = Config::default();
-    config.auth.anonymous = true;
-    config.amqp.url = "amqp://127.0.0.1:1/%2f".to_owned();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let gateway = Gateway::start(config).expect("gateway configuration");
-    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(stompgate::server::serve_gateway(
-        listener,
-        Arc::clone(&gateway),
-        async move {
-            let _ = stopped.await;
-        },
-    ));
+    let gw = start_gateway_unready(|c| c.amqp.url = "amqp://127.0.0.1:1/%2f".to_owned()).await;
+    let addr = gw.addr;
     let url = format!("ws://{addr}/ws");
     let (mut client, _) = StompClient::connect(&url, "1.2").await;
     client

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -13,8 +12,6 @@ use common::*;
 use futures_util::{SinkExt, StreamExt};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::BasicProperties;
-use stompgate::config::Config;
-use stompgate::server::Gateway;
 use stompgate::stomp::{encode_frame, Command, Escaping, Frame};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -571,22 +568,8 @@ async fn health_and_readiness_when_the_broker_is_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn not_ready_when_the_broker_is_unreachable() {
     // Built by hand: start_gateway waits for readiness.
-    let mut config = Config::default();
-    config.auth.anonymous = true;
-    config.amqp.url = "amqp://127.0.0.1:1/%2f".to_owned();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let gateway = Gateway::start(config).expect("gateway configuration");
-    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(stompgate::server::serve_gateway(
-        listener,
-        Arc::clone(&gateway),
-        async move {
-            let _ = stopped.await;
-        },
-    ));
+    let gw = start_gateway_unready(|c| c.amqp.url = "amqp://127.0.0.1:1/%2f".to_owned()).await;
+    let (addr, gateway) = (gw.addr, &gw.gateway);
     // Give the pool a few connection attempts.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!gateway.bridge.is_ready());

@@ -34,9 +34,24 @@ impl TestGateway {
     }
 }
 
-/// Starts a gateway with the default configuration changed by `tweak`, and
-/// waits (bounded) until its AMQP connections are up.
+/// Starts a gateway with the default configuration (anonymous access on)
+/// changed by `tweak`, and waits (bounded) until its AMQP connections are up.
 pub async fn start_gateway(tweak: impl FnOnce(&mut Config)) -> TestGateway {
+    let gw = start_gateway_unready(tweak).await;
+    assert!(
+        gw.gateway
+            .bridge
+            .pool
+            .wait_ready(Duration::from_secs(15))
+            .await,
+        "gateway did not connect to RabbitMQ on 127.0.0.1:5672 (run scripts/ensure-rabbitmq.sh)"
+    );
+    gw
+}
+
+/// As [`start_gateway`], without waiting for the broker (for gateways
+/// pointed at a broker that is not there).
+pub async fn start_gateway_unready(tweak: impl FnOnce(&mut Config)) -> TestGateway {
     let mut config = Config::default();
     config.amqp.url = AMQP_URL.to_owned();
     config.auth.anonymous = true;
@@ -54,14 +69,6 @@ pub async fn start_gateway(tweak: impl FnOnce(&mut Config)) -> TestGateway {
             let _ = rx.await;
         },
     ));
-    assert!(
-        gateway
-            .bridge
-            .pool
-            .wait_ready(Duration::from_secs(15))
-            .await,
-        "gateway did not connect to RabbitMQ on 127.0.0.1:5672 (run scripts/ensure-rabbitmq.sh)"
-    );
     TestGateway {
         addr,
         gateway,
