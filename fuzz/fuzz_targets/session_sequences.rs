@@ -41,23 +41,7 @@ use tokio_util::codec::Decoder;
 
 const MAX_OPS: usize = 64;
 
-const COMMANDS: [Command; 15] = [
-    Command::Connect,
-    Command::Stomp,
-    Command::Send,
-    Command::Subscribe,
-    Command::Unsubscribe,
-    Command::Ack,
-    Command::Nack,
-    Command::Begin,
-    Command::Commit,
-    Command::Abort,
-    Command::Disconnect,
-    Command::Connected,
-    Command::Message,
-    Command::Receipt,
-    Command::Error,
-];
+const COMMANDS: [Command; 15] = Command::ALL;
 
 const DESTINATIONS: &[&str] = &[
     "/topic/a",

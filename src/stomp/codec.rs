@@ -1621,23 +1621,7 @@ mod tests {
 
     #[test]
     fn encode_decode_round_trip_generated_frames() {
-        const COMMANDS: [Command; 15] = [
-            Command::Connect,
-            Command::Stomp,
-            Command::Send,
-            Command::Subscribe,
-            Command::Unsubscribe,
-            Command::Ack,
-            Command::Nack,
-            Command::Begin,
-            Command::Commit,
-            Command::Abort,
-            Command::Disconnect,
-            Command::Connected,
-            Command::Message,
-            Command::Receipt,
-            Command::Error,
-        ];
+        const COMMANDS: [Command; 15] = Command::ALL;
         let mut rng = Lcg(0x5eed);
         for escaping in [Escaping::None, Escaping::V11, Escaping::V12] {
             let mut wire = Vec::new();
