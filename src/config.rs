@@ -165,8 +165,26 @@ impl Default for SecurityConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct AmqpConfig {
     pub url: String,
+    /// The nodes of a RabbitMQ cluster (each an `amqp://` URL); when set,
+    /// `url` is ignored and connections are spread over these, moving to the
+    /// others when a node goes away.
+    pub urls: Vec<String>,
     /// AMQP connections the gateway opens; channels are spread over them.
     pub connections: usize,
+    /// The replica's own broadcast queues: every `/topic`, `/exchange` and
+    /// `/user/` subscription is a binding of one of these (chosen by a hash
+    /// of the binding), routed to local subscribers in the gateway.
+    pub plane_queues: usize,
+    /// Unacknowledged deliveries per plane queue (basic.qos): bounds what
+    /// the broker pushes ahead of the routing.
+    pub plane_prefetch: u16,
+    /// Confirm-mode channels shared by all sessions for SEND.
+    pub publish_channels: usize,
+    /// Channels shared by all queue subscriptions (`/queue`, `/amq/queue`,
+    /// `/temp-queue`, durable topic subscriptions), many consumers each.
+    pub consumer_channels: usize,
+    /// Bound on every broker operation (channel open, declare, bind, consume).
+    pub broker_timeout_ms: u64,
     /// `prefetch-count` for client/client-individual subscriptions that do
     /// not give one (bounded, unlike RabbitMQ's unlimited default, so that a
     /// client that never acks cannot make the gateway buffer a whole queue).
@@ -248,7 +266,13 @@ impl Default for AmqpConfig {
     fn default() -> Self {
         AmqpConfig {
             url: "amqp://127.0.0.1:5672/%2f".to_owned(),
+            urls: Vec::new(),
             connections: 2,
+            plane_queues: 4,
+            plane_prefetch: 1000,
+            publish_channels: 4,
+            consumer_channels: 8,
+            broker_timeout_ms: 15_000,
             default_prefetch: 100,
             auto_ack_prefetch: 256,
         }
@@ -324,6 +348,7 @@ impl Config {
                 .try_parsing(true)
                 .list_separator(",")
                 .with_list_parse_key("allowed_hosts")
+                .with_list_parse_key("amqp.urls")
                 .with_list_parse_key("security.allowed_origins")
                 .with_list_parse_key("auth.jwt.audience")
                 .source(Some(vars.into_iter().collect())),
@@ -341,6 +366,20 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "amqp.connections must be at least 1".into(),
             ));
+        }
+        for (name, value) in [
+            ("amqp.plane_queues", self.amqp.plane_queues),
+            ("amqp.publish_channels", self.amqp.publish_channels),
+            ("amqp.consumer_channels", self.amqp.consumer_channels),
+            ("amqp.plane_prefetch", self.amqp.plane_prefetch as usize),
+            (
+                "amqp.broker_timeout_ms",
+                self.amqp.broker_timeout_ms as usize,
+            ),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
+            }
         }
         if self.limits.max_frame_bytes_before_connect > self.limits.max_frame_bytes {
             return Err(ConfigError::Invalid(

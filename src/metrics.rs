@@ -82,6 +82,19 @@ pub struct Metrics {
     pub subscriptions: Gauge,
     pub amqp_broadcast_queues: Gauge,
     pub amqp_consumers: Gauge,
+    /// Channels the AMQP plane holds open (consumer queues, binds,
+    /// publishing, queue consumers, checks).
+    pub amqp_channels: Gauge,
+    /// Bindings of the plane's queues on the broker.
+    pub amqp_bindings: Gauge,
+    /// Binding keys in the gateway's routing tables.
+    pub routing_keys: Gauge,
+    /// Deliveries of the plane's queues routed to local subscriptions, and
+    /// those that matched none.
+    pub plane_routed: Counter,
+    pub plane_unmatched: Counter,
+    /// Messages waiting in the plane's queues on the broker (sampled).
+    pub plane_lag: Gauge,
     frames_in: Vec<Counter>,
     frames_out: Vec<Counter>,
     pub bytes_in: Counter,
@@ -116,6 +129,12 @@ impl Metrics {
             subscriptions: metrics::gauge!("stompgate_subscriptions"),
             amqp_broadcast_queues: metrics::gauge!("stompgate_amqp_queues", "kind" => "broadcast"),
             amqp_consumers: metrics::gauge!("stompgate_amqp_queues", "kind" => "consumer"),
+            amqp_channels: metrics::gauge!("stompgate_amqp_channels"),
+            amqp_bindings: metrics::gauge!("stompgate_amqp_bindings"),
+            routing_keys: metrics::gauge!("stompgate_routing_keys"),
+            plane_routed: metrics::counter!("stompgate_plane_deliveries_total", "result" => "routed"),
+            plane_unmatched: metrics::counter!("stompgate_plane_deliveries_total", "result" => "unmatched"),
+            plane_lag: metrics::gauge!("stompgate_plane_lag_messages"),
             frames_in: per_command("stompgate_frames_in_total"),
             frames_out: per_command("stompgate_frames_out_total"),
             bytes_in: metrics::counter!("stompgate_bytes_in_total"),

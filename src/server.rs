@@ -65,10 +65,23 @@ impl Gateway {
         let session_config = SessionConfig::from_config(&config).map_err(std::io::Error::other)?;
         let tls = listener::load_tls(&config.tls)?;
         let prometheus = crate::metrics::install();
+        let urls = if config.amqp.urls.is_empty() {
+            vec![config.amqp.url.clone()]
+        } else {
+            config.amqp.urls.clone()
+        };
         let bridge = Bridge::start(
-            &config.amqp.url,
+            urls,
             config.amqp.connections,
             vec![config.auth.user_exchange.clone()],
+            crate::bridge::plane::PlaneConfig {
+                shards: config.amqp.plane_queues,
+                prefetch: config.amqp.plane_prefetch,
+                publish_channels: config.amqp.publish_channels,
+                consumer_channels: config.amqp.consumer_channels,
+                timeout: std::time::Duration::from_millis(config.amqp.broker_timeout_ms),
+                topic_exchanges: Vec::new(),
+            },
         );
         Ok(Arc::new(Gateway {
             session_config: Arc::new(session_config),

@@ -63,7 +63,7 @@ async fn a_thousand_subscribers_share_one_amqp_queue() {
         1,
         "one queue for {N} subscribers, got {bound:?}"
     );
-    assert_eq!(gw.gateway.bridge.hub.bindings(), 1);
+    assert_eq!(gw.gateway.bridge.plane.bindings(), 1);
 
     let conn = amqp().await;
     let ch = confirm_channel(&conn).await;
@@ -98,7 +98,7 @@ async fn a_thousand_subscribers_share_one_amqp_queue() {
     drop(clients);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
-        if queues_bound("amq.topic", &topic).is_empty() && gw.gateway.bridge.hub.bindings() == 0 {
+        if queues_bound("amq.topic", &topic).is_empty() && gw.gateway.bridge.plane.bindings() == 0 {
             break;
         }
         assert!(

@@ -542,7 +542,7 @@ async fn durable_topic_subscription_keeps_messages_while_away() {
     c.subscribe("d", &format!("/topic/{topic}"), &headers).await;
     // A queue of its own, named as asked, not the shared fan-out queue.
     assert!(list_queues().iter().any(|(name, _)| name == &queue));
-    assert_eq!(gw.gateway.bridge.hub.bindings(), 0);
+    assert_eq!(gw.gateway.bridge.plane.bindings(), 0);
     c.disconnect().await;
 
     // Published while nobody is connected: kept in the durable queue.

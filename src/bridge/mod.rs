@@ -1,14 +1,20 @@
 //! The AMQP side of the gateway: destinations, publishing, consumers and the
-//! fan-out of broadcast messages to local subscribers.
+//! fan-out of broadcast messages to local subscribers, all through one
+//! fixed-size plane of channels and queues per replica ([`plane`]).
 
 pub mod destination;
 pub mod fanout;
+pub mod matcher;
+pub mod plane;
 pub mod pool;
 pub mod properties;
 pub mod session_broker;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
 
 pub use session_broker::{Inbound, SessionBroker};
 
@@ -29,24 +35,69 @@ pub enum BridgeError {
     Poisoned,
 }
 
+/// Capped exponential backoff with jitter, for every reconnect loop of the
+/// bridge: 100 ms doubling up to 2 s, each wait drawn from 0.5x..1.5x.
+#[derive(Debug)]
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(100);
+    const MAX: Duration = Duration::from_secs(2);
+
+    pub fn new() -> Backoff {
+        Backoff { next: Self::FIRST }
+    }
+
+    pub fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+
+    /// The next wait (and doubles the one after).
+    pub fn next_delay(&mut self) -> Duration {
+        let jitter = rand::rng().random_range(0.5..1.5);
+        let delay = self.next.mul_f64(jitter);
+        self.next = (self.next * 2).min(Self::MAX);
+        delay
+    }
+
+    pub async fn sleep(&mut self) {
+        tokio::time::sleep(self.next_delay()).await;
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff::new()
+    }
+}
+
 /// What all sessions of the process share on the AMQP side.
 #[derive(Debug)]
 pub struct Bridge {
     pub pool: Arc<pool::Pool>,
-    pub hub: Arc<fanout::Hub>,
+    pub plane: Arc<plane::Plane>,
     next_session: AtomicU64,
 }
 
 impl Bridge {
-    /// Creates the bridge and starts connecting to `url`; `exchanges` are
-    /// declared (durable topic exchanges) on every (re)connection.
-    pub fn start(url: &str, connections: usize, exchanges: Vec<String>) -> Arc<Bridge> {
-        let pool = pool::Pool::new(url.to_owned(), connections, exchanges);
+    /// Creates the bridge and starts connecting to `urls` (one node, or a
+    /// cluster's nodes); `exchanges` are declared (durable topic exchanges)
+    /// on every (re)connection.
+    pub fn start(
+        urls: Vec<String>,
+        connections: usize,
+        exchanges: Vec<String>,
+        mut plane: plane::PlaneConfig,
+    ) -> Arc<Bridge> {
+        plane.topic_exchanges.extend(exchanges.iter().cloned());
+        let pool = pool::Pool::new(urls, connections, exchanges);
         pool.start();
-        let hub = fanout::Hub::new(Arc::clone(&pool));
+        let plane = plane::Plane::start(Arc::clone(&pool), plane);
         Arc::new(Bridge {
             pool,
-            hub,
+            plane,
             next_session: AtomicU64::new(1),
         })
     }
@@ -58,6 +109,26 @@ impl Bridge {
     /// Broker state for a new session.
     pub fn session(&self) -> SessionBroker {
         let key = self.next_session.fetch_add(1, Ordering::Relaxed);
-        SessionBroker::new(Arc::clone(&self.pool), Arc::clone(&self.hub), key)
+        SessionBroker::new(Arc::clone(&self.plane), key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Backoff;
+    use std::time::Duration;
+
+    #[test]
+    fn backoff_doubles_with_jitter_up_to_the_cap() {
+        let mut b = Backoff::new();
+        let first = b.next_delay();
+        assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(150));
+        for _ in 0..10 {
+            b.next_delay();
+        }
+        let late = b.next_delay();
+        assert!(late >= Duration::from_secs(1) && late <= Duration::from_secs(3));
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(150));
     }
 }

@@ -5,6 +5,10 @@
 //! opening one per browser. When a connection is lost the supervisor
 //! reconnects with capped exponential backoff and jitter; the gateway reports
 //! not ready (`/readyz`) until every connection is back.
+//!
+//! With a cluster (`amqp.urls`), connection `i` starts on node `i mod n` and
+//! moves to the next node whenever its node is lost or refuses it, so a dead
+//! node's connections come back on the others.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
@@ -19,7 +23,7 @@ use super::BridgeError;
 /// The AMQP connections of one gateway process.
 #[derive(Debug)]
 pub struct Pool {
-    url: String,
+    urls: Vec<String>,
     slots: Vec<RwLock<Option<Arc<Connection>>>>,
     next: AtomicUsize,
     /// Woken whenever a connection comes up, so that waiters can retry.
@@ -30,9 +34,9 @@ pub struct Pool {
 }
 
 impl Pool {
-    pub fn new(url: String, connections: usize, exchanges: Vec<String>) -> Arc<Pool> {
+    pub fn new(urls: Vec<String>, connections: usize, exchanges: Vec<String>) -> Arc<Pool> {
         Arc::new(Pool {
-            url,
+            urls,
             slots: (0..connections.max(1)).map(|_| RwLock::new(None)).collect(),
             next: AtomicUsize::new(0),
             connected: Notify::new(),
@@ -71,21 +75,25 @@ impl Pool {
         }
     }
 
-    /// Opens a channel on the next live connection.
-    pub async fn channel(&self) -> Result<Channel, BridgeError> {
+    /// A live connection, preferring slot `hint` (mod the pool size).
+    pub fn connection(&self, hint: usize) -> Option<Arc<Connection>> {
         let n = self.slots.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        for i in 0..n {
-            let conn = self.slots[(start + i) % n]
+        (0..n).find_map(|i| {
+            self.slots[(hint + i) % n]
                 .read()
                 .ok()
                 .and_then(|c| c.clone())
-                .filter(|c| c.status().connected());
-            if let Some(conn) = conn {
-                return Ok(conn.create_channel().await?);
-            }
+                .filter(|c| c.status().connected())
+        })
+    }
+
+    /// Opens a channel on the next live connection.
+    pub async fn channel(&self) -> Result<Channel, BridgeError> {
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        match self.connection(start) {
+            Some(conn) => Ok(conn.create_channel().await?),
+            None => Err(BridgeError::Unavailable),
         }
-        Err(BridgeError::Unavailable)
     }
 
     fn publish_state(&self) {
@@ -126,11 +134,15 @@ impl Pool {
     async fn supervise(&self, index: usize) {
         let mut backoff = Duration::from_millis(100);
         let mut first = true;
+        // Which node this connection tries next (cluster: one after another).
+        let mut node = index;
         const MAX_BACKOFF: Duration = Duration::from_secs(2);
         loop {
             let props = ConnectionProperties::default()
                 .with_connection_name(format!("stompgate-{}-{index}", std::process::id()).into());
-            match Connection::connect(&self.url, props).await {
+            let url = &self.urls[node % self.urls.len().max(1)];
+            node += 1;
+            match Connection::connect(url, props).await {
                 Ok(conn) => {
                     tracing::info!(connection = index, "AMQP connection up");
                     if let Err(error) = self.declare_exchanges(&conn).await {
@@ -147,10 +159,13 @@ impl Pool {
                     }
                     first = false;
                     backoff = Duration::from_millis(100);
+                    // Stay on this node while it is up.
+                    node -= 1;
                     while conn.status().connected() {
                         tokio::time::sleep(Duration::from_millis(200)).await;
                     }
                     tracing::warn!(connection = index, "AMQP connection lost");
+                    node += 1;
                     if let Ok(mut slot) = self.slots[index].write() {
                         *slot = None;
                     }

@@ -1,37 +1,42 @@
-//! The broker resources of one STOMP session: its publishing channel (with
-//! publisher confirms), the consumers of its queue subscriptions, its
-//! temporary reply queues, and its places in the fan-out hub.
+//! The broker side of one STOMP session, on the replica's shared plane:
+//! its places in the plane's routing tables (broadcast subscriptions), its
+//! queue consumers (on the plane's shared consumer channels), its temporary
+//! reply queues, and its publishes (on the plane's shared confirm channels).
 //!
-//! Queue subscriptions (`/queue`, `/amq/queue`, durable topics) each get a
-//! channel of their own, so that acks, nacks, prefetch and redelivery are the
-//! broker's: closing the channel (UNSUBSCRIBE, disconnect) requeues whatever
-//! the client had not acked. Channels come from the shared pool of
-//! connections; a session that only listens to broadcasts holds none.
+//! A session holds no channel of its own. That makes two rules essential,
+//! because several sessions' consumers share one channel and its delivery
+//! tags:
+//! - the gateway settles only tags it knows: each consumer keeps the set of
+//!   tags it handed to its session and not yet settled; an ack for an
+//!   unknown tag never reaches the broker (it would close the channel for
+//!   everyone), a tag is acked or nacked at most once, and a STOMP
+//!   cumulative ACK/NACK settles that subscription's tags one by one,
+//!   never with `multiple=true`;
+//! - cancelling a consumer does not requeue its unacked messages (closing a
+//!   channel would), so UNSUBSCRIBE and disconnect nack them with requeue.
 //!
-//! When the broker goes away, a queue consumer is re-established on a new
+//! When the broker goes away, a queue consumer is re-established on a shared
 //! channel once it is back, without the client doing anything: RabbitMQ
 //! redelivers what the client had not acked, and acks for deliveries of the
 //! dead channel are recognised by their generation and dropped.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
+    BasicPublishOptions, BasicQosOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{Channel, PublisherConfirm};
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 
 use super::destination::Destination;
-use super::fanout::{Binding, Hub, Subscriber};
-use super::pool::Pool;
+use super::fanout::{Binding, Subscriber};
+use super::plane::{timed, Plane, Shard};
 use super::properties::{properties_from_stomp, queue_arguments, short, stomp_headers_from_amqp};
-use super::BridgeError;
+use super::{Backoff, BridgeError};
 use crate::session::{
     AckMode, Message, PublishRequest, ReplyTo, SubscribeRequest, GENERATION_SHIFT,
 };
@@ -47,11 +52,10 @@ pub enum Inbound {
         message: Message,
     },
     /// The consumer was lost with its channel (broker restart, connection
-    /// loss) and consumes again on a new channel.
+    /// loss) and consumes again on another channel.
     Restarted {
         subscription: Arc<str>,
         generation: u64,
-        channel: Channel,
         queue: String,
     },
     /// The consumer ended for good (queue deleted, access refused) while the
@@ -61,6 +65,11 @@ pub enum Inbound {
         reason: String,
     },
 }
+
+/// What the forwarding task sends: an [`Inbound`] and the serial of the
+/// consumer it comes from (a reused subscription id gets a new consumer,
+/// and what the old one sent is dropped).
+type Item = (u64, Inbound);
 
 /// How to (re)create the queue a subscription consumes.
 #[derive(Debug, Clone)]
@@ -90,64 +99,88 @@ enum QueuePlan {
 struct ConsumeSpec {
     id: Arc<str>,
     plan: QueuePlan,
-    /// basic.qos prefetch; 0 for none.
+    /// basic.qos prefetch of this consumer; 0 for none.
     prefetch: u16,
+}
+
+/// The broker state of one consumer, shared by the session and the task
+/// that forwards its deliveries.
+#[derive(Debug)]
+struct Tracker {
+    channel: Channel,
+    consumer_tag: String,
+    generation: u64,
+    /// Broker tags handed to the session (current generation), not settled.
+    unacked: BTreeSet<u64>,
+    /// UNSUBSCRIBE or disconnect: deliveries still arriving are requeued.
+    closing: bool,
 }
 
 #[derive(Debug)]
 struct OwnConsumer {
-    channel: Channel,
-    generation: u64,
+    serial: u64,
     ack: AckMode,
-    task: JoinHandle<()>,
+    tracker: Arc<Mutex<Tracker>>,
 }
 
 /// Per-session AMQP state.
 #[derive(Debug)]
 pub struct SessionBroker {
-    pool: Arc<Pool>,
-    hub: Arc<Hub>,
+    plane: Arc<Plane>,
     key: u64,
-    publisher: Option<Channel>,
     declared: HashSet<String>,
     own: HashMap<String, OwnConsumer>,
-    fanout: HashMap<String, Binding>,
+    fanout: HashMap<String, (Binding, Arc<Shard>)>,
     /// `/temp-queue/<name>` name -> the broker's queue name.
     temp: HashMap<String, String>,
     /// Where this session's own consumers deliver; made with the first of
     /// them (a session that only listens to broadcasts has none, and an
     /// idle session should cost as little memory as possible).
-    inbound: Option<(mpsc::Sender<Inbound>, mpsc::Receiver<Inbound>)>,
+    inbound: Option<(mpsc::Sender<Item>, mpsc::Receiver<Item>)>,
+    next_serial: u64,
 }
 
 impl SessionBroker {
-    pub fn new(pool: Arc<Pool>, hub: Arc<Hub>, key: u64) -> SessionBroker {
+    pub fn new(plane: Arc<Plane>, key: u64) -> SessionBroker {
         SessionBroker {
-            pool,
-            hub,
+            plane,
             key,
-            publisher: None,
             declared: HashSet::new(),
             own: HashMap::new(),
             fanout: HashMap::new(),
             temp: HashMap::new(),
             inbound: None,
+            next_serial: 1,
         }
     }
 
     /// The next message from this session's own consumers; pending forever
-    /// while it has none.
+    /// while it has none. Items of consumers that are gone are dropped.
     pub async fn next_inbound(&mut self) -> Inbound {
-        match &mut self.inbound {
-            Some((_, rx)) => match rx.recv().await {
-                Some(item) => item,
-                None => std::future::pending().await,
-            },
-            None => std::future::pending().await,
+        loop {
+            let item = match &mut self.inbound {
+                Some((_, rx)) => rx.recv().await,
+                None => None,
+            };
+            let Some((serial, item)) = item else {
+                return std::future::pending().await;
+            };
+            let subscription = match &item {
+                Inbound::Delivery { subscription, .. }
+                | Inbound::Restarted { subscription, .. }
+                | Inbound::Lost { subscription, .. } => subscription,
+            };
+            if self
+                .own
+                .get(&**subscription)
+                .is_some_and(|o| o.serial == serial)
+            {
+                return item;
+            }
         }
     }
 
-    /// Key of this session in the fan-out hub.
+    /// Key of this session on the plane.
     pub fn key(&self) -> u64 {
         self.key
     }
@@ -169,8 +202,8 @@ impl SessionBroker {
                 exchange: exchange.to_owned(),
                 routing_key: routing_key.to_owned(),
             };
-            self.hub.subscribe(binding.clone(), subscriber).await?;
-            self.fanout.insert(req.id.clone(), binding);
+            let shard = self.plane.subscribe(binding.clone(), subscriber).await?;
+            self.fanout.insert(req.id.clone(), (binding, shard));
             crate::metrics::get().subscriptions.increment(1.0);
             return Ok(());
         }
@@ -215,44 +248,48 @@ impl SessionBroker {
         spec: ConsumeSpec,
         ack: AckMode,
     ) -> Result<String, BridgeError> {
-        let (channel, consumer, queue) = open_consumer(&self.pool, &spec).await?;
+        let (channel, consumer, queue) = open_consumer(&self.plane, &spec).await?;
+        let serial = self.next_serial;
+        self.next_serial += 1;
+        let tracker = Arc::new(Mutex::new(Tracker {
+            channel,
+            consumer_tag: consumer.tag().as_str().to_owned(),
+            generation: 0,
+            unacked: BTreeSet::new(),
+            closing: false,
+        }));
         let id = spec.id.to_string();
-        let task = tokio::spawn(run_consumer(
-            Arc::clone(&self.pool),
+        let sender = self
+            .inbound
+            .get_or_insert_with(|| mpsc::channel(16))
+            .0
+            .clone();
+        tokio::spawn(run_consumer(
+            Arc::clone(&self.plane),
             spec,
             consumer,
-            self.inbound
-                .get_or_insert_with(|| mpsc::channel(16))
-                .0
-                .clone(),
+            Arc::clone(&tracker),
+            sender,
+            serial,
         ));
-        self.own.insert(
+        if let Some(old) = self.own.insert(
             id,
             OwnConsumer {
-                channel,
-                generation: 0,
+                serial,
                 ack,
-                task,
+                tracker,
             },
-        );
+        ) {
+            release(&old).await;
+        }
         let metrics = crate::metrics::get();
         metrics.subscriptions.increment(1.0);
         metrics.amqp_consumers.increment(1.0);
         Ok(queue)
     }
 
-    /// A consumer came back on a new channel (see [`Inbound::Restarted`]).
-    pub fn restarted(
-        &mut self,
-        subscription: &str,
-        generation: u64,
-        channel: Channel,
-        queue: String,
-    ) {
-        if let Some(own) = self.own.get_mut(subscription) {
-            own.channel = channel;
-            own.generation = generation;
-        }
+    /// A consumer came back on another channel (see [`Inbound::Restarted`]).
+    pub fn restarted(&mut self, subscription: &str, queue: String) {
         if let Some(name) = subscription.strip_prefix("/temp-queue/") {
             self.temp.insert(name.to_owned(), queue);
         }
@@ -262,15 +299,14 @@ impl SessionBroker {
     /// back to the queue.
     pub async fn unsubscribe(&mut self, id: &str) {
         let metrics = crate::metrics::get();
-        if let Some(binding) = self.fanout.remove(id) {
-            self.hub.unsubscribe(&binding, self.key, id);
+        if let Some((binding, shard)) = self.fanout.remove(id) {
+            self.plane.unsubscribe(&shard, &binding, self.key, id);
             metrics.subscriptions.decrement(1.0);
         }
         if let Some(own) = self.own.remove(id) {
             metrics.subscriptions.decrement(1.0);
             metrics.amqp_consumers.decrement(1.0);
-            own.task.abort();
-            let _ = own.channel.close(200, "unsubscribed".into()).await;
+            release(&own).await;
         }
     }
 
@@ -282,17 +318,20 @@ impl SessionBroker {
             .is_some_and(|o| o.ack == AckMode::Auto)
     }
 
-    /// basic.ack of `tag` (with its generation, see [`Inbound::Delivery`]).
-    /// Acks for deliveries of a lost channel are dropped: the broker
-    /// redelivers those messages on the new one.
+    /// basic.ack of `tag` (with its generation, see [`Inbound::Delivery`]);
+    /// `multiple` settles every earlier unsettled tag of this subscription
+    /// too, one by one. Unknown tags and tags of a lost channel are dropped.
     pub async fn ack(
         &self,
         subscription: &str,
         tag: u64,
         multiple: bool,
     ) -> Result<(), BridgeError> {
-        if let Some((channel, tag)) = self.live_tag(subscription, tag) {
-            channel.basic_ack(tag, BasicAckOptions { multiple }).await?;
+        let Some((channel, tags)) = self.take_tags(subscription, tag, multiple) else {
+            return Ok(());
+        };
+        for t in tags {
+            settle(&channel, channel.basic_ack(t, BasicAckOptions::default())).await?;
         }
         Ok(())
     }
@@ -305,28 +344,67 @@ impl SessionBroker {
         multiple: bool,
         requeue: bool,
     ) -> Result<(), BridgeError> {
-        if let Some((channel, tag)) = self.live_tag(subscription, tag) {
-            channel
-                .basic_nack(tag, BasicNackOptions { multiple, requeue })
-                .await?;
+        let Some((channel, tags)) = self.take_tags(subscription, tag, multiple) else {
+            return Ok(());
+        };
+        for t in tags {
+            let options = BasicNackOptions {
+                multiple: false,
+                requeue,
+            };
+            settle(&channel, channel.basic_nack(t, options)).await?;
         }
         Ok(())
     }
 
-    /// The channel and broker tag for `tag`, unless it belongs to a channel
-    /// that is gone.
-    fn live_tag(&self, subscription: &str, tag: u64) -> Option<(&Channel, u64)> {
+    /// Removes from the unsettled set the tags an ack of `tag` settles.
+    fn take_tags(
+        &self,
+        subscription: &str,
+        tag: u64,
+        multiple: bool,
+    ) -> Option<(Channel, Vec<u64>)> {
         let own = self.own.get(subscription)?;
-        let live = tag >> GENERATION_SHIFT == own.generation && own.channel.status().connected();
-        live.then_some((&own.channel, tag & ((1 << GENERATION_SHIFT) - 1)))
+        let mut tracker = own.tracker.lock().ok()?;
+        if tag >> GENERATION_SHIFT != tracker.generation {
+            return None;
+        }
+        let raw = tag & ((1 << GENERATION_SHIFT) - 1);
+        let tags = if multiple {
+            let later = tracker.unacked.split_off(&(raw + 1));
+            std::mem::replace(&mut tracker.unacked, later)
+                .into_iter()
+                .collect()
+        } else if tracker.unacked.remove(&raw) {
+            vec![raw]
+        } else {
+            Vec::new()
+        };
+        Some((tracker.channel.clone(), tags))
     }
 
     /// Publishes; the returned confirm resolves when the broker took it.
     pub async fn publish(&mut self, req: &PublishRequest) -> Result<PublisherConfirm, BridgeError> {
-        let channel = self.publisher().await?;
         if let Destination::Queue { name } = &req.destination {
             if !self.declared.contains(name) {
-                declare_shared_queue(&channel, name, &[]).await?;
+                let declared = self
+                    .plane
+                    .check_queue(
+                        name,
+                        QueueDeclareOptions {
+                            durable: true,
+                            ..QueueDeclareOptions::default()
+                        },
+                        FieldTable::default(),
+                    )
+                    .await;
+                match declared {
+                    Ok(()) => {}
+                    // The queue exists with other arguments: it is there,
+                    // which is all a SEND needs.
+                    Err(BridgeError::Amqp(e)) if e.to_string().contains("PRECONDITION_FAILED") => {}
+                    Err(e) => return Err(e),
+                }
                 self.declared.insert(name.clone());
             }
         }
@@ -337,30 +415,21 @@ impl SessionBroker {
         };
         let props = properties_from_stomp(&req.headers, reply_to.as_deref())?;
         let (exchange, routing_key) = req.destination.publish_target();
-        let confirm = channel
-            .basic_publish(
+        self.plane.check_exchange(exchange).await?;
+        let channel = self.plane.publisher(self.key).await?;
+        let timeout = self.plane.config().timeout;
+        timed(
+            timeout,
+            "basic.publish",
+            channel.basic_publish(
                 short("exchange name", exchange)?,
                 short("routing key", routing_key)?,
                 BasicPublishOptions::default(),
                 &req.body,
                 props,
-            )
-            .await?;
-        Ok(confirm)
-    }
-
-    async fn publisher(&mut self) -> Result<Channel, BridgeError> {
-        if let Some(ch) = &self.publisher {
-            if ch.status().connected() {
-                return Ok(ch.clone());
-            }
-        }
-        let channel = self.pool.channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
-        self.publisher = Some(channel.clone());
-        Ok(channel)
+            ),
+        )
+        .await
     }
 
     /// The broker's name of temp queue `name`, declared and consumed on first use.
@@ -378,74 +447,100 @@ impl SessionBroker {
         Ok(queue)
     }
 
-    /// Releases everything; unacked queue messages are requeued by the broker.
+    /// Releases everything; unacked queue messages are requeued.
     pub async fn close(&mut self) {
         let metrics = crate::metrics::get();
         metrics
             .subscriptions
             .decrement((self.fanout.len() + self.own.len()) as f64);
         metrics.amqp_consumers.decrement(self.own.len() as f64);
-        for (id, binding) in self.fanout.drain() {
-            self.hub.unsubscribe(&binding, self.key, &id);
+        for (id, (binding, shard)) in self.fanout.drain() {
+            self.plane.unsubscribe(&shard, &binding, self.key, &id);
         }
         for (_, own) in self.own.drain() {
-            own.task.abort();
-            let _ = own.channel.close(200, "session closed".into()).await;
-        }
-        if let Some(ch) = self.publisher.take() {
-            let _ = ch.close(200, "session closed".into()).await;
+            release(&own).await;
         }
     }
 }
 
-async fn declare_shared_queue(
+/// An ack or nack: refused only while its channel is up (on a lost channel
+/// the broker requeues everything anyway).
+async fn settle(
     channel: &Channel,
-    name: &str,
-    args: &[(String, String)],
+    op: impl std::future::Future<Output = Result<(), lapin::Error>>,
 ) -> Result<(), BridgeError> {
-    channel
-        .queue_declare(
-            short("queue name", name)?,
-            QueueDeclareOptions {
-                durable: true,
-                ..QueueDeclareOptions::default()
-            },
-            queue_arguments(args)?,
-        )
-        .await?;
-    Ok(())
+    match op.await {
+        Ok(()) => Ok(()),
+        Err(_) if !channel.status().connected() => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
-/// Opens a channel, (re)declares the queue as planned and consumes it.
+/// Cancels a consumer and requeues what its session had not settled; what
+/// still arrives for it is requeued by its forwarding task.
+async fn release(own: &OwnConsumer) {
+    let (channel, tag) = match own.tracker.lock() {
+        Ok(t) => (t.channel.clone(), t.consumer_tag.clone()),
+        Err(_) => return,
+    };
+    if channel.status().connected() {
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()),
+        )
+        .await;
+    }
+    let tags = match own.tracker.lock() {
+        Ok(mut t) => {
+            t.closing = true;
+            std::mem::take(&mut t.unacked)
+        }
+        Err(_) => return,
+    };
+    for t in tags {
+        let options = BasicNackOptions {
+            multiple: false,
+            requeue: true,
+        };
+        let _ = channel.basic_nack(t, options).await;
+    }
+}
+
+/// Checks or declares the queue as planned (on the plane's check channel,
+/// where a refusal closes nothing shared), then consumes it on a shared
+/// consumer channel with the subscription's own prefetch.
 async fn open_consumer(
-    pool: &Pool,
+    plane: &Plane,
     spec: &ConsumeSpec,
 ) -> Result<(Channel, lapin::Consumer, String), BridgeError> {
-    let channel = pool.channel().await?;
-    match declare_and_consume(&channel, spec).await {
-        Ok((consumer, queue)) => Ok((channel, consumer, queue)),
-        Err(error) => {
-            let _ = channel.close(200, "subscribe failed".into()).await;
-            Err(error)
-        }
-    }
-}
-
-async fn declare_and_consume(
-    channel: &Channel,
-    spec: &ConsumeSpec,
-) -> Result<(lapin::Consumer, String), BridgeError> {
-    if spec.prefetch > 0 {
-        channel
-            .basic_qos(spec.prefetch, BasicQosOptions::default())
-            .await?;
-    }
+    let timeout = plane.config().timeout;
     let queue = match &spec.plan {
         QueuePlan::Shared { name, args } => {
-            declare_shared_queue(channel, name, args).await?;
-            name.clone()
+            plane
+                .check_queue(
+                    name,
+                    QueueDeclareOptions {
+                        durable: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    queue_arguments(args)?,
+                )
+                .await?;
+            Some(name.clone())
         }
-        QueuePlan::Existing { name } => name.clone(),
+        QueuePlan::Existing { name } => {
+            plane
+                .check_queue(
+                    name,
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await?;
+            Some(name.clone())
+        }
         QueuePlan::Own {
             name,
             durable,
@@ -454,9 +549,9 @@ async fn declare_and_consume(
             exchange,
             key,
         } => {
-            channel
-                .queue_declare(
-                    short("queue name", name)?,
+            plane
+                .check_queue(
+                    name,
                     QueueDeclareOptions {
                         durable: *durable,
                         auto_delete: *auto_delete,
@@ -465,43 +560,91 @@ async fn declare_and_consume(
                     queue_arguments(args)?,
                 )
                 .await?;
-            channel
-                .queue_bind(
-                    short("queue name", name)?,
-                    short("exchange name", exchange)?,
-                    short("routing key", key)?,
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
-            name.clone()
+            plane.check_bind(name, exchange, key).await?;
+            Some(name.clone())
         }
-        QueuePlan::Temp => super::fanout::declare_private_queue(channel).await?,
+        QueuePlan::Temp => None,
     };
-    let consumer = channel
-        .basic_consume(
+    let slot = plane.consumer_channel().await?;
+    let channel = slot.as_ref().cloned().ok_or(BridgeError::Unavailable)?;
+    let queue = match queue {
+        Some(q) => q,
+        // Exclusive queues belong to a connection: declared on the channel
+        // that consumes it (a server-named declaration is not refused).
+        None => timed(
+            timeout,
+            "declaring a reply queue",
+            channel.queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            ),
+        )
+        .await?
+        .name()
+        .as_str()
+        .to_owned(),
+    };
+    timed(
+        timeout,
+        "basic.qos",
+        channel.basic_qos(spec.prefetch, BasicQosOptions { global: false }),
+    )
+    .await?;
+    let consumer = timed(
+        timeout,
+        "basic.consume",
+        channel.basic_consume(
             short("queue name", &queue)?,
             "".into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
-        )
-        .await?;
-    Ok((consumer, queue))
+        ),
+    )
+    .await?;
+    drop(slot);
+    Ok((channel, consumer, queue))
 }
 
 /// Forwards a consumer's deliveries to the session, and re-establishes the
-/// consumer on a new channel when it is lost while the broker is away.
+/// consumer on a shared channel when it is lost while the broker is away.
 async fn run_consumer(
-    pool: Arc<Pool>,
+    plane: Arc<Plane>,
     spec: ConsumeSpec,
     mut consumer: lapin::Consumer,
-    inbound: mpsc::Sender<Inbound>,
+    tracker: Arc<Mutex<Tracker>>,
+    inbound: mpsc::Sender<Item>,
+    serial: u64,
 ) {
-    let mut generation = 0u64;
+    let mut session_gone = false;
     loop {
         let reason = loop {
             match consumer.next().await {
                 Some(Ok(delivery)) => {
+                    let raw = delivery.delivery_tag;
+                    let (forward, generation, channel) = match tracker.lock() {
+                        Ok(mut t) => {
+                            let forward = !t.closing && !session_gone;
+                            if forward {
+                                t.unacked.insert(raw);
+                            }
+                            (forward, t.generation, t.channel.clone())
+                        }
+                        Err(_) => return,
+                    };
+                    if !forward {
+                        // Never handed to the session: requeue it here.
+                        let options = BasicNackOptions {
+                            multiple: false,
+                            requeue: true,
+                        };
+                        let _ = channel.basic_nack(raw, options).await;
+                        continue;
+                    }
                     let headers = stomp_headers_from_amqp(
                         delivery.exchange.as_str(),
                         delivery.routing_key.as_str(),
@@ -510,49 +653,83 @@ async fn run_consumer(
                     );
                     let item = Inbound::Delivery {
                         subscription: Arc::clone(&spec.id),
-                        tag: (generation << GENERATION_SHIFT) | delivery.delivery_tag,
+                        tag: (generation << GENERATION_SHIFT) | raw,
                         message: Message {
                             headers,
                             body: bytes::Bytes::from(delivery.data),
                         },
                     };
-                    if inbound.send(item).await.is_err() {
-                        return;
+                    if inbound.send((serial, item)).await.is_err() {
+                        // The session is gone: stop the consumer, settle
+                        // what the session never saw (unless its close did).
+                        if !session_gone {
+                            session_gone = true;
+                            let tag = tracker.lock().map(|t| t.consumer_tag.clone()).ok();
+                            if let Some(tag) = tag {
+                                let _ = channel
+                                    .basic_cancel(
+                                        tag.as_str().into(),
+                                        BasicCancelOptions::default(),
+                                    )
+                                    .await;
+                            }
+                        }
+                        let mine = tracker.lock().map(|mut t| t.unacked.remove(&raw));
+                        if mine.unwrap_or(false) {
+                            let options = BasicNackOptions {
+                                multiple: false,
+                                requeue: true,
+                            };
+                            let _ = channel.basic_nack(raw, options).await;
+                        }
                     }
                 }
                 Some(Err(error)) => break error.to_string(),
                 None => break "consumer cancelled by the broker".to_owned(),
             }
         };
+        if session_gone || tracker.lock().map(|t| t.closing).unwrap_or(true) {
+            return;
+        }
         tracing::debug!(subscription = %spec.id, %reason, "queue consumer lost");
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new();
         loop {
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(2));
-            match open_consumer(&pool, &spec).await {
+            backoff.sleep().await;
+            if tracker.lock().map(|t| t.closing).unwrap_or(true) {
+                return;
+            }
+            match open_consumer(&plane, &spec).await {
                 Ok((channel, next, queue)) => {
-                    generation += 1;
+                    let generation = match tracker.lock() {
+                        Ok(mut t) => {
+                            t.generation += 1;
+                            t.channel = channel;
+                            t.consumer_tag = next.tag().as_str().to_owned();
+                            t.unacked.clear();
+                            t.generation
+                        }
+                        Err(_) => return,
+                    };
                     consumer = next;
                     let restarted = Inbound::Restarted {
                         subscription: Arc::clone(&spec.id),
                         generation,
-                        channel,
                         queue,
                     };
-                    if inbound.send(restarted).await.is_err() {
-                        return;
+                    if inbound.send((serial, restarted)).await.is_err() {
+                        session_gone = true;
                     }
                     break;
                 }
                 // The broker is away: keep trying until it is back.
                 Err(BridgeError::Unavailable) => continue,
-                Err(_) if !pool.is_ready() => continue,
+                Err(_) if !plane.is_ready() => continue,
                 Err(error) => {
                     let lost = Inbound::Lost {
                         subscription: Arc::clone(&spec.id),
                         reason: format!("{reason}; re-subscribing failed: {error}"),
                     };
-                    let _ = inbound.send(lost).await;
+                    let _ = inbound.send((serial, lost)).await;
                     return;
                 }
             }

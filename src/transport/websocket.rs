@@ -328,13 +328,11 @@ impl Connection {
             Inbound::Restarted {
                 subscription,
                 generation,
-                channel,
                 queue,
             } => {
                 tracing::info!(%subscription, generation, "queue subscription re-established");
                 self.session.restart_subscription(&subscription, generation);
-                self.broker
-                    .restarted(&subscription, generation, channel, queue);
+                self.broker.restarted(&subscription, queue);
             }
             Inbound::Lost {
                 subscription,
@@ -666,21 +664,21 @@ mod tests {
     /// Every session's reader task holds its future for the whole life of
     /// the session: the large futures of broker operations are boxed so
     /// that an idle session stays small (docs/benchmarks.md).
-    #[test]
-    fn session_futures_stay_small() {
+    #[tokio::test]
+    async fn session_futures_stay_small() {
         use super::*;
         fn size<F>(_: &F) -> usize {
             std::mem::size_of::<F>()
         }
-        let pool = crate::bridge::pool::Pool::new("amqp://x".into(), 1, vec![]);
-        let hub = crate::bridge::fanout::Hub::new(Arc::clone(&pool));
+        let pool = crate::bridge::pool::Pool::new(vec!["amqp://x".into()], 1, vec![]);
+        let plane = crate::bridge::plane::Plane::start(pool, Default::default());
         let link = ClientLink::new(8, crate::config::SlowClientPolicy::Drop);
         let mut conn = Connection {
             session: Session::new(Arc::new(Default::default()), "s".into()),
             codec: StompCodec::new(FrameLimits::default()),
             full_limits: FrameLimits::default(),
             buffer: BytesMut::new(),
-            broker: SessionBroker::new(pool, hub, 1),
+            broker: SessionBroker::new(plane, 1),
             link,
             escaping: Escaping::None,
             expect_within: None,

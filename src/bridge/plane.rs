@@ -1,0 +1,1109 @@
+//! The AMQP plane of one replica: a fixed set of channels and queues,
+//! whatever the number of sessions, subscriptions, topics and users.
+//!
+//! - **Broadcast** (`/topic`, `/exchange`, `/user/`): `amqp.plane_queues`
+//!   exclusive, auto-delete queues of the replica (a *shard* each, with a
+//!   consumer channel and a control channel on one connection). A binding
+//!   (exchange, key) lives on the shard its hash picks, so one topic's
+//!   messages come through one queue, in order. The first local subscriber
+//!   of a binding binds it, the last one unbinds it (reference counted);
+//!   binds are pipelined on the control channel. A delivery carries its
+//!   exchange and routing key, and [`super::matcher`] finds the local
+//!   bindings it matched (topic, direct, fanout rules); the message is
+//!   encoded once and offered to every subscriber of those bindings.
+//!   Exchanges whose type the gateway cannot match (headers, plugins' types,
+//!   or a type it may not probe) get a *dedicated* shard per binding, as
+//!   before the plane: documented in docs/operations.md.
+//! - **Queue subscriptions** (`/queue`, `/amq/queue`, `/temp-queue`, durable
+//!   subscriptions): consumers spread over `amqp.consumer_channels` shared
+//!   channels, with a per-consumer `basic.qos`. Declarations that may fail
+//!   (arguments that differ, a missing queue or exchange) run first on a
+//!   separate *check* channel, whose failure closes nothing that sessions
+//!   share.
+//! - **Publishing**: `amqp.publish_channels` confirm channels; a session
+//!   always publishes on the same one (its order is kept) and its confirms
+//!   come back through the returned [`lapin::PublisherConfirm`]. Exchanges
+//!   are checked to exist (cached) before a publish, so a SEND to a missing
+//!   exchange does not close a channel that other sessions publish on.
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection};
+use tokio::sync::{oneshot, Notify};
+use tokio_util::sync::CancellationToken;
+
+use super::fanout::{Binding, SharedMessage, Subscriber};
+use super::matcher::{ExchangeKind, ExchangeRoutes};
+use super::pool::Pool;
+use super::properties::{short, stomp_headers_from_amqp};
+use super::BridgeError;
+use crate::transport::outbound::Outbound;
+
+/// Sizes of the plane (from `[amqp]`).
+#[derive(Debug, Clone)]
+pub struct PlaneConfig {
+    pub shards: usize,
+    pub prefetch: u16,
+    pub publish_channels: usize,
+    pub consumer_channels: usize,
+    pub timeout: Duration,
+    /// Exchanges whose type the gateway knows without asking (its own).
+    pub topic_exchanges: Vec<String>,
+}
+
+impl Default for PlaneConfig {
+    fn default() -> Self {
+        PlaneConfig {
+            shards: 4,
+            prefetch: 1000,
+            publish_channels: 4,
+            consumer_channels: 8,
+            timeout: Duration::from_secs(15),
+            topic_exchanges: Vec::new(),
+        }
+    }
+}
+
+/// Most bind/unbind operations in flight on one control channel.
+const BIND_BATCH: usize = 2048;
+/// How long a checked exchange is taken to exist without asking again.
+const EXCHANGE_TTL: Duration = Duration::from_secs(5);
+
+/// Runs a broker operation with the plane's time bound.
+pub(super) async fn timed<T>(
+    limit: Duration,
+    what: &str,
+    fut: impl std::future::Future<Output = Result<T, lapin::Error>>,
+) -> Result<T, BridgeError> {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(BridgeError::Refused(format!(
+            "{what}: no answer from the broker within {} ms",
+            limit.as_millis()
+        ))),
+    }
+}
+
+/// What is bound with one key, on one shard.
+#[derive(Debug, Default)]
+struct Entry {
+    subscribers: Vec<Subscriber>,
+}
+
+/// The broker side of a shard while it is established.
+#[derive(Debug, Clone)]
+struct ShardLink {
+    control: Channel,
+    queue: String,
+}
+
+#[derive(Debug, Default)]
+struct BindState {
+    link: Option<ShardLink>,
+    /// Bindings the broker has for this shard's queue.
+    bound: HashSet<Binding>,
+    /// Bindings whose wanted state may differ from `bound`.
+    dirty: HashSet<Binding>,
+    /// Bindings with a bind or unbind in flight.
+    inflight: HashSet<Binding>,
+    /// Subscribers waiting for their binding to be on the broker.
+    waiters: HashMap<Binding, Vec<oneshot::Sender<Result<(), String>>>>,
+}
+
+/// One of the replica's broadcast queues and its routing table.
+#[derive(Debug)]
+pub struct Shard {
+    index: usize,
+    /// For an exchange the gateway cannot match: the one binding of this
+    /// queue; every delivery goes to its subscribers.
+    dedicated: Option<Binding>,
+    routes: RwLock<HashMap<String, ExchangeRoutes<Entry>>>,
+    state: Mutex<BindState>,
+    wake: Notify,
+    stop: CancellationToken,
+}
+
+impl Shard {
+    fn new(index: usize, dedicated: Option<Binding>) -> Arc<Shard> {
+        Arc::new(Shard {
+            index,
+            dedicated,
+            routes: RwLock::new(HashMap::new()),
+            state: Mutex::new(BindState::default()),
+            wake: Notify::new(),
+            stop: CancellationToken::new(),
+        })
+    }
+
+    fn wants(&self, binding: &Binding) -> bool {
+        self.routes
+            .read()
+            .map(|r| {
+                r.get(&binding.exchange)
+                    .is_some_and(|e| e.contains(&binding.routing_key))
+            })
+            .unwrap_or(false)
+    }
+
+    fn all_wanted(&self) -> Vec<Binding> {
+        let Ok(routes) = self.routes.read() else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (exchange, table) in routes.iter() {
+            for key in table.keys() {
+                out.push(Binding {
+                    exchange: exchange.clone(),
+                    routing_key: key.to_string(),
+                });
+            }
+        }
+        out
+    }
+
+    /// Number of binding keys in the routing table.
+    fn keys(&self) -> usize {
+        self.routes
+            .read()
+            .map(|r| r.values().map(|e| e.len()).sum())
+            .unwrap_or(0)
+    }
+}
+
+/// The AMQP plane of the replica.
+#[derive(Debug)]
+pub struct Plane {
+    pool: Arc<Pool>,
+    config: PlaneConfig,
+    shards: Vec<Arc<Shard>>,
+    dedicated: Mutex<HashMap<Binding, Arc<Shard>>>,
+    /// Exchange name -> how the gateway routes it (`None`: dedicated queue).
+    kinds: Mutex<HashMap<String, Option<ExchangeKind>>>,
+    /// Exchanges seen to exist, and when.
+    exchanges_seen: Mutex<HashMap<String, Instant>>,
+    /// The check channel: declarations that may fail run here.
+    check: tokio::sync::Mutex<Option<Channel>>,
+    publishers: Vec<tokio::sync::Mutex<Option<Channel>>>,
+    consumers: Vec<tokio::sync::Mutex<Option<Channel>>>,
+    next_consumer: AtomicUsize,
+    seq: AtomicU64,
+}
+
+impl Plane {
+    /// Creates the plane and starts its shards (they connect when the pool does).
+    pub fn start(pool: Arc<Pool>, config: PlaneConfig) -> Arc<Plane> {
+        let mut kinds = HashMap::new();
+        for (name, kind) in [
+            ("amq.topic", Some(ExchangeKind::Topic)),
+            ("amq.direct", Some(ExchangeKind::Direct)),
+            ("amq.fanout", Some(ExchangeKind::Fanout)),
+            ("amq.headers", None),
+            ("amq.match", None),
+        ] {
+            kinds.insert(name.to_owned(), kind);
+        }
+        for name in &config.topic_exchanges {
+            kinds.insert(name.clone(), Some(ExchangeKind::Topic));
+        }
+        let plane = Arc::new(Plane {
+            pool,
+            shards: (0..config.shards.max(1))
+                .map(|i| Shard::new(i, None))
+                .collect(),
+            dedicated: Mutex::new(HashMap::new()),
+            kinds: Mutex::new(kinds),
+            exchanges_seen: Mutex::new(HashMap::new()),
+            check: tokio::sync::Mutex::new(None),
+            publishers: (0..config.publish_channels.max(1))
+                .map(|_| tokio::sync::Mutex::new(None))
+                .collect(),
+            consumers: (0..config.consumer_channels.max(1))
+                .map(|_| tokio::sync::Mutex::new(None))
+                .collect(),
+            next_consumer: AtomicUsize::new(0),
+            seq: AtomicU64::new(0),
+            config,
+        });
+        for shard in &plane.shards {
+            plane.spawn_shard(Arc::clone(shard));
+        }
+        plane
+    }
+
+    fn spawn_shard(self: &Arc<Self>, shard: Arc<Shard>) {
+        let plane = Arc::clone(self);
+        let s = Arc::clone(&shard);
+        tokio::spawn(async move { plane.run_shard(s).await });
+        let plane = Arc::clone(self);
+        tokio::spawn(async move { plane.run_binder(shard).await });
+    }
+
+    pub fn config(&self) -> &PlaneConfig {
+        &self.config
+    }
+
+    /// Whether every AMQP connection is up.
+    pub fn is_ready(&self) -> bool {
+        self.pool.is_ready()
+    }
+
+    /// Distinct bindings this replica wants on the broker (all shards).
+    pub fn bindings(&self) -> usize {
+        let dedicated = self.dedicated.lock().map(|d| d.len()).unwrap_or(0);
+        self.shards.iter().map(|s| s.keys()).sum::<usize>() + dedicated
+    }
+
+    /// Channels the plane holds open now (a channel busy being set up may
+    /// be missed: this is for gauges and tests).
+    pub fn channels(&self) -> usize {
+        let live = |slot: &tokio::sync::Mutex<Option<Channel>>| {
+            slot.try_lock()
+                .map(|c| c.as_ref().is_some_and(|c| c.status().connected()))
+                .unwrap_or(true) as usize
+        };
+        let shards = |s: &Arc<Shard>| {
+            s.state
+                .lock()
+                .map(|st| if st.link.is_some() { 2 } else { 0 })
+                .unwrap_or(0)
+        };
+        let dedicated: usize = self
+            .dedicated
+            .lock()
+            .map(|d| d.values().map(shards).sum())
+            .unwrap_or(0);
+        self.shards.iter().map(shards).sum::<usize>()
+            + dedicated
+            + self.publishers.iter().map(live).sum::<usize>()
+            + self.consumers.iter().map(live).sum::<usize>()
+            + live(&self.check)
+    }
+
+    fn publish_gauges(&self) {
+        let metrics = crate::metrics::get();
+        metrics.amqp_channels.set(self.channels() as f64);
+        metrics.routing_keys.set(self.bindings() as f64);
+        let bound: usize = self
+            .shards
+            .iter()
+            .map(|s| s.state.lock().map(|st| st.bound.len()).unwrap_or(0))
+            .sum();
+        let dedicated = self.dedicated.lock().map(|d| d.len()).unwrap_or(0);
+        metrics.amqp_bindings.set((bound + dedicated) as f64);
+        metrics
+            .amqp_broadcast_queues
+            .set((self.shards.len() + dedicated) as f64);
+    }
+
+    // ----- broadcast subscriptions -------------------------------------
+
+    /// Adds a local subscriber of `binding`; resolves once the binding is on
+    /// the broker. Returns the shard, needed to unsubscribe.
+    pub async fn subscribe(
+        self: &Arc<Self>,
+        binding: Binding,
+        subscriber: Subscriber,
+    ) -> Result<Arc<Shard>, BridgeError> {
+        let kind = self.exchange_kind(&binding.exchange).await?;
+        let (session, id) = (subscriber.session, Arc::clone(&subscriber.id));
+        let shard = match kind {
+            Some(_) => {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                binding.hash(&mut h);
+                Arc::clone(&self.shards[(h.finish() as usize) % self.shards.len()])
+            }
+            None => {
+                let mut dedicated = self.dedicated.lock().map_err(|_| BridgeError::Poisoned)?;
+                match dedicated.get(&binding) {
+                    Some(s) => Arc::clone(s),
+                    None => {
+                        let s = Shard::new(usize::MAX, Some(binding.clone()));
+                        dedicated.insert(binding.clone(), Arc::clone(&s));
+                        self.spawn_shard(Arc::clone(&s));
+                        s
+                    }
+                }
+            }
+        };
+        let route_kind = kind.unwrap_or(ExchangeKind::Fanout);
+        {
+            let mut routes = shard.routes.write().map_err(|_| BridgeError::Poisoned)?;
+            routes
+                .entry(binding.exchange.clone())
+                .or_insert_with(|| ExchangeRoutes::new(route_kind))
+                .entry(&binding.routing_key, Entry::default)
+                .subscribers
+                .push(subscriber);
+        }
+        let wait = {
+            let mut state = shard.state.lock().map_err(|_| BridgeError::Poisoned)?;
+            if state.bound.contains(&binding)
+                && !state.dirty.contains(&binding)
+                && !state.inflight.contains(&binding)
+            {
+                None
+            } else {
+                let (tx, rx) = oneshot::channel();
+                state.waiters.entry(binding.clone()).or_default().push(tx);
+                state.dirty.insert(binding.clone());
+                Some(rx)
+            }
+        };
+        shard.wake.notify_one();
+        self.publish_gauges();
+        let Some(rx) = wait else {
+            return Ok(shard);
+        };
+        let outcome = match tokio::time::timeout(self.config.timeout, rx).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(message))) => Err(BridgeError::Refused(message)),
+            Ok(Err(_)) => Err(BridgeError::Unavailable),
+            Err(_) => Err(BridgeError::Refused(format!(
+                "binding to exchange '{}' not confirmed by the broker within {} ms",
+                binding.exchange,
+                self.config.timeout.as_millis()
+            ))),
+        };
+        match outcome {
+            Ok(()) => Ok(shard),
+            Err(error) => {
+                self.unsubscribe(&shard, &binding, session, &id);
+                Err(error)
+            }
+        }
+    }
+
+    /// Removes a local subscriber; the last one of a binding unbinds it.
+    pub fn unsubscribe(&self, shard: &Arc<Shard>, binding: &Binding, session: u64, id: &str) {
+        let emptied = {
+            let Ok(mut routes) = shard.routes.write() else {
+                return;
+            };
+            let Some(table) = routes.get_mut(&binding.exchange) else {
+                return;
+            };
+            let Some(entry) = table.get_mut(&binding.routing_key) else {
+                return;
+            };
+            entry
+                .subscribers
+                .retain(|s| !(s.session == session && &*s.id == id));
+            let emptied = entry.subscribers.is_empty();
+            if emptied {
+                table.remove(&binding.routing_key);
+                if table.is_empty() {
+                    routes.remove(&binding.exchange);
+                }
+            }
+            emptied
+        };
+        if !emptied {
+            return;
+        }
+        if let Some(dedicated) = &shard.dedicated {
+            // A dedicated queue goes with its last subscriber.
+            if let Ok(mut map) = self.dedicated.lock() {
+                if map.get(dedicated).is_some_and(|s| Arc::ptr_eq(s, shard)) {
+                    map.remove(dedicated);
+                }
+            }
+            shard.stop.cancel();
+        } else if let Ok(mut state) = shard.state.lock() {
+            state.dirty.insert(binding.clone());
+            drop(state);
+            shard.wake.notify_one();
+        }
+        self.publish_gauges();
+    }
+
+    /// How the gateway routes messages of `exchange`: asked of the broker
+    /// once (on the check channel) and cached.
+    async fn exchange_kind(&self, exchange: &str) -> Result<Option<ExchangeKind>, BridgeError> {
+        if let Some(kind) = self
+            .kinds
+            .lock()
+            .map_err(|_| BridgeError::Poisoned)?
+            .get(exchange)
+        {
+            return Ok(*kind);
+        }
+        let kind = self.probe_exchange_kind(exchange).await?;
+        if let Ok(mut kinds) = self.kinds.lock() {
+            kinds.insert(exchange.to_owned(), kind);
+        }
+        Ok(kind)
+    }
+
+    /// AMQP has no way to ask an exchange's type: after a passive declare
+    /// (does it exist?), an active declare as `topic` either succeeds or
+    /// fails on the first field RabbitMQ compares, the type, naming the
+    /// real one ("received 'topic' but current is 'direct'"). Any other
+    /// refusal means the type was `topic`. Both run on the check channel.
+    async fn probe_exchange_kind(
+        &self,
+        exchange: &str,
+    ) -> Result<Option<ExchangeKind>, BridgeError> {
+        let name = short("exchange name", exchange)?;
+        self.on_check(|ch| {
+            let name = name.clone();
+            async move {
+                ch.exchange_declare(
+                    name,
+                    lapin::ExchangeKind::Topic,
+                    ExchangeDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+            }
+        })
+        .await?;
+        let active = self
+            .on_check(|ch| {
+                let name = name.clone();
+                async move {
+                    ch.exchange_declare(
+                        name,
+                        lapin::ExchangeKind::Topic,
+                        ExchangeDeclareOptions {
+                            durable: true,
+                            ..Default::default()
+                        },
+                        FieldTable::default(),
+                    )
+                    .await
+                }
+            })
+            .await;
+        Ok(match active {
+            Ok(()) => Some(ExchangeKind::Topic),
+            Err(BridgeError::Amqp(error)) => {
+                let text = error.to_string();
+                match text.split("current is '").nth(1) {
+                    Some(rest) if text.contains("inequivalent arg 'type'") => {
+                        let current = rest.split('\'').next().unwrap_or("");
+                        ExchangeKind::from_type_name(current)
+                    }
+                    // Refused on another field (durable, arguments): the
+                    // type was the one asked for.
+                    _ if text.contains("inequivalent arg") => Some(ExchangeKind::Topic),
+                    // Not allowed to ask (no configure permission): route
+                    // through a queue of its own, which needs no type.
+                    _ => None,
+                }
+            }
+            Err(_) => None,
+        })
+    }
+
+    /// Runs `op` on the check channel, opening it when needed; a failure
+    /// closes only that channel.
+    async fn on_check<T, F, Fut>(&self, op: F) -> Result<T, BridgeError>
+    where
+        F: FnOnce(Channel) -> Fut,
+        Fut: std::future::Future<Output = Result<T, lapin::Error>>,
+    {
+        let mut slot = self.check.lock().await;
+        let channel = match slot.as_ref().filter(|c| c.status().connected()) {
+            Some(c) => c.clone(),
+            None => {
+                let c = self.open_channel(None).await?;
+                *slot = Some(c.clone());
+                c
+            }
+        };
+        let result = timed(self.config.timeout, "broker check", op(channel.clone())).await;
+        if result.is_err() && !channel.status().connected() {
+            *slot = None;
+        }
+        result
+    }
+
+    /// Checks (at most every few seconds) that `exchange` exists, so that a
+    /// publish to a missing one is refused here rather than by closing a
+    /// shared publishing channel.
+    pub async fn check_exchange(&self, exchange: &str) -> Result<(), BridgeError> {
+        if exchange.is_empty() || exchange.starts_with("amq.") {
+            return Ok(());
+        }
+        if let Ok(seen) = self.exchanges_seen.lock() {
+            if seen
+                .get(exchange)
+                .is_some_and(|t| t.elapsed() < EXCHANGE_TTL)
+            {
+                return Ok(());
+            }
+        }
+        let name = short("exchange name", exchange)?;
+        self.on_check(|ch| async move {
+            ch.exchange_declare(
+                name,
+                lapin::ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+        })
+        .await?;
+        if let Ok(mut seen) = self.exchanges_seen.lock() {
+            if seen.len() > 10_000 {
+                seen.retain(|_, t| t.elapsed() < EXCHANGE_TTL);
+            }
+            seen.insert(exchange.to_owned(), Instant::now());
+        }
+        Ok(())
+    }
+
+    /// Declares (or checks) a queue on the check channel.
+    pub async fn check_queue(
+        &self,
+        name: &str,
+        options: QueueDeclareOptions,
+        args: FieldTable,
+    ) -> Result<(), BridgeError> {
+        let queue = short("queue name", name)?;
+        self.on_check(|ch| async move { ch.queue_declare(queue, options, args).await })
+            .await
+            .map(|_| ())
+    }
+
+    /// Binds a (durable subscription's) queue on the check channel.
+    pub async fn check_bind(
+        &self,
+        queue: &str,
+        exchange: &str,
+        key: &str,
+    ) -> Result<(), BridgeError> {
+        let (q, e, k) = (
+            short("queue name", queue)?,
+            short("exchange name", exchange)?,
+            short("routing key", key)?,
+        );
+        self.on_check(|ch| async move {
+            ch.queue_bind(q, e, k, QueueBindOptions::default(), FieldTable::default())
+                .await
+        })
+        .await
+    }
+
+    // ----- shared channels ---------------------------------------------
+
+    /// The publishing channel of a session (by its key).
+    pub async fn publisher(&self, session: u64) -> Result<Channel, BridgeError> {
+        let slot = &self.publishers[(session as usize) % self.publishers.len()];
+        let mut slot = slot.lock().await;
+        if let Some(c) = slot.as_ref().filter(|c| c.status().connected()) {
+            return Ok(c.clone());
+        }
+        let channel = self.open_channel(None).await?;
+        timed(
+            self.config.timeout,
+            "confirm.select",
+            channel.confirm_select(ConfirmSelectOptions::default()),
+        )
+        .await?;
+        *slot = Some(channel.clone());
+        Ok(channel)
+    }
+
+    /// A channel for one more queue consumer, locked until the consumer is
+    /// set up (so that its `basic.qos` applies to it alone).
+    pub async fn consumer_channel(
+        &self,
+    ) -> Result<tokio::sync::MutexGuard<'_, Option<Channel>>, BridgeError> {
+        let i = self.next_consumer.fetch_add(1, Ordering::Relaxed) % self.consumers.len();
+        let mut slot = self.consumers[i].lock().await;
+        if slot.as_ref().is_some_and(|c| c.status().connected()) {
+            return Ok(slot);
+        }
+        let channel = self.open_channel(Some(i)).await?;
+        *slot = Some(channel);
+        Ok(slot)
+    }
+
+    async fn open_channel(&self, hint: Option<usize>) -> Result<Channel, BridgeError> {
+        let conn = match hint {
+            Some(h) => self.pool.connection(h),
+            None => self
+                .pool
+                .connection(self.next_consumer.load(Ordering::Relaxed)),
+        }
+        .ok_or(BridgeError::Unavailable)?;
+        self.channel_on(&conn).await
+    }
+
+    async fn channel_on(&self, conn: &Connection) -> Result<Channel, BridgeError> {
+        timed(
+            self.config.timeout,
+            "opening a channel",
+            conn.create_channel(),
+        )
+        .await
+    }
+
+    async fn close_channel(&self, channel: &Channel, why: &str) {
+        if channel.status().connected() {
+            let _ = tokio::time::timeout(self.config.timeout, channel.close(200, why.into())).await;
+        }
+    }
+
+    // ----- shard tasks ---------------------------------------------------
+
+    /// Declares the shard's queue and consumes it; routes deliveries; when
+    /// the broker goes away, starts over (queue and bindings) once it is back.
+    async fn run_shard(self: Arc<Self>, shard: Arc<Shard>) {
+        let mut backoff = super::Backoff::new();
+        loop {
+            if shard.stop.is_cancelled() {
+                return;
+            }
+            let established = tokio::select! {
+                _ = shard.stop.cancelled() => return,
+                r = self.establish_shard(&shard) => r,
+            };
+            match established {
+                Ok((consumer_channel, consumer, link)) => {
+                    backoff.reset();
+                    {
+                        let Ok(mut state) = shard.state.lock() else {
+                            return;
+                        };
+                        state.bound.clear();
+                        state.link = Some(link.clone());
+                        let wanted = shard.all_wanted();
+                        state.dirty.extend(wanted);
+                        if let Some(b) = &shard.dedicated {
+                            state.dirty.insert(b.clone());
+                        }
+                    }
+                    shard.wake.notify_one();
+                    self.publish_gauges();
+                    self.consume_shard(&shard, &consumer_channel, consumer, &link)
+                        .await;
+                    // The control channel may have been replaced meanwhile.
+                    let current = shard.state.lock().ok().and_then(|mut state| {
+                        state.bound.clear();
+                        state.link.take()
+                    });
+                    let stopped = shard.stop.is_cancelled();
+                    if stopped {
+                        let _ = tokio::time::timeout(
+                            self.config.timeout,
+                            link.control
+                                .queue_delete(link.queue.as_str().into(), Default::default()),
+                        )
+                        .await;
+                    }
+                    self.close_channel(&consumer_channel, "plane shard done")
+                        .await;
+                    self.close_channel(&link.control, "plane shard done").await;
+                    if let Some(current) = current {
+                        self.close_channel(&current.control, "plane shard done")
+                            .await;
+                    }
+                    self.publish_gauges();
+                    if stopped {
+                        return;
+                    }
+                }
+                Err(error) => {
+                    tracing::debug!(shard = shard.index, %error, "plane queue not established");
+                }
+            }
+            tokio::select! {
+                _ = shard.stop.cancelled() => return,
+                _ = backoff.sleep() => {}
+            }
+        }
+    }
+
+    async fn establish_shard(
+        &self,
+        shard: &Shard,
+    ) -> Result<(Channel, lapin::Consumer, ShardLink), BridgeError> {
+        let hint = if shard.dedicated.is_some() {
+            self.next_consumer.load(Ordering::Relaxed)
+        } else {
+            shard.index
+        };
+        let conn = self.pool.connection(hint).ok_or(BridgeError::Unavailable)?;
+        let consumer_channel = self.channel_on(&conn).await?;
+        let control = match self.channel_on(&conn).await {
+            Ok(c) => c,
+            Err(e) => {
+                self.close_channel(&consumer_channel, "plane shard failed")
+                    .await;
+                return Err(e);
+            }
+        };
+        let setup = async {
+            let queue = timed(
+                self.config.timeout,
+                "declaring the plane queue",
+                control.queue_declare(
+                    "".into(),
+                    QueueDeclareOptions {
+                        exclusive: true,
+                        auto_delete: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                ),
+            )
+            .await?;
+            let queue = queue.name().as_str().to_owned();
+            timed(
+                self.config.timeout,
+                "basic.qos",
+                consumer_channel.basic_qos(self.config.prefetch, BasicQosOptions::default()),
+            )
+            .await?;
+            let consumer = timed(
+                self.config.timeout,
+                "consuming the plane queue",
+                consumer_channel.basic_consume(
+                    queue.as_str().into(),
+                    format!("stompgate-plane-{}", shard.index).as_str().into(),
+                    BasicConsumeOptions {
+                        exclusive: true,
+                        ..BasicConsumeOptions::default()
+                    },
+                    FieldTable::default(),
+                ),
+            )
+            .await?;
+            Ok::<_, BridgeError>((consumer, queue))
+        };
+        match setup.await {
+            Ok((consumer, queue)) => Ok((consumer_channel, consumer, ShardLink { control, queue })),
+            Err(e) => {
+                self.close_channel(&consumer_channel, "plane shard failed")
+                    .await;
+                self.close_channel(&control, "plane shard failed").await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Routes the shard's deliveries until its consumer ends or it stops.
+    /// Deliveries are acked in groups (multiple=true is fine here: this
+    /// channel carries this queue alone).
+    async fn consume_shard(
+        &self,
+        shard: &Shard,
+        channel: &Channel,
+        mut consumer: lapin::Consumer,
+        link: &ShardLink,
+    ) {
+        let ack_every = (self.config.prefetch as u64 / 4).max(1);
+        let mut unacked: u64 = 0;
+        let mut last_tag: u64 = 0;
+        let mut lag_probe = tokio::time::interval(Duration::from_secs(5));
+        lag_probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let idle = tokio::time::sleep(Duration::from_millis(20));
+            let next = tokio::select! {
+                _ = shard.stop.cancelled() => return,
+                next = consumer.next() => next,
+                _ = idle, if unacked > 0 => {
+                    let _ = channel.basic_ack(last_tag, BasicAckOptions { multiple: true }).await;
+                    unacked = 0;
+                    continue;
+                }
+                _ = lag_probe.tick(), if shard.dedicated.is_none() => {
+                    if let Ok(Ok(q)) = tokio::time::timeout(
+                        self.config.timeout,
+                        link.control.queue_declare(
+                            link.queue.as_str().into(),
+                            QueueDeclareOptions { passive: true, ..Default::default() },
+                            FieldTable::default(),
+                        ),
+                    ).await {
+                        crate::metrics::get().plane_lag.set(q.message_count() as f64);
+                    }
+                    continue;
+                }
+            };
+            match next {
+                Some(Ok(delivery)) => {
+                    last_tag = delivery.delivery_tag;
+                    self.route(shard, delivery);
+                    unacked += 1;
+                    if unacked >= ack_every {
+                        let _ = channel
+                            .basic_ack(last_tag, BasicAckOptions { multiple: true })
+                            .await;
+                        unacked = 0;
+                    }
+                }
+                Some(Err(error)) => {
+                    tracing::warn!(shard = shard.index, %error, "plane consumer failed");
+                    return;
+                }
+                None => return,
+            }
+        }
+    }
+
+    /// Offers one delivery to every local subscription it matches, encoded
+    /// once; nothing per recipient is allocated.
+    fn route(&self, shard: &Shard, delivery: lapin::message::Delivery) {
+        let metrics = crate::metrics::get();
+        let Ok(routes) = shard.routes.read() else {
+            return;
+        };
+        let mut message: Option<Arc<SharedMessage>> = None;
+        let mut recipients = 0u64;
+        let data = delivery.data;
+        let encode = |message: &mut Option<Arc<SharedMessage>>| -> Arc<SharedMessage> {
+            Arc::clone(message.get_or_insert_with(|| {
+                let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+                let headers = stomp_headers_from_amqp(
+                    delivery.exchange.as_str(),
+                    delivery.routing_key.as_str(),
+                    delivery.redelivered,
+                    &delivery.properties,
+                );
+                Arc::new(SharedMessage::encode(
+                    seq,
+                    &headers,
+                    &Bytes::from(data.clone()),
+                ))
+            }))
+        };
+        let mut deliver = |entry: &Entry| {
+            if entry.subscribers.is_empty() {
+                return;
+            }
+            let shared = encode(&mut message);
+            recipients += entry.subscribers.len() as u64;
+            for s in &entry.subscribers {
+                s.link.offer(Outbound::Broadcast {
+                    prefix: s.prefix.clone(),
+                    ack_header: s.ack_header,
+                    escaping: s.escaping,
+                    message: Arc::clone(&shared),
+                });
+            }
+        };
+        let matched = if shard.dedicated.is_some() {
+            // A queue of one binding: everything in it is for its subscribers.
+            let mut n = 0;
+            for table in routes.values() {
+                n += table.route_all(&mut deliver);
+            }
+            n
+        } else {
+            match routes.get(delivery.exchange.as_str()) {
+                Some(table) => table.route(delivery.routing_key.as_str(), &mut deliver),
+                None => 0,
+            }
+        };
+        if matched == 0 {
+            metrics.plane_unmatched.increment(1);
+        } else {
+            metrics.plane_routed.increment(1);
+        }
+        metrics.delivered_broadcast.increment(recipients);
+        metrics.frames_out(crate::stomp::Command::Message, recipients);
+    }
+
+    /// Keeps the broker's bindings of the shard's queue equal to what its
+    /// routing table wants: takes the dirty bindings in batches and binds or
+    /// unbinds them, pipelined on the control channel.
+    async fn run_binder(self: Arc<Self>, shard: Arc<Shard>) {
+        loop {
+            tokio::select! {
+                _ = shard.stop.cancelled() => {
+                    self.fail_waiters(&shard, "subscription cancelled");
+                    return;
+                }
+                _ = shard.wake.notified() => {}
+            }
+            loop {
+                let (link, batch) = {
+                    let Ok(mut state) = shard.state.lock() else {
+                        return;
+                    };
+                    let Some(link) = state.link.clone() else {
+                        break;
+                    };
+                    let batch: Vec<Binding> =
+                        state.dirty.iter().take(BIND_BATCH).cloned().collect();
+                    for b in &batch {
+                        state.dirty.remove(b);
+                        state.inflight.insert(b.clone());
+                    }
+                    (link, batch)
+                };
+                if batch.is_empty() {
+                    break;
+                }
+                self.reconcile(&shard, &link, batch.clone()).await;
+                if let Ok(mut state) = shard.state.lock() {
+                    for b in &batch {
+                        state.inflight.remove(b);
+                    }
+                }
+                self.publish_gauges();
+            }
+        }
+    }
+
+    async fn reconcile(&self, shard: &Shard, link: &ShardLink, batch: Vec<Binding>) {
+        let mut ops = Vec::new();
+        for binding in batch {
+            let wanted = shard.wants(&binding);
+            let bound = shard
+                .state
+                .lock()
+                .map(|s| s.bound.contains(&binding))
+                .unwrap_or(false);
+            if wanted != bound {
+                ops.push((binding, wanted));
+            } else {
+                self.settle(shard, &binding, Ok(()), wanted);
+            }
+        }
+        let results = futures_util::future::join_all(
+            ops.iter()
+                .map(|(binding, bind)| self.bind_op(&link.control, &link.queue, binding, *bind)),
+        )
+        .await;
+        let mut failed = Vec::new();
+        for ((binding, bind), result) in ops.into_iter().zip(results) {
+            match result {
+                Ok(()) => self.settle(shard, &binding, Ok(()), bind),
+                Err(error) => failed.push((binding, bind, error)),
+            }
+        }
+        if failed.is_empty() {
+            return;
+        }
+        // A refusal closed the control channel, failing whatever was in
+        // flight with it: retry each on a fresh channel, one at a time, so
+        // that only the binding the broker refuses is refused.
+        let Some(conn) = self.pool.connection(shard.index) else {
+            self.requeue(shard, failed.into_iter().map(|(b, _, _)| b));
+            return;
+        };
+        let mut control = link.control.clone();
+        for (binding, bind, first_error) in failed {
+            if !control.status().connected() {
+                match self.channel_on(&conn).await {
+                    Ok(c) => control = c,
+                    Err(_) => {
+                        self.requeue(shard, std::iter::once(binding));
+                        continue;
+                    }
+                }
+            }
+            let wanted = shard.wants(&binding);
+            if wanted != bind {
+                self.requeue(shard, std::iter::once(binding));
+                continue;
+            }
+            match self.bind_op(&control, &link.queue, &binding, bind).await {
+                Ok(()) => self.settle(shard, &binding, Ok(()), bind),
+                Err(error) => {
+                    tracing::warn!(?binding, %error, first = %first_error, "binding refused");
+                    self.settle(shard, &binding, Err(error.to_string()), false);
+                }
+            }
+        }
+        if let Ok(mut state) = shard.state.lock() {
+            if let Some(l) = state.link.as_mut() {
+                if l.queue == link.queue {
+                    l.control = control;
+                }
+            }
+        }
+    }
+
+    fn requeue(&self, shard: &Shard, bindings: impl Iterator<Item = Binding>) {
+        if let Ok(mut state) = shard.state.lock() {
+            state.dirty.extend(bindings);
+        }
+    }
+
+    /// Records a binding's broker state and answers its waiters.
+    fn settle(&self, shard: &Shard, binding: &Binding, result: Result<(), String>, bound: bool) {
+        let Ok(mut state) = shard.state.lock() else {
+            return;
+        };
+        if result.is_ok() {
+            if bound {
+                state.bound.insert(binding.clone());
+            } else {
+                state.bound.remove(binding);
+            }
+        }
+        // Waiters are answered once the binding is bound (or refused); an
+        // unbind leaves them for the rebind that their subscription queued.
+        if bound || result.is_err() {
+            if let Some(waiters) = state.waiters.remove(binding) {
+                for w in waiters {
+                    let _ = w.send(result.clone());
+                }
+            }
+        }
+    }
+
+    fn fail_waiters(&self, shard: &Shard, why: &str) {
+        if let Ok(mut state) = shard.state.lock() {
+            for (_, waiters) in state.waiters.drain() {
+                for w in waiters {
+                    let _ = w.send(Err(why.to_owned()));
+                }
+            }
+        }
+    }
+
+    async fn bind_op(
+        &self,
+        control: &Channel,
+        queue: &str,
+        binding: &Binding,
+        bind: bool,
+    ) -> Result<(), BridgeError> {
+        let exchange = short("exchange name", &binding.exchange)?;
+        let key = short("routing key", &binding.routing_key)?;
+        if bind {
+            timed(
+                self.config.timeout,
+                "queue.bind",
+                control.queue_bind(
+                    queue.into(),
+                    exchange,
+                    key,
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                ),
+            )
+            .await
+        } else {
+            timed(
+                self.config.timeout,
+                "queue.unbind",
+                control.queue_unbind(queue.into(), exchange, key, FieldTable::default()),
+            )
+            .await
+        }
+    }
+}
