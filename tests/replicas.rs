@@ -668,12 +668,20 @@ async fn broadcast_through_haproxy_reaches_every_client_exactly_once() {
             BROADCAST_CLIENTS as f64,
             "connections per replica {connections:?}"
         );
-        let fanout_queues =
+        // Each replica's plane holds its configured queues (default 4), and
+        // the topic is one binding (one routing key) on one of them.
+        let plane_queues =
             metric_per_replica(&replicas, "stompgate_amqp_queues{kind=\"broadcast\"}").await;
         assert_eq!(
-            fanout_queues,
+            plane_queues,
+            vec![4.0; replicas.len()],
+            "the plane's queues per replica"
+        );
+        let routing_keys = metric_per_replica(&replicas, "stompgate_routing_keys").await;
+        assert_eq!(
+            routing_keys,
             vec![1.0; replicas.len()],
-            "one fan-out queue per replica"
+            "one binding per replica for the topic"
         );
         // RabbitMQ holds one queue per replica for the topic, not one per client.
         let bound = queues_bound_to_topic(&topic);

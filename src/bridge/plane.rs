@@ -315,6 +315,9 @@ impl Plane {
         binding: Binding,
         subscriber: Subscriber,
     ) -> Result<Arc<Shard>, BridgeError> {
+        if self.pool.connection(0).is_none() {
+            return Err(BridgeError::Unavailable);
+        }
         let kind = self.exchange_kind(&binding.exchange).await?;
         let (session, id) = (subscriber.session, Arc::clone(&subscriber.id));
         let shard = match kind {
