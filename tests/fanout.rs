@@ -10,30 +10,6 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::BasicProperties;
 use stompgate::stomp::{Command, Frame};
 
-/// Queues bound to `exchange` with `key`, per `rabbitmqctl list_bindings`.
-fn queues_bound(exchange: &str, key: &str) -> Vec<String> {
-    let out = std::process::Command::new("rabbitmqctl")
-        .args([
-            "list_bindings",
-            "-q",
-            "--no-table-headers",
-            "source_name",
-            "routing_key",
-            "destination_name",
-        ])
-        .output()
-        .expect("rabbitmqctl");
-    assert!(out.status.success(), "rabbitmqctl failed: {out:?}");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|line| {
-            let parts: Vec<&str> = line.split('\t').collect();
-            (parts.len() == 3 && parts[0] == exchange && parts[1] == key)
-                .then(|| parts[2].to_owned())
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_subscribers_share_one_amqp_queue() {
     const N: usize = 1000;

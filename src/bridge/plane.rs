@@ -253,6 +253,20 @@ impl Plane {
         &self.config
     }
 
+    /// The broker's names of the plane's broadcast queues now established
+    /// (dedicated ones excluded).
+    pub fn queue_names(&self) -> Vec<String> {
+        self.shards
+            .iter()
+            .filter_map(|s| {
+                s.state
+                    .lock()
+                    .ok()
+                    .and_then(|st| st.link.as_ref().map(|l| l.queue.clone()))
+            })
+            .collect()
+    }
+
     /// Whether every AMQP connection is up.
     pub fn is_ready(&self) -> bool {
         self.pool.is_ready()
@@ -928,86 +942,101 @@ impl Plane {
     }
 
     /// Keeps the broker's bindings of the shard's queue equal to what its
-    /// routing table wants: takes the dirty bindings in batches and binds or
-    /// unbinds them, pipelined on the control channel.
+    /// routing table wants. Bindings whose wanted state changed are marked
+    /// dirty; this task takes them as they come and binds or unbinds them,
+    /// up to [`BIND_BATCH`] operations in flight on the control channel at
+    /// once (pipelined, never one awaited call per subscriber), at most one
+    /// per binding, so that a bind and an unbind of one key never race.
     async fn run_binder(self: Arc<Self>, shard: Arc<Shard>) {
+        type Op = futures_util::future::BoxFuture<
+            'static,
+            (Binding, bool, String, Result<(), BridgeError>),
+        >;
+        let mut ops: futures_util::stream::FuturesUnordered<Op> = Default::default();
+        let mut failed: Vec<(Binding, bool, String, BridgeError)> = Vec::new();
         loop {
+            // Intake: start what is dirty and not already in flight.
+            let mut settled = Vec::new();
+            if let Ok(mut state) = shard.state.lock() {
+                if let Some(link) = state.link.clone() {
+                    let room = BIND_BATCH.saturating_sub(ops.len());
+                    let take: Vec<Binding> = state
+                        .dirty
+                        .iter()
+                        .filter(|b| !state.inflight.contains(*b))
+                        .take(room)
+                        .cloned()
+                        .collect();
+                    for binding in take {
+                        state.dirty.remove(&binding);
+                        let wanted = shard.wants(&binding);
+                        if wanted == state.bound.contains(&binding) {
+                            settled.push((binding, wanted));
+                            continue;
+                        }
+                        state.inflight.insert(binding.clone());
+                        let (control, queue, timeout) = (
+                            link.control.clone(),
+                            link.queue.clone(),
+                            self.config.timeout,
+                        );
+                        ops.push(Box::pin(async move {
+                            let result = bind_op(timeout, &control, &queue, &binding, wanted).await;
+                            (binding, wanted, queue, result)
+                        }));
+                    }
+                }
+            }
+            for (binding, wanted) in settled {
+                self.settle(&shard, &binding, Ok(()), wanted);
+            }
+            if ops.is_empty() && !failed.is_empty() {
+                self.retry_failed(&shard, std::mem::take(&mut failed)).await;
+                self.publish_gauges();
+                continue;
+            }
             tokio::select! {
                 _ = shard.stop.cancelled() => {
                     self.fail_waiters(&shard, "subscription cancelled");
                     return;
                 }
                 _ = shard.wake.notified() => {}
-            }
-            loop {
-                let (link, batch) = {
-                    let Ok(mut state) = shard.state.lock() else {
-                        return;
-                    };
-                    let Some(link) = state.link.clone() else {
-                        break;
-                    };
-                    let batch: Vec<Binding> =
-                        state.dirty.iter().take(BIND_BATCH).cloned().collect();
-                    for b in &batch {
-                        state.dirty.remove(b);
-                        state.inflight.insert(b.clone());
+                Some((binding, bind, queue, result)) = ops.next(), if !ops.is_empty() => {
+                    if let Ok(mut state) = shard.state.lock() {
+                        state.inflight.remove(&binding);
                     }
-                    (link, batch)
-                };
-                if batch.is_empty() {
-                    break;
-                }
-                self.reconcile(&shard, &link, batch.clone()).await;
-                if let Ok(mut state) = shard.state.lock() {
-                    for b in &batch {
-                        state.inflight.remove(b);
+                    match result {
+                        Ok(()) => self.settle(&shard, &binding, Ok(()), bind),
+                        Err(error) => failed.push((binding, bind, queue, error)),
+                    }
+                    if ops.is_empty() {
+                        self.publish_gauges();
                     }
                 }
-                self.publish_gauges();
             }
         }
     }
 
-    async fn reconcile(&self, shard: &Shard, link: &ShardLink, batch: Vec<Binding>) {
-        let mut ops = Vec::new();
-        for binding in batch {
-            let wanted = shard.wants(&binding);
-            let bound = shard
-                .state
-                .lock()
-                .map(|s| s.bound.contains(&binding))
-                .unwrap_or(false);
-            if wanted != bound {
-                ops.push((binding, wanted));
-            } else {
-                self.settle(shard, &binding, Ok(()), wanted);
-            }
-        }
-        let results = futures_util::future::join_all(
-            ops.iter()
-                .map(|(binding, bind)| self.bind_op(&link.control, &link.queue, binding, *bind)),
-        )
-        .await;
-        let mut failed = Vec::new();
-        for ((binding, bind), result) in ops.into_iter().zip(results) {
-            match result {
-                Ok(()) => self.settle(shard, &binding, Ok(()), bind),
-                Err(error) => failed.push((binding, bind, error)),
-            }
-        }
-        if failed.is_empty() {
+    /// A refusal closes the control channel, failing whatever was in flight
+    /// with it: retry each failed operation on a fresh channel, one at a
+    /// time, so that only the binding the broker refuses is refused.
+    async fn retry_failed(&self, shard: &Shard, failed: Vec<(Binding, bool, String, BridgeError)>) {
+        let link = shard.state.lock().ok().and_then(|s| s.link.clone());
+        let Some(link) = link else {
+            // The shard is being re-established: it re-binds everything.
             return;
-        }
-        // A refusal closed the control channel, failing whatever was in
-        // flight with it: retry each on a fresh channel, one at a time, so
-        // that only the binding the broker refuses is refused.
+        };
         let Some(conn) = self.pool.connection(shard.index) else {
-            self.requeue(shard, failed.into_iter().map(|(b, _, _)| b));
+            self.requeue(shard, failed.into_iter().map(|(b, _, _, _)| b));
             return;
         };
         let mut control = link.control.clone();
-        for (binding, bind, first_error) in failed {
+        for (binding, bind, queue, first_error) in failed {
+            if queue != link.queue || shard.wants(&binding) != bind {
+                // Of an earlier queue, or wanted otherwise by now.
+                self.requeue(shard, std::iter::once(binding));
+                continue;
+            }
             if !control.status().connected() {
                 match self.channel_on(&conn).await {
                     Ok(c) => control = c,
@@ -1017,17 +1046,17 @@ impl Plane {
                     }
                 }
             }
-            let wanted = shard.wants(&binding);
-            if wanted != bind {
-                self.requeue(shard, std::iter::once(binding));
-                continue;
-            }
-            match self.bind_op(&control, &link.queue, &binding, bind).await {
+            match bind_op(self.config.timeout, &control, &link.queue, &binding, bind).await {
                 Ok(()) => self.settle(shard, &binding, Ok(()), bind),
                 Err(error) => {
                     tracing::warn!(?binding, %error, first = %first_error, "binding refused");
                     self.settle(shard, &binding, Err(error.to_string()), false);
                 }
+            }
+        }
+        if !control.status().connected() {
+            if let Ok(c) = self.channel_on(&conn).await {
+                control = c;
             }
         }
         if let Ok(mut state) = shard.state.lock() {
@@ -1037,6 +1066,7 @@ impl Plane {
                 }
             }
         }
+        shard.wake.notify_one();
     }
 
     fn requeue(&self, shard: &Shard, bindings: impl Iterator<Item = Binding>) {
@@ -1077,36 +1107,37 @@ impl Plane {
             }
         }
     }
+}
 
-    async fn bind_op(
-        &self,
-        control: &Channel,
-        queue: &str,
-        binding: &Binding,
-        bind: bool,
-    ) -> Result<(), BridgeError> {
-        let exchange = short("exchange name", &binding.exchange)?;
-        let key = short("routing key", &binding.routing_key)?;
-        if bind {
-            timed(
-                self.config.timeout,
-                "queue.bind",
-                control.queue_bind(
-                    queue.into(),
-                    exchange,
-                    key,
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                ),
-            )
-            .await
-        } else {
-            timed(
-                self.config.timeout,
-                "queue.unbind",
-                control.queue_unbind(queue.into(), exchange, key, FieldTable::default()),
-            )
-            .await
-        }
+/// One bind or unbind of the plane queue `queue`.
+async fn bind_op(
+    timeout: Duration,
+    control: &Channel,
+    queue: &str,
+    binding: &Binding,
+    bind: bool,
+) -> Result<(), BridgeError> {
+    let exchange = short("exchange name", &binding.exchange)?;
+    let key = short("routing key", &binding.routing_key)?;
+    if bind {
+        timed(
+            timeout,
+            "queue.bind",
+            control.queue_bind(
+                queue.into(),
+                exchange,
+                key,
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            ),
+        )
+        .await
+    } else {
+        timed(
+            timeout,
+            "queue.unbind",
+            control.queue_unbind(queue.into(), exchange, key, FieldTable::default()),
+        )
+        .await
     }
 }

@@ -38,7 +38,7 @@ use super::plane::{timed, Plane, Shard};
 use super::properties::{properties_from_stomp, queue_arguments, short, stomp_headers_from_amqp};
 use super::{Backoff, BridgeError};
 use crate::session::{
-    AckMode, Message, PublishRequest, ReplyTo, SubscribeRequest, GENERATION_SHIFT,
+    AckMode, Message, PublishRequest, ReplyTo, SubscribeRequest, GENERATION_MASK, GENERATION_SHIFT,
 };
 
 /// A message for the session from one of its own consumers.
@@ -366,7 +366,7 @@ impl SessionBroker {
     ) -> Option<(Channel, Vec<u64>)> {
         let own = self.own.get(subscription)?;
         let mut tracker = own.tracker.lock().ok()?;
-        if tag >> GENERATION_SHIFT != tracker.generation {
+        if (tag >> GENERATION_SHIFT) & GENERATION_MASK != tracker.generation & GENERATION_MASK {
             return None;
         }
         let raw = tag & ((1 << GENERATION_SHIFT) - 1);
@@ -653,7 +653,7 @@ async fn run_consumer(
                     );
                     let item = Inbound::Delivery {
                         subscription: Arc::clone(&spec.id),
-                        tag: (generation << GENERATION_SHIFT) | raw,
+                        tag: ((generation & GENERATION_MASK) << GENERATION_SHIFT) | raw,
                         message: Message {
                             headers,
                             body: bytes::Bytes::from(delivery.data),

@@ -101,6 +101,9 @@ struct Subscription {
     pending: BTreeSet<u64>,
     /// Generation of the broker consumer (see [`GENERATION_SHIFT`]).
     generation: u64,
+    /// Which subscription of this session this is (see
+    /// [`INCARNATION_SHIFT`]): a reused id is a new incarnation.
+    incarnation: u64,
 }
 
 #[derive(Debug, Default)]
@@ -118,6 +121,13 @@ const OWN_PREFIX: &str = "T_";
 /// for messages of the dead channel (which the broker redelivers anyway) must
 /// be told apart and ignored.
 pub const GENERATION_SHIFT: u32 = 40;
+/// Generations wrap within these bits (12: 4,096 consumer restarts).
+pub const GENERATION_MASK: u64 = (1 << (INCARNATION_SHIFT - GENERATION_SHIFT)) - 1;
+/// The tag in a `message-id` also carries, above this bit, the incarnation
+/// of its subscription: an id reused after UNSUBSCRIBE is a new incarnation,
+/// and an ACK of a message of the old one never settles a message of the new
+/// one (whose broker tags may be the same numbers on a shared channel).
+pub const INCARNATION_SHIFT: u32 = 52;
 
 /// Prefix of the `message-id` of fanned-out messages.
 pub const FANOUT_PREFIX: &str = "B_";
@@ -137,9 +147,16 @@ pub struct Session {
     identity: Option<Identity>,
     /// A token from the WebSocket handshake (header or query parameter).
     handshake_token: Option<String>,
+    /// Subscriptions made so far (see [`INCARNATION_SHIFT`]).
+    incarnations: u64,
 }
 
 impl Session {
+    fn next_incarnation(&mut self) -> u64 {
+        self.incarnations += 1;
+        self.incarnations - 1
+    }
+
     /// A session awaiting CONNECT; `id` is the `session` header of CONNECTED.
     pub fn new(config: std::sync::Arc<SessionConfig>, id: String) -> Session {
         Session {
@@ -152,6 +169,7 @@ impl Session {
             transactions: HashMap::new(),
             identity: None,
             handshake_token: None,
+            incarnations: 0,
         }
     }
 
@@ -256,6 +274,8 @@ impl Session {
         }
         let version = self.version;
         let sub = self.subscriptions.get_mut(subscription)?;
+        let tag = (tag & ((1 << INCARNATION_SHIFT) - 1))
+            | ((sub.incarnation & 0xFFF) << INCARNATION_SHIFT);
         let message_id = format!("{OWN_PREFIX}{subscription}@@{tag}");
         let mut frame = Frame::new(Command::Message);
         frame.push_header("subscription", subscription);
@@ -462,6 +482,7 @@ impl Session {
                     let sub_id = format!("/temp-queue/{name}");
                     if !self.subscriptions.contains_key(&sub_id) {
                         self.check_subscription_limit()?;
+                        let incarnation = self.next_incarnation();
                         self.subscriptions.insert(
                             sub_id,
                             Subscription {
@@ -469,6 +490,7 @@ impl Session {
                                 fanout: false,
                                 pending: BTreeSet::new(),
                                 generation: 0,
+                                incarnation,
                             },
                         );
                     }
@@ -599,6 +621,7 @@ impl Session {
             queue_name,
             queue_arguments,
         };
+        let incarnation = self.next_incarnation();
         self.subscriptions.insert(
             id,
             Subscription {
@@ -606,6 +629,7 @@ impl Session {
                 fanout: request.is_fanout(),
                 pending: BTreeSet::new(),
                 generation: 0,
+                incarnation,
             },
         );
         out.push(Action::Subscribe(request));
@@ -674,9 +698,13 @@ impl Session {
         match sub.ack {
             AckMode::Auto => {}
             _ if sub.fanout => {}
+            // A message of an earlier subscription with the same id: the
+            // bridge requeued it when that one ended; nothing to settle here.
+            _ if tag >> INCARNATION_SHIFT != sub.incarnation & 0xFFF => {}
             // A delivery of a consumer lost with its channel: the broker
             // redelivers it; the ack has nothing left to settle.
-            _ if tag >> GENERATION_SHIFT != sub.generation => {}
+            _ if (tag >> GENERATION_SHIFT) & GENERATION_MASK
+                != sub.generation & GENERATION_MASK => {}
             mode => {
                 if !sub.pending.contains(&tag) {
                     return Err(unknown());
@@ -688,6 +716,7 @@ impl Session {
                     sub.pending.remove(&tag);
                 }
                 let subscription = sub_id.to_owned();
+                let tag = tag & ((1 << INCARNATION_SHIFT) - 1);
                 out.push(if nack {
                     Action::Nack {
                         subscription,

@@ -1824,3 +1824,39 @@ fn acks_for_a_lost_consumer_generation_are_ignored_and_new_ones_apply() {
         }]
     );
 }
+
+/// A subscription id reused after UNSUBSCRIBE is a new incarnation: an ACK
+/// of a message of the old one never settles the new one's delivery, even
+/// when the broker tags are the same numbers (shared channels).
+#[test]
+fn reused_subscription_id_never_acks_the_old_incarnations_messages() {
+    let mut session = connect("1.2");
+    subscribe(&mut session, subscribe_frame("s1", "/queue/q", "client"));
+    let old = session.deliver("s1", 5, message("old")).expect("MESSAGE");
+    let old_id = old.header("message-id").expect("id").into_owned();
+    handle(
+        &mut session,
+        Frame::new(Command::Unsubscribe).with_header("id", "s1"),
+    );
+    subscribe(&mut session, subscribe_frame("s1", "/queue/q", "client"));
+    let new = session.deliver("s1", 5, message("new")).expect("MESSAGE");
+    let new_id = new.header("message-id").expect("id").into_owned();
+    assert_ne!(old_id, new_id);
+    // The old message's ACK settles nothing (the bridge requeued it).
+    let out = handle(&mut session, ack_frame(&old_id));
+    assert!(
+        !out.iter().any(|a| matches!(a, Action::Ack { .. })),
+        "{out:?}"
+    );
+    assert!(error_frame(&out).is_none(), "{out:?}");
+    // The new one's settles broker tag 5 of the new consumer.
+    let out = handle(&mut session, ack_frame(&new_id));
+    assert_eq!(
+        out,
+        vec![Action::Ack {
+            subscription: "s1".into(),
+            tag: 5,
+            multiple: true,
+        }]
+    );
+}

@@ -428,3 +428,41 @@ pub async fn http_status(port: u16, path: &str) -> Option<u16> {
     let text = String::from_utf8_lossy(&buf);
     text.split_whitespace().nth(1)?.parse().ok()
 }
+
+/// `rabbitmqctl list_bindings` as (source exchange, routing key, destination).
+pub fn list_bindings() -> Vec<(String, String, String)> {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args([
+            "list_bindings",
+            "-q",
+            "--no-table-headers",
+            "source_name",
+            "routing_key",
+            "destination_name",
+        ])
+        .output()
+        .expect("rabbitmqctl");
+    assert!(out.status.success(), "rabbitmqctl failed: {out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| {
+            let parts: Vec<&str> = line.split('\t').collect();
+            (parts.len() == 3).then(|| {
+                (
+                    parts[0].to_owned(),
+                    parts[1].to_owned(),
+                    parts[2].to_owned(),
+                )
+            })
+        })
+        .collect()
+}
+
+/// Queues bound to `exchange` with `key`.
+pub fn queues_bound(exchange: &str, key: &str) -> Vec<String> {
+    list_bindings()
+        .into_iter()
+        .filter(|(source, k, _)| source == exchange && k == key)
+        .map(|(_, _, queue)| queue)
+        .collect()
+}

@@ -1,0 +1,454 @@
+//! The AMQP plane of a replica against the real RabbitMQ: a fixed set of
+//! queues and channels whatever the subscriptions, churn that leaves
+//! nothing behind, shared consumer channels whose acks stay per
+//! subscription, and per-topic routing in the gateway.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use common::*;
+use lapin::options::QueueDeclareOptions;
+use lapin::types::FieldTable;
+use lapin::BasicProperties;
+use stompgate::stomp::{Command, Frame};
+
+fn body(f: &Frame) -> String {
+    String::from_utf8_lossy(&f.body).into_owned()
+}
+
+/// Waits (bounded) until the plane has established all its queues.
+async fn plane_queues(gw: &TestGateway) -> Vec<String> {
+    let want = gw.gateway.config.amqp.plane_queues;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let names = gw.gateway.bridge.plane.queue_names();
+        if names.len() == want {
+            return names;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "plane queues not established: {names:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Messages ready in `queue`, asked passively.
+async fn ready(queue: &str) -> u32 {
+    let conn = amqp().await;
+    let ch = conn.create_channel().await.expect("channel");
+    ch.queue_declare(
+        queue.into(),
+        QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect("queue exists")
+    .message_count()
+}
+
+async fn delete_queue(queue: &str) {
+    let conn = amqp().await;
+    let ch = conn.create_channel().await.expect("channel");
+    let _ = ch.queue_delete(queue.into(), Default::default()).await;
+}
+
+/// 10,000 subscribe + unsubscribe cycles over 100 topics: the replica's
+/// queues stay the same four, every topic is bound to one of them at most,
+/// and no binding is left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_churn_changes_no_queue_and_leaves_no_binding() {
+    const CLIENTS: usize = 4;
+    const CYCLES: usize = 2_500; // per client: 10,000 in all
+    const TOPICS: usize = 100;
+    let gw = start_gateway(|_| {}).await;
+    let before = plane_queues(&gw).await;
+    let prefix = unique("churn");
+    let started = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..CLIENTS {
+        let url = gw.ws_url();
+        let prefix = prefix.clone();
+        tasks.push(tokio::spawn(async move {
+            let (mut client, _) = StompClient::connect(&url, "1.2").await;
+            for i in 0..CYCLES {
+                let topic = format!("/topic/{prefix}.{}", (i * CLIENTS + c) % TOPICS);
+                let id = format!("c{c}-{i}");
+                let mut sub = Frame::new(Command::Subscribe)
+                    .with_header("id", &id)
+                    .with_header("destination", &topic);
+                let mut unsub = Frame::new(Command::Unsubscribe).with_header("id", &id);
+                // A receipt now and then keeps the client in step.
+                if i % 250 == 249 {
+                    sub.push_header("receipt", &format!("s{i}"));
+                    unsub.push_header("receipt", &format!("u{i}"));
+                }
+                client.send(&sub).await;
+                client.send(&unsub).await;
+                if i % 250 == 249 {
+                    for want in [format!("s{i}"), format!("u{i}")] {
+                        match client.recv_within(Duration::from_secs(60)).await {
+                            Recv::Frame(r) if r.command == Command::Receipt => {
+                                assert_eq!(r.header("receipt-id").as_deref(), Some(&*want))
+                            }
+                            other => panic!("client {c}: expected RECEIPT {want}, got {other:?}"),
+                        }
+                    }
+                }
+            }
+            client.disconnect().await;
+        }));
+    }
+    // Meanwhile, every binding of these topics is on one of the plane's
+    // queues, never on a queue of its own.
+    let mut seen_queues = HashSet::new();
+    while !tasks.iter().all(|t| t.is_finished()) {
+        for (source, key, queue) in list_bindings() {
+            if source == "amq.topic" && key.starts_with(&prefix) {
+                seen_queues.insert(queue);
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    for t in tasks {
+        t.await.expect("client");
+    }
+    let plane: HashSet<String> = before.iter().cloned().collect();
+    let extra: Vec<_> = seen_queues.difference(&plane).collect();
+    assert!(
+        extra.is_empty(),
+        "bindings on queues outside the plane: {extra:?}"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let left: Vec<_> = list_bindings()
+            .into_iter()
+            .filter(|(source, key, _)| source == "amq.topic" && key.starts_with(&prefix))
+            .collect();
+        if left.is_empty() && gw.gateway.bridge.plane.bindings() == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "bindings left behind: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        gw.gateway.bridge.plane.queue_names(),
+        before,
+        "the plane's queues changed"
+    );
+    println!(
+        "churn: {} cycles over {TOPICS} topics in {:.1} s, {} plane queues used, channels now {}",
+        CLIENTS * CYCLES,
+        started.elapsed().as_secs_f64(),
+        seen_queues.len(),
+        gw.gateway.bridge.plane.channels()
+    );
+}
+
+/// Many sessions, each on a topic of its own, and patterns: each message
+/// reaches exactly the subscriptions whose binding matches, once per
+/// subscription, through the plane's few queues.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_topic_routing_delivers_to_exactly_the_matching_subscriptions() {
+    const SESSIONS: usize = 200;
+    let gw = start_gateway(|_| {}).await;
+    let prefix = unique("route");
+    let mut clients = Vec::new();
+    for i in 0..SESSIONS {
+        let (mut c, _) = StompClient::connect(&gw.ws_url(), "1.2").await;
+        c.subscribe("own", &format!("/topic/{prefix}.m{i}.orders"), &[])
+            .await;
+        clients.push(c);
+    }
+    // Session 0 also listens with patterns that overlap: `*` and `#`, and
+    // the same topic twice under two ids.
+    clients[0]
+        .subscribe("star", &format!("/topic/{prefix}.*.orders"), &[])
+        .await;
+    clients[0]
+        .subscribe("hash", &format!("/exchange/amq.topic/{prefix}.#"), &[])
+        .await;
+    clients[0]
+        .subscribe("again", &format!("/topic/{prefix}.m0.orders"), &[])
+        .await;
+    assert!(
+        gw.gateway.bridge.plane.channels() <= 4 * 2 + 4 + 8 + 1,
+        "channels: {}",
+        gw.gateway.bridge.plane.channels()
+    );
+    let conn = amqp().await;
+    let ch = confirm_channel(&conn).await;
+    for i in 0..SESSIONS {
+        publish(
+            &ch,
+            "amq.topic",
+            &format!("{prefix}.m{i}.orders"),
+            format!("order-{i}").as_bytes(),
+            BasicProperties::default(),
+        )
+        .await;
+    }
+    // A key no subscription of the others matches; only `#` gets it.
+    publish(
+        &ch,
+        "amq.topic",
+        &format!("{prefix}.other.thing.x"),
+        b"other",
+        BasicProperties::default(),
+    )
+    .await;
+    for (i, c) in clients.iter_mut().enumerate().skip(1) {
+        let m = c.expect(Command::Message).await;
+        assert_eq!(body(&m), format!("order-{i}"), "session {i}");
+        assert_eq!(m.header("subscription").as_deref(), Some("own"));
+        assert_eq!(
+            m.header("destination").as_deref(),
+            Some(&*format!("/topic/{prefix}.m{i}.orders"))
+        );
+        assert!(
+            matches!(
+                c.recv_within(Duration::from_millis(20)).await,
+                Recv::Timeout
+            ),
+            "session {i} got more than its own order"
+        );
+    }
+    // Session 0: its own order on `own` and `again`, every order on `star`
+    // and `hash`, and the other key on `hash` only.
+    let mut got: HashMap<String, Vec<String>> = HashMap::new();
+    let expected = 2 + SESSIONS * 2 + 1;
+    for _ in 0..expected {
+        let m = clients[0].expect(Command::Message).await;
+        got.entry(m.header("subscription").expect("sub").into_owned())
+            .or_default()
+            .push(body(&m));
+    }
+    assert!(matches!(
+        clients[0].recv_within(Duration::from_millis(300)).await,
+        Recv::Timeout
+    ));
+    assert_eq!(got["own"], vec!["order-0"]);
+    assert_eq!(got["again"], vec!["order-0"]);
+    assert_eq!(got["star"].len(), SESSIONS);
+    assert_eq!(got["hash"].len(), SESSIONS + 1);
+    let star: HashSet<_> = got["star"].iter().collect();
+    assert_eq!(star.len(), SESSIONS, "each order once on `*`");
+    for c in clients {
+        c.disconnect().await;
+    }
+}
+
+/// On a shared consumer channel, a STOMP cumulative ACK settles that
+/// subscription's messages only: another session's unacked deliveries on
+/// the same channel (earlier tags) stay unacked and come back when it goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cumulative_ack_on_a_shared_channel_settles_only_its_subscription() {
+    let gw = start_gateway(|c| c.amqp.consumer_channels = 1).await;
+    let (qa, qb) = (unique("cum-a"), unique("cum-b"));
+    let conn = amqp().await;
+    let ch = confirm_channel(&conn).await;
+    // B subscribes and receives first: its tags are the lower ones.
+    let (mut b, _) = StompClient::connect(&gw.ws_url(), "1.2").await;
+    b.subscribe(
+        "b",
+        &format!("/queue/{qb}"),
+        &[("ack", "client-individual")],
+    )
+    .await;
+    for i in 0..3 {
+        publish(
+            &ch,
+            "",
+            &qb,
+            format!("b{i}").as_bytes(),
+            BasicProperties::default(),
+        )
+        .await;
+    }
+    for _ in 0..3 {
+        b.expect(Command::Message).await;
+    }
+    let (mut a, _) = StompClient::connect(&gw.ws_url(), "1.2").await;
+    a.subscribe("a", &format!("/queue/{qa}"), &[("ack", "client")])
+        .await;
+    for i in 0..3 {
+        publish(
+            &ch,
+            "",
+            &qa,
+            format!("a{i}").as_bytes(),
+            BasicProperties::default(),
+        )
+        .await;
+    }
+    let mut last = None;
+    for _ in 0..3 {
+        last = Some(a.expect(Command::Message).await);
+    }
+    let last_ack = last
+        .and_then(|m| m.header("ack").map(|v| v.into_owned()))
+        .expect("ack");
+    a.send(
+        &Frame::new(Command::Ack)
+            .with_header("id", &last_ack)
+            .with_header("receipt", "acked"),
+    )
+    .await;
+    a.expect(Command::Receipt).await;
+    a.disconnect().await;
+    // B leaves without acking: its three messages go back to its queue.
+    b.disconnect().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while ready(&qb).await != 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "B's unacked messages were not requeued: {} ready",
+            ready(&qb).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(ready(&qa).await, 0, "A's cumulative ACK settled its three");
+    delete_queue(&qa).await;
+    delete_queue(&qb).await;
+}
+
+/// Reusing a subscription id after UNSUBSCRIBE (issue: stale deliveries
+/// relabelled and acked by tag): every message is consumed exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reused_subscription_id_consumes_every_message_exactly_once() {
+    let gw = start_gateway(|_| {}).await;
+    let q = unique("reuse");
+    let destination = format!("/queue/{q}");
+    let conn = amqp().await;
+    let ch = confirm_channel(&conn).await;
+    let (mut c, _) = StompClient::connect(&gw.ws_url(), "1.2").await;
+    c.subscribe("s1", &destination, &[("ack", "client-individual")])
+        .await;
+    for i in 0..3 {
+        publish(
+            &ch,
+            "",
+            &q,
+            format!("m{i}").as_bytes(),
+            BasicProperties::default(),
+        )
+        .await;
+    }
+    let mut consumed = Vec::new();
+    let mut old_ids = Vec::new();
+    for i in 0..3 {
+        let m = c.expect(Command::Message).await;
+        let id = m.header("ack").expect("ack").into_owned();
+        if i < 2 {
+            c.send(&Frame::new(Command::Ack).with_header("id", &id))
+                .await;
+            consumed.push(body(&m));
+        } else {
+            old_ids.push(id);
+        }
+    }
+    c.send(
+        &Frame::new(Command::Unsubscribe)
+            .with_header("id", "s1")
+            .with_header("receipt", "u"),
+    )
+    .await;
+    c.expect(Command::Receipt).await;
+    c.subscribe("s1", &destination, &[("ack", "client-individual")])
+        .await;
+    publish(&ch, "", &q, b"m3", BasicProperties::default()).await;
+    // The old incarnation's unacked message comes again, and the new one.
+    let again = [
+        c.expect(Command::Message).await,
+        c.expect(Command::Message).await,
+    ];
+    // Acking the stale id first settles nothing of the new subscription.
+    for old in &old_ids {
+        c.send(&Frame::new(Command::Ack).with_header("id", old))
+            .await;
+    }
+    for m in &again {
+        let id = m.header("ack").expect("ack").into_owned();
+        assert!(
+            !old_ids.contains(&id),
+            "a new delivery reused an old message id"
+        );
+        c.send(
+            &Frame::new(Command::Ack)
+                .with_header("id", &id)
+                .with_header("receipt", &id),
+        )
+        .await;
+        c.expect(Command::Receipt).await;
+        consumed.push(body(m));
+    }
+    assert!(matches!(
+        c.recv_within(Duration::from_millis(500)).await,
+        Recv::Timeout
+    ));
+    c.disconnect().await;
+    consumed.sort();
+    assert_eq!(consumed, vec!["m0", "m1", "m2", "m3"]);
+    assert_eq!(ready(&q).await, 0);
+    delete_queue(&q).await;
+}
+
+/// Queue subscriptions of many sessions share the plane's consumer channels
+/// (each with its own prefetch), and a refused declaration (a queue that
+/// exists with other arguments) closes nothing that other sessions use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_declaration_does_not_disturb_other_sessions_consumers() {
+    let gw = start_gateway(|c| c.amqp.consumer_channels = 1).await;
+    let q = unique("steady");
+    let conn = amqp().await;
+    let ch = confirm_channel(&conn).await;
+    let (mut steady, _) = StompClient::connect(&gw.ws_url(), "1.2").await;
+    steady
+        .subscribe("s", &format!("/queue/{q}"), &[("ack", "client-individual")])
+        .await;
+    publish(&ch, "", &q, b"one", BasicProperties::default()).await;
+    let first = steady.expect(Command::Message).await;
+    // Another session asks for a queue that exists with other arguments.
+    let (mut bad, _) = StompClient::connect(&gw.ws_url(), "1.2").await;
+    bad.send(
+        &Frame::new(Command::Subscribe)
+            .with_header("id", "x")
+            .with_header("destination", &format!("/queue/{q}"))
+            .with_header("x-max-length", "5"),
+    )
+    .await;
+    let error = bad.expect(Command::Error).await;
+    assert!(
+        error
+            .header("message")
+            .is_some_and(|m| m.contains("PRECONDITION_FAILED") || m.contains("inequivalent")),
+        "{:?}",
+        error.header("message")
+    );
+    // The steady session's consumer and its unacked message are untouched.
+    steady
+        .send(
+            &Frame::new(Command::Ack)
+                .with_header("id", &first.header("ack").expect("ack"))
+                .with_header("receipt", "k"),
+        )
+        .await;
+    steady.expect(Command::Receipt).await;
+    publish(&ch, "", &q, b"two", BasicProperties::default()).await;
+    let second = steady.expect(Command::Message).await;
+    assert_eq!(body(&second), "two");
+    assert_eq!(
+        second.header("redelivered").as_deref().unwrap_or("false"),
+        "false"
+    );
+    steady.disconnect().await;
+    delete_queue(&q).await;
+}
