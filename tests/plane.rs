@@ -452,3 +452,74 @@ async fn a_refused_declaration_does_not_disturb_other_sessions_consumers() {
     steady.disconnect().await;
     delete_queue(&q).await;
 }
+
+/// A transient `/topic` subscription in a client ack mode behaves as on
+/// Web-STOMP (a queue of its own): at most `prefetch-count` unacked
+/// messages, NACK with requeue redelivers (`redelivered:true`), NACK
+/// without requeue drops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_ack_topic_subscription_has_prefetch_and_redelivery() {
+    let gw = start_gateway(|_| {}).await;
+    let topic = unique("acked");
+    let (mut c, _) = StompClient::connect(&gw.ws_url(), "1.2").await;
+    c.subscribe(
+        "t",
+        &format!("/topic/{topic}"),
+        &[("ack", "client-individual"), ("prefetch-count", "2")],
+    )
+    .await;
+    let conn = amqp().await;
+    let ch = confirm_channel(&conn).await;
+    for i in 0..4 {
+        publish(
+            &ch,
+            "amq.topic",
+            &topic,
+            format!("m{i}").as_bytes(),
+            BasicProperties::default(),
+        )
+        .await;
+    }
+    let first = c.expect(Command::Message).await;
+    let second = c.expect(Command::Message).await;
+    assert_eq!((body(&first), body(&second)), ("m0".into(), "m1".into()));
+    assert_eq!(
+        first.header("redelivered").as_deref().unwrap_or("false"),
+        "false"
+    );
+    assert!(
+        matches!(
+            c.recv_within(Duration::from_millis(500)).await,
+            Recv::Timeout
+        ),
+        "more than prefetch-count unacked messages"
+    );
+    // NACK with requeue: m0 comes again, redelivered.
+    c.send(&Frame::new(Command::Nack).with_header("id", &first.header("ack").expect("ack")))
+        .await;
+    let again = c.expect(Command::Message).await;
+    assert_eq!(body(&again), "m0");
+    assert_eq!(again.header("redelivered").as_deref(), Some("true"));
+    // NACK without requeue drops m1; ACK m0: m2 and m3 follow, nothing else.
+    c.send(
+        &Frame::new(Command::Nack)
+            .with_header("id", &second.header("ack").expect("ack"))
+            .with_header("requeue", "false"),
+    )
+    .await;
+    c.send(&Frame::new(Command::Ack).with_header("id", &again.header("ack").expect("ack")))
+        .await;
+    let mut rest = Vec::new();
+    for _ in 0..2 {
+        let m = c.expect(Command::Message).await;
+        c.send(&Frame::new(Command::Ack).with_header("id", &m.header("ack").expect("ack")))
+            .await;
+        rest.push(body(&m));
+    }
+    assert_eq!(rest, vec!["m2", "m3"]);
+    assert!(matches!(
+        c.recv_within(Duration::from_millis(500)).await,
+        Recv::Timeout
+    ));
+    c.disconnect().await;
+}

@@ -93,6 +93,9 @@ enum QueuePlan {
     },
     /// A temporary reply queue: exclusive, server-named.
     Temp,
+    /// A transient broadcast subscription in a client ack mode: an
+    /// exclusive, server-named queue of its own, bound to the exchange.
+    Transient { exchange: String, key: String },
 }
 
 #[derive(Debug, Clone)]
@@ -213,6 +216,15 @@ impl SessionBroker {
                 args: req.queue_arguments.clone(),
             },
             Destination::AmqQueue { name } => QueuePlan::Existing { name: name.clone() },
+            Destination::Topic { .. } | Destination::Exchange { .. }
+                if !req.durable && req.queue_name.is_none() =>
+            {
+                let (exchange, key) = req.destination.publish_target();
+                QueuePlan::Transient {
+                    exchange: exchange.to_owned(),
+                    key: key.to_owned(),
+                }
+            }
             Destination::Topic { .. } | Destination::Exchange { .. } => {
                 let (exchange, key) = req.destination.publish_target();
                 QueuePlan::Own {
@@ -563,6 +575,11 @@ async fn open_consumer(
             plane.check_bind(name, exchange, key).await?;
             Some(name.clone())
         }
+        QueuePlan::Transient { exchange, .. } => {
+            // Checked where a missing exchange closes nothing shared.
+            plane.check_exchange(exchange).await?;
+            None
+        }
         QueuePlan::Temp => None,
     };
     let slot = plane.consumer_channel().await?;
@@ -589,6 +606,20 @@ async fn open_consumer(
         .as_str()
         .to_owned(),
     };
+    if let QueuePlan::Transient { exchange, key } = &spec.plan {
+        timed(
+            timeout,
+            "queue.bind",
+            channel.queue_bind(
+                short("queue name", &queue)?,
+                short("exchange name", exchange)?,
+                short("routing key", key)?,
+                lapin::options::QueueBindOptions::default(),
+                FieldTable::default(),
+            ),
+        )
+        .await?;
+    }
     timed(
         timeout,
         "basic.qos",

@@ -72,10 +72,16 @@ pub struct SubscribeRequest {
 }
 
 impl SubscribeRequest {
-    /// Broadcast subscriptions without a queue of their own share one AMQP
-    /// queue per binding in the gateway and are fanned out locally.
+    /// Broadcast subscriptions in `auto` mode without a queue of their own
+    /// are bindings of the replica's plane, fanned out locally. In a client
+    /// ack mode a broadcast subscription gets an exclusive queue of its own
+    /// (as on RabbitMQ Web-STOMP), so that prefetch, NACK and redelivery
+    /// are the broker's.
     pub fn is_fanout(&self) -> bool {
-        self.destination.is_broadcast() && !self.durable && self.queue_name.is_none()
+        self.destination.is_broadcast()
+            && !self.durable
+            && self.queue_name.is_none()
+            && self.ack == AckMode::Auto
     }
 }
 
