@@ -523,3 +523,64 @@ async fn client_ack_topic_subscription_has_prefetch_and_redelivery() {
     ));
     c.disconnect().await;
 }
+
+/// Durable topic subscriptions as RabbitMQ defines them: a plain
+/// UNSUBSCRIBE keeps the queue (messages published meanwhile wait there and
+/// come when the client subscribes again with the same id); UNSUBSCRIBE
+/// with `durable:true` deletes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_subscription_survives_unsubscribe_until_durable_unsubscribe() {
+    let gw = start_gateway(|_| {}).await;
+    let plane: HashSet<String> = plane_queues(&gw).await.into_iter().collect();
+    let topic = unique("dur");
+    let destination = format!("/topic/{topic}");
+    let headers = [
+        ("durable", "true"),
+        ("auto-delete", "false"),
+        ("ack", "client-individual"),
+    ];
+    let (mut c, _) = StompClient::connect(&gw.ws_url(), "1.2").await;
+    c.subscribe("d1", &destination, &headers).await;
+    let bound: Vec<String> = queues_bound("amq.topic", &topic)
+        .into_iter()
+        .filter(|q| !plane.contains(q))
+        .collect();
+    assert_eq!(bound.len(), 1, "one durable queue: {bound:?}");
+    let queue = bound[0].clone();
+    c.send(
+        &Frame::new(Command::Unsubscribe)
+            .with_header("id", "d1")
+            .with_header("receipt", "u1"),
+    )
+    .await;
+    c.expect(Command::Receipt).await;
+    let conn = amqp().await;
+    let ch = confirm_channel(&conn).await;
+    publish(
+        &ch,
+        "amq.topic",
+        &topic,
+        b"while away",
+        BasicProperties::default(),
+    )
+    .await;
+    assert_eq!(ready(&queue).await, 1, "kept by the durable queue");
+    c.subscribe("d1", &destination, &headers).await;
+    let m = c.expect(Command::Message).await;
+    assert_eq!(body(&m), "while away");
+    c.send(&Frame::new(Command::Ack).with_header("id", &m.header("ack").expect("ack")))
+        .await;
+    c.send(
+        &Frame::new(Command::Unsubscribe)
+            .with_header("id", "d1")
+            .with_header("durable", "true")
+            .with_header("receipt", "u2"),
+    )
+    .await;
+    c.expect(Command::Receipt).await;
+    assert!(
+        !list_queues().iter().any(|(name, _)| name == &queue),
+        "UNSUBSCRIBE durable:true deletes the queue"
+    );
+    c.disconnect().await;
+}

@@ -600,6 +600,14 @@ impl Plane {
             .map(|_| ())
     }
 
+    /// Deletes a queue (a durable subscription's) on the check channel.
+    pub async fn delete_queue(&self, name: &str) -> Result<(), BridgeError> {
+        let queue = short("queue name", name)?;
+        self.on_check(|ch| async move { ch.queue_delete(queue, Default::default()).await })
+            .await
+            .map(|_| ())
+    }
+
     /// Binds a (durable subscription's) queue on the check channel.
     pub async fn check_bind(
         &self,

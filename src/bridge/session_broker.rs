@@ -123,6 +123,8 @@ struct Tracker {
 struct OwnConsumer {
     serial: u64,
     ack: AckMode,
+    /// The named queue of a durable subscription.
+    durable_queue: Option<String>,
     tracker: Arc<Mutex<Tracker>>,
 }
 
@@ -271,6 +273,14 @@ impl SessionBroker {
             closing: false,
         }));
         let id = spec.id.to_string();
+        let durable_queue = match &spec.plan {
+            QueuePlan::Own {
+                durable: true,
+                name,
+                ..
+            } => Some(name.clone()),
+            _ => None,
+        };
         let sender = self
             .inbound
             .get_or_insert_with(|| mpsc::channel(16))
@@ -289,6 +299,7 @@ impl SessionBroker {
             OwnConsumer {
                 serial,
                 ack,
+                durable_queue,
                 tracker,
             },
         ) {
@@ -320,6 +331,17 @@ impl SessionBroker {
             metrics.amqp_consumers.decrement(1.0);
             release(&own).await;
         }
+    }
+
+    /// UNSUBSCRIBE with `durable:true`: cancels the subscription and
+    /// deletes its durable queue (on the check channel).
+    pub async fn delete_durable(&mut self, id: &str) -> Result<(), BridgeError> {
+        let queue = self.own.get(id).and_then(|o| o.durable_queue.clone());
+        self.unsubscribe(id).await;
+        if let Some(queue) = queue {
+            self.plane.delete_queue(&queue).await?;
+        }
+        Ok(())
     }
 
     /// Whether the gateway must ack a message of `subscription` itself once

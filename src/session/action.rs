@@ -125,6 +125,12 @@ pub enum Action {
     Unsubscribe {
         id: String,
     },
+    /// Cancel durable subscription `id` and delete its queue (UNSUBSCRIBE
+    /// with `durable:true`); the [`Action::Unsubscribe`] that follows then
+    /// has nothing left to do.
+    DeleteDurable {
+        id: String,
+    },
     Publish(PublishRequest),
     /// basic.ack of `tag` on subscription `subscription`'s channel.
     Ack {

@@ -656,6 +656,14 @@ impl Session {
         if self.subscriptions.remove(&id).is_none() {
             return Err(Refusal::new(format!("no subscription with id '{id}'")));
         }
+        // As RabbitMQ: a plain UNSUBSCRIBE keeps a durable subscription's
+        // queue (it collects messages until the client comes back); one with
+        // `durable:true` (or the legacy `persistent:true`) deletes it.
+        let delete = parse_bool(frame, "durable")?.unwrap_or(false)
+            || parse_bool(frame, "persistent")?.unwrap_or(false);
+        if delete {
+            out.push(Action::DeleteDurable { id: id.clone() });
+        }
         out.push(Action::Unsubscribe { id });
         push_receipt(frame, out);
         Ok(())

@@ -409,6 +409,11 @@ impl Connection {
                     .map_err(|e| (e.to_string(), None))?;
             }
             Action::Unsubscribe { id } => self.broker.unsubscribe(&id).await,
+            Action::DeleteDurable { id } => self
+                .broker
+                .delete_durable(&id)
+                .await
+                .map_err(|e| (e.to_string(), None))?,
             Action::Publish(request) => {
                 let started = Instant::now();
                 let receipt = request.receipt.clone();
