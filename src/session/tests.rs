@@ -844,9 +844,11 @@ fn empty_or_long_queue_name_is_refused() {
 #[test]
 fn fanout_is_for_broadcast_destinations_without_own_queue() {
     let mut session = connect("1.2");
-    let cases: [(Frame, bool); 7] = [
+    let cases: [(Frame, bool); 8] = [
         (subscribe_frame("1", "/topic/t", "auto"), true),
-        (subscribe_frame("2", "/exchange/e/k", "client"), true),
+        (subscribe_frame("2", "/exchange/e/k", "auto"), true),
+        // Client ack modes get a queue of their own (prefetch, redelivery).
+        (subscribe_frame("8", "/exchange/e/k", "client"), false),
         (subscribe_frame("3", "/queue/q", "auto"), false),
         (subscribe_frame("4", "/amq/queue/q", "auto"), false),
         (
@@ -1859,4 +1861,28 @@ fn reused_subscription_id_never_acks_the_old_incarnations_messages() {
             multiple: true,
         }]
     );
+}
+
+#[test]
+fn unsubscribe_with_durable_true_deletes_the_queue_first() {
+    for header in ["durable", "persistent"] {
+        let mut session = connect("1.2");
+        subscribe(
+            &mut session,
+            subscribe_frame("d", "/topic/t", "client").with_header("durable", "true"),
+        );
+        let out = handle(
+            &mut session,
+            Frame::new(Command::Unsubscribe)
+                .with_header("id", "d")
+                .with_header(header, "true"),
+        );
+        assert_eq!(
+            out,
+            vec![
+                Action::DeleteDurable { id: "d".into() },
+                Action::Unsubscribe { id: "d".into() }
+            ]
+        );
+    }
 }
