@@ -389,6 +389,11 @@ fn percent_decode(s: &str) -> String {
 async fn readyz(State(gateway): State<Arc<Gateway>>) -> impl IntoResponse {
     if gateway.draining.is_cancelled() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+    } else if gateway.bridge.is_blocked() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "broker blocks publishing (memory or disk alarm)\n",
+        )
     } else if gateway.bridge.is_ready() {
         (StatusCode::OK, "ready\n")
     } else {

@@ -106,6 +106,11 @@ impl Bridge {
         self.pool.is_ready()
     }
 
+    /// RabbitMQ blocks publishing (memory or disk alarm).
+    pub fn is_blocked(&self) -> bool {
+        self.pool.is_blocked()
+    }
+
     /// Broker state for a new session.
     pub fn session(&self) -> SessionBroker {
         let key = self.next_session.fetch_add(1, Ordering::Relaxed);

@@ -267,6 +267,11 @@ impl Plane {
             .collect()
     }
 
+    /// Whether RabbitMQ blocks publishing (memory or disk alarm).
+    pub fn is_blocked(&self) -> bool {
+        self.pool.is_blocked()
+    }
+
     /// Whether every AMQP connection is up.
     pub fn is_ready(&self) -> bool {
         self.pool.is_ready()

@@ -61,6 +61,16 @@ impl Pool {
         })
     }
 
+    /// True while RabbitMQ blocks publishing on one of the connections
+    /// (`connection.blocked`: a memory or disk alarm).
+    pub fn is_blocked(&self) -> bool {
+        self.slots.iter().any(|slot| {
+            slot.read()
+                .map(|c| c.as_ref().is_some_and(|c| c.status().blocked()))
+                .unwrap_or(false)
+        })
+    }
+
     /// Waits (bounded by `timeout`) until the pool is ready.
     pub async fn wait_ready(&self, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;

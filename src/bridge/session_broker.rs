@@ -450,8 +450,20 @@ impl SessionBroker {
         let props = properties_from_stomp(&req.headers, reply_to.as_deref())?;
         let (exchange, routing_key) = req.destination.publish_target();
         self.plane.check_exchange(exchange).await?;
-        let channel = self.plane.publisher(self.key).await?;
+        // A memory or disk alarm: wait a bounded time for it to clear rather
+        // than queue publishes the broker will not read.
         let timeout = self.plane.config().timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.plane.is_blocked() {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(BridgeError::Refused(format!(
+                    "the broker blocks publishing (memory or disk alarm) for more than {} ms",
+                    timeout.as_millis()
+                )));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let channel = self.plane.publisher(self.key).await?;
         timed(
             timeout,
             "basic.publish",
@@ -464,6 +476,11 @@ impl SessionBroker {
             ),
         )
         .await
+    }
+
+    /// How long a publish may wait for its confirm.
+    pub fn confirm_timeout(&self) -> std::time::Duration {
+        self.plane.config().timeout
     }
 
     /// The broker's name of temp queue `name`, declared and consumed on first use.

@@ -422,8 +422,17 @@ impl Connection {
                     .publish(&request)
                     .await
                     .map_err(|e| (e.to_string(), receipt.clone()))?;
+                let limit = self.broker.confirm_timeout();
                 self.confirms.push_back(Box::pin(async move {
-                    let result = confirm.await;
+                    let Ok(result) = tokio::time::timeout(limit, confirm).await else {
+                        return Err((
+                            format!(
+                                "no publisher confirm from the broker within {} ms",
+                                limit.as_millis()
+                            ),
+                            receipt,
+                        ));
+                    };
                     crate::metrics::get()
                         .publish_confirm_seconds
                         .record(started.elapsed().as_secs_f64());

@@ -466,3 +466,74 @@ pub fn queues_bound(exchange: &str, key: &str) -> Vec<String> {
         .map(|(_, _, queue)| queue)
         .collect()
 }
+
+/// A private RabbitMQ node of the test's own (scripts/private-rabbitmq.sh),
+/// on its own ports, stopped when dropped; the machine's broker is never
+/// touched.
+pub struct PrivateNode {
+    pub name: String,
+    pub amqp_port: u16,
+    pub pid: u32,
+}
+
+impl PrivateNode {
+    /// Starts node `name` with AMQP on `amqp_port` (its other listeners on
+    /// ports derived from it), waiting until it answers.
+    pub fn start(name: &str, amqp_port: u16) -> PrivateNode {
+        let out = std::process::Command::new("bash")
+            .args(["scripts/private-rabbitmq.sh", "start", name])
+            .env("PRIVATE_RABBIT_AMQP_PORT", amqp_port.to_string())
+            .env(
+                "PRIVATE_RABBIT_WEB_STOMP_PORT",
+                (amqp_port + 10_000).to_string(),
+            )
+            .env("PRIVATE_RABBIT_DIST_PORT", (amqp_port + 20_000).to_string())
+            .env(
+                "PRIVATE_RABBIT_STOMP_PORT",
+                (amqp_port + 56_000).to_string(),
+            )
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run scripts/private-rabbitmq.sh");
+        assert!(
+            out.status.success(),
+            "private broker {name} did not start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let pid = stdout
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix("pid=")?.parse().ok())
+            .unwrap_or_else(|| panic!("no pid in {stdout:?}"));
+        PrivateNode {
+            name: name.to_owned(),
+            amqp_port,
+            pid,
+        }
+    }
+
+    pub fn amqp_url(&self) -> String {
+        format!("amqp://127.0.0.1:{}/%2f", self.amqp_port)
+    }
+
+    /// `rabbitmqctl -n <node> args...`, which must succeed.
+    pub fn ctl(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new("rabbitmqctl")
+            .args(["-n", &format!("{}@localhost", self.name)])
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("rabbitmqctl");
+        assert!(out.status.success(), "rabbitmqctl {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for PrivateNode {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("bash")
+            .args(["scripts/private-rabbitmq.sh", "stop", &self.name])
+            .stdin(std::process::Stdio::null())
+            .output();
+    }
+}
