@@ -709,10 +709,9 @@ impl Session {
         })?
         .into_owned();
         // As RabbitMQ: true/false in any case; anything else is the default.
-        let requeue = match frame.header("requeue") {
-            Some(v) if v.eq_ignore_ascii_case("false") => false,
-            _ => true,
-        };
+        let requeue = !frame
+            .header("requeue")
+            .is_some_and(|v| v.eq_ignore_ascii_case("false"));
         if !replay && self.buffer_in_transaction(frame, out)? {
             return Ok(());
         }

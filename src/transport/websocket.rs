@@ -94,6 +94,11 @@ pub async fn run(socket: WebSocket, gateway: Arc<Gateway>, handshake: Handshake)
     loop {
         let deadline = if !conn.session.is_connected() && !conn.session.is_closed() {
             connect_deadline
+        } else if conn.confirms.len() >= max_unconfirmed {
+            // Back-pressured: the socket is not read, so the client's
+            // silence is not judged (its clock restarts when reading does).
+            conn.last_read = Instant::now();
+            Instant::now() + Duration::from_secs(3600)
         } else if let Some(within) = conn.expect_within {
             conn.last_read + within
         } else {
