@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# THE test command: makes sure RabbitMQ (127.0.0.1:5672) and Node.js with the
-# JavaScript client tests' dependencies are there, then runs every Rust test
+# THE test command: makes sure RabbitMQ (127.0.0.1:5672), Node.js with the
+# JavaScript client tests' dependencies and Python with stomp.py (a venv under
+# target/, for tests/stomppy.rs) are there, then runs every Rust test
 # target (unit tests, tests/*.rs, including tests/stompjs.rs which drives the
 # real @stomp/stompjs client through node).
 #
@@ -16,6 +17,7 @@ cd "$ROOT"
 "$ROOT/scripts/ensure-rabbitmq.sh"
 "$ROOT/scripts/ensure-node.sh"
 "$ROOT/scripts/ensure-haproxy.sh"
+"$ROOT/scripts/ensure-python.sh" >/dev/null
 
 # --all-targets unless the arguments pick targets themselves (cargo would
 # otherwise add them to all targets rather than select them).

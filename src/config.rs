@@ -122,8 +122,20 @@ pub struct SecurityConfig {
     /// head of the handshake.
     pub handshake_timeout_ms: u64,
     /// Frames per second one session may send (0: unlimited), with bursts
-    /// of twice that; beyond, ERROR and close.
+    /// of twice that; beyond, `rate_limit_policy` applies.
     pub max_frames_per_second: u32,
+    /// What happens to a session sending faster than
+    /// `max_frames_per_second`: `throttle` (the gateway reads its socket
+    /// more slowly, nothing is lost) or `disconnect` (ERROR and close).
+    pub rate_limit_policy: RateLimitPolicy,
+}
+
+/// See [`SecurityConfig::rate_limit_policy`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RateLimitPolicy {
+    Throttle,
+    Disconnect,
 }
 
 /// TLS (`wss://`), on when both files are set.
@@ -156,6 +168,7 @@ impl Default for SecurityConfig {
             max_connections_per_ip: 0,
             handshake_timeout_ms: 10_000,
             max_frames_per_second: 1_000,
+            rate_limit_policy: RateLimitPolicy::Throttle,
         }
     }
 }
@@ -220,6 +233,11 @@ pub struct Limits {
     pub slow_client_policy: SlowClientPolicy,
     /// Time for the WebSocket handshake and the CONNECT frame.
     pub connect_timeout_ms: u64,
+    /// Publishes of one session awaiting the broker's confirm beyond which
+    /// the gateway stops reading that session's socket until confirms come
+    /// back (credit-flow style back-pressure, as RabbitMQ applies it): a
+    /// fast publisher is slowed to the broker's pace, never cut off.
+    pub max_unconfirmed_publishes: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -229,17 +247,18 @@ pub enum SlowClientPolicy {
     Drop,
 }
 
-/// Heart-beat bounds; the negotiated value is the larger of what one side
-/// asks and the other can do (STOMP 1.1+), clamped to these.
+/// Heart-beat bounds. The gateway follows what the client asks in CONNECT's
+/// `heart-beat` (as RabbitMQ's STOMP plugin does), clamped to these.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HeartbeatConfig {
     /// Smallest interval the gateway sends heart-beats at, in ms.
     pub min_send_ms: u64,
-    /// Interval the gateway would like to receive heart-beats at, in ms
-    /// (0: none wanted).
+    /// Smallest interval the gateway asks the client to send heart-beats
+    /// at, in ms (0: the gateway never expects client heart-beats).
     pub want_receive_ms: u64,
-    /// Interval the gateway offers to send at, in ms (0: none).
+    /// Largest interval the gateway sends heart-beats at when the client
+    /// asks for them, in ms (0: no cap, the client's value).
     pub offer_send_ms: u64,
     /// A silent client is closed after this many intervals (grace margin).
     pub grace_factor: f64,
@@ -282,7 +301,7 @@ impl Default for AmqpConfig {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_frame_bytes: 4 * 1024 * 1024,
+            max_frame_bytes: 32 * 1024 * 1024,
             max_frame_bytes_before_connect: 64 * 1024,
             max_headers: 128,
             max_header_line: 8 * 1024,
@@ -292,6 +311,7 @@ impl Default for Limits {
             outbound_queue_frames: 1024,
             slow_client_policy: SlowClientPolicy::Disconnect,
             connect_timeout_ms: 10_000,
+            max_unconfirmed_publishes: 256,
         }
     }
 }
@@ -300,8 +320,8 @@ impl Default for HeartbeatConfig {
     fn default() -> Self {
         HeartbeatConfig {
             min_send_ms: 1_000,
-            want_receive_ms: 10_000,
-            offer_send_ms: 10_000,
+            want_receive_ms: 1_000,
+            offer_send_ms: 0,
             grace_factor: 2.0,
         }
     }
@@ -391,6 +411,11 @@ impl Config {
                 "limits.outbound_queue_frames must be at least 1".into(),
             ));
         }
+        if self.limits.max_unconfirmed_publishes == 0 {
+            return Err(ConfigError::Invalid(
+                "limits.max_unconfirmed_publishes must be at least 1".into(),
+            ));
+        }
         if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
             return Err(ConfigError::Invalid(
                 "tls.cert_file and tls.key_file go together".into(),
@@ -428,7 +453,13 @@ mod tests {
         let c = Config::load(None, Vec::new()).expect("defaults load");
         assert_eq!(c.listen, SocketAddr::from(([127, 0, 0, 1], 15674)));
         assert_eq!(c.ws_path, "/ws");
-        assert_eq!(c.limits.max_frame_bytes, 4 * 1024 * 1024);
+        assert_eq!(c.limits.max_frame_bytes, 32 * 1024 * 1024);
+        assert_eq!(c.limits.max_unconfirmed_publishes, 256);
+        assert_eq!(c.security.max_frames_per_second, 1_000);
+        assert_eq!(c.security.rate_limit_policy, RateLimitPolicy::Throttle);
+        assert_eq!(c.heartbeat.min_send_ms, 1_000);
+        assert_eq!(c.heartbeat.want_receive_ms, 1_000);
+        assert_eq!(c.heartbeat.offer_send_ms, 0);
         assert_eq!(c.limits.max_frame_bytes_before_connect, 64 * 1024);
     }
 

@@ -92,7 +92,7 @@ async fn a_merchant_cannot_reach_another_merchants_orders() {
             .with_header("destination", &own(2)),
     )
     .await;
-    spy.expect_error("access refused").await;
+    spy.expect_error("access_refused").await;
     // Nor send there.
     let mut forger = connect_with_token(&gw.ws_url(), &merchant_token(1, 600)).await;
     forger
@@ -103,7 +103,7 @@ async fn a_merchant_cannot_reach_another_merchants_orders() {
                 .with_body("fake order"),
         )
         .await;
-    let error = forger.expect_error("access refused").await;
+    let error = forger.expect_error("access_refused").await;
     assert_eq!(error.header("receipt-id").as_deref(), Some("r"));
     assert_eq!(
         b.recv_within(Duration::from_millis(500)).await,
@@ -234,7 +234,10 @@ async fn an_expiring_token_ends_the_session_unless_refreshed() {
     thief.expect_error("token refresh refused").await;
 
     let error = expiring.expect(Command::Error).await;
-    assert_eq!(error.header("message").as_deref(), Some("token expired"));
+    assert_eq!(
+        error.header("message").as_deref(),
+        Some("Credential expired")
+    );
     expiring.expect_closed().await;
 
     // Well past the first token's expiry, the refreshed session still works.
@@ -316,7 +319,7 @@ async fn user_push_reaches_every_session_of_the_user_on_every_gateway_process() 
                 .with_body("spoof"),
         )
         .await;
-    stranger.expect_error("access refused").await;
+    stranger.expect_error("access_refused").await;
     assert_eq!(
         tab1.recv_within(Duration::from_millis(300)).await,
         Recv::Timeout

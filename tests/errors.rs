@@ -100,6 +100,11 @@ fn error_message(frame: &Frame) -> String {
         .unwrap_or_default()
 }
 
+/// The body of an ERROR: RabbitMQ's details.
+fn error_body(frame: &Frame) -> String {
+    String::from_utf8_lossy(&frame.body).into_owned()
+}
+
 // ---- malformed frames ------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -156,7 +161,7 @@ async fn send_without_destination_is_refused() {
         Frame::new(Command::Send)
             .with_header("receipt", "r1")
             .with_body("no where"),
-        "SEND frame has no 'destination' header",
+        "Missing destination",
     )
     .await;
 }
@@ -167,7 +172,7 @@ async fn subscribe_without_destination_is_refused() {
     frame_refused_after_connect(
         &gw,
         Frame::new(Command::Subscribe).with_header("id", "s1"),
-        "SUBSCRIBE frame has no 'destination' header",
+        "\"SUBSCRIBE\" must include a 'destination' header",
     )
     .await;
 }
@@ -179,7 +184,7 @@ async fn subscribe_without_id_in_1_2_is_refused() {
     frame_refused_after_connect(
         &gw,
         Frame::new(Command::Subscribe).with_header("destination", &format!("/topic/{topic}")),
-        "SUBSCRIBE frame has no 'id' header",
+        "SUBSCRIBE must include an 'id' header",
     )
     .await;
 }
@@ -187,22 +192,55 @@ async fn subscribe_without_id_in_1_2_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_destination_form_is_refused() {
     let gw = start_gateway(|_| {}).await;
-    frame_refused_after_connect(
+    let error = frame_refused_after_connect(
         &gw,
         Frame::new(Command::Send)
             .with_header("destination", "/foo/bar")
             .with_body("x"),
-        "unknown destination '/foo/bar'",
+        "'/foo/bar' is not a valid destination.",
     )
     .await;
-    frame_refused_after_connect(
+    assert_eq!(error_message(&error), "Unknown destination");
+    let error = frame_refused_after_connect(
         &gw,
         Frame::new(Command::Subscribe)
             .with_header("id", "s1")
             .with_header("destination", "/foo/bar"),
-        "unknown destination '/foo/bar'",
+        "Unknown destination",
     )
     .await;
+    assert!(error_body(&error).contains("Valid destination types are: /temp-queue, /exchange, /topic, /queue, /amq/queue, /reply-queue/."));
+}
+
+/// Issue 10: the invalid forms RabbitMQ refuses, with its texts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_destination_forms_are_refused_as_rabbitmq_does() {
+    let gw = start_gateway(|_| {}).await;
+    for (destination, body) in [
+        (
+            "/queue/bah/baz",
+            "'/bah/baz' is not a valid queue destination\n",
+        ),
+        (
+            "/topic/bah/baz",
+            "'/bah/baz' is not a valid topic destination\n",
+        ),
+        (
+            "/exchange//foo",
+            "'//foo' is not a valid exchange destination\n",
+        ),
+    ] {
+        let error = frame_refused_after_connect(
+            &gw,
+            Frame::new(Command::Subscribe)
+                .with_header("id", "s1")
+                .with_header("destination", destination),
+            "Invalid destination",
+        )
+        .await;
+        assert_eq!(error_message(&error), "Invalid destination");
+        assert_eq!(error_body(&error), body, "{destination}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -214,10 +252,11 @@ async fn frames_before_connect_are_refused() {
         &gw,
         send.as_bytes(),
         false,
-        "expected CONNECT or STOMP frame",
+        "You must log in using CONNECT first",
     )
     .await;
-    assert!(error_message(&error).contains("SEND"));
+    assert_eq!(error_message(&error), "Illegal command");
+    assert!(error_body(&error).contains("SEND"));
     // Before CONNECT the ERROR says which versions the server speaks.
     assert_eq!(error.header("version").as_deref(), Some("1.0,1.1,1.2"));
 
@@ -226,10 +265,10 @@ async fn frames_before_connect_are_refused() {
         &gw,
         subscribe.as_bytes(),
         false,
-        "expected CONNECT or STOMP frame",
+        "You must log in using CONNECT first",
     )
     .await;
-    assert!(error_message(&error).contains("SUBSCRIBE"));
+    assert!(error_body(&error).contains("SUBSCRIBE"));
 }
 
 // ---- limits ----------------------------------------------------------------
@@ -370,9 +409,12 @@ async fn send_to_nonexistent_exchange_gets_error_not_receipt() {
     .await;
     let error = bad.expect(Command::Error).await;
     let message = error_message(&error);
+    // As RabbitMQ writes it: the AMQP error's name, the broker's text.
+    assert_eq!(message, "not_found");
     assert!(
-        message.contains("NOT_FOUND") || message.contains("no exchange"),
-        "ERROR message {message:?} does not say the exchange is missing"
+        error_body(&error).starts_with("NOT_FOUND - no exchange"),
+        "ERROR body {:?} does not say the exchange is missing",
+        error_body(&error)
     );
     assert_eq!(error.header("receipt-id").as_deref(), Some("r-missing"));
     // Nothing after the ERROR (in particular no RECEIPT), then the close.
@@ -401,8 +443,9 @@ async fn send_to_nonexistent_exchange_gets_error() {
             .with_body("into the void"),
     )
     .await;
-    let error = bad.expect_error("NOT_FOUND").await;
-    assert!(error_message(&error).contains("no exchange"));
+    let error = bad.expect_error("not_found").await;
+    assert_eq!(error_message(&error), "not_found");
+    assert!(error_body(&error).contains("no exchange"));
     bystander.still_works().await;
 }
 
@@ -416,10 +459,10 @@ async fn subscribe_to_nonexistent_exchange_is_refused() {
             .with_header("id", "s1")
             .with_header("destination", &format!("/exchange/{exchange}"))
             .with_header("receipt", "r-sub"),
-        "NOT_FOUND",
+        "not_found",
     )
     .await;
-    assert!(error_message(&error).contains(&exchange));
+    assert!(error_body(&error).contains(&exchange));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -453,7 +496,7 @@ async fn subscribe_to_queue_with_different_arguments_is_refused() {
                 .with_header("id", "s1")
                 .with_header("destination", &format!("/queue/{q}"))
                 .with_header("x-max-length", "20"),
-            "PRECONDITION_FAILED",
+            "precondition_failed",
         )
         .await
     })
@@ -466,7 +509,10 @@ async fn subscribe_to_queue_with_different_arguments_is_refused() {
         .expect("delete the queue");
     let _ = conn.close(200, "bye".into()).await;
     match outcome {
-        Ok(error) => assert!(error_message(&error).contains("x-max-length")),
+        Ok(error) => {
+            assert_eq!(error_message(&error), "precondition_failed");
+            assert!(error_body(&error).contains("x-max-length"));
+        }
         Err(e) => std::panic::resume_unwind(e.into_panic()),
     }
 }
@@ -480,10 +526,10 @@ async fn subscribe_to_nonexistent_amq_queue_is_refused() {
         Frame::new(Command::Subscribe)
             .with_header("id", "s1")
             .with_header("destination", &format!("/amq/queue/{queue}")),
-        "NOT_FOUND",
+        "not_found",
     )
     .await;
-    assert!(error_message(&error).contains(&queue));
+    assert!(error_body(&error).contains(&queue));
     // The gateway declared nothing.
     assert!(!list_queues().iter().any(|(name, _)| name == &queue));
 }
@@ -520,9 +566,15 @@ async fn ack_of_unknown_message_id_is_refused() {
     frame_refused_after_connect(
         &gw,
         Frame::new(Command::Ack).with_header("id", "garbage"),
-        "ACK for unknown message id 'garbage'",
+        "'garbage' is not a message id of this session",
     )
     .await;
+    // Issue 10: without the id header (1.2), an ERROR (not silence).
+    let error = frame_refused_after_connect(&gw, Frame::new(Command::Nack), "Missing header").await;
+    assert_eq!(
+        error_body(&error),
+        "\"NACK\" must include the \"id\" header\n"
+    );
 }
 
 // ---- timeouts --------------------------------------------------------------
@@ -556,7 +608,11 @@ async fn silent_client_gets_connect_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_sending_too_fast_is_cut_off() {
-    let gw = start_gateway(|c| c.security.max_frames_per_second = 20).await;
+    let gw = start_gateway(|c| {
+        c.security.max_frames_per_second = 20;
+        c.security.rate_limit_policy = stompgate::config::RateLimitPolicy::Disconnect;
+    })
+    .await;
     let bystander = Bystander::connect(&gw).await;
     let mut flood = connected(&gw).await;
     // The bucket holds a burst of 40; 200 frames in one go overflow it.

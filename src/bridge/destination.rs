@@ -41,58 +41,120 @@ pub enum Destination {
     },
 }
 
-/// Why a destination string was refused; the text goes to the client.
+/// Why a destination string was refused; the texts are those of RabbitMQ's
+/// STOMP plugin (`rabbit_stomp_processor`, `rabbit_routing_parser`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DestinationError {
-    #[error("unknown destination '{0}': expected /exchange/, /topic/, /queue/, /amq/queue/, /temp-queue/ or /reply-queue/")]
+    /// Not one of the known prefixes.
+    #[error("'{0}' is not a valid destination.\nValid destination types are: /temp-queue, /exchange, /topic, /queue, /amq/queue, /reply-queue/.\n")]
     UnknownForm(String),
-    #[error("destination '{0}' has an empty name")]
-    EmptyName(String),
-    #[error("destination '{0}' has a name longer than 255 bytes")]
+    /// A known prefix with a name that is empty or has several segments
+    /// (`/queue/bah/baz`, `/exchange//foo`): `content` is what follows the
+    /// prefix, `kind` RabbitMQ's name of the form.
+    #[error("'{content}' is not a valid {kind} destination\n")]
+    Invalid { kind: &'static str, content: String },
+    #[error("'{0}' has a name longer than 255 bytes\n")]
     NameTooLong(String),
 }
 
+impl DestinationError {
+    /// The ERROR frame's `message` header for this refusal (the Display
+    /// text is its body).
+    pub fn message(&self) -> &'static str {
+        match self {
+            DestinationError::UnknownForm(_) => "Unknown destination",
+            DestinationError::Invalid { .. } | DestinationError::NameTooLong(_) => {
+                "Invalid destination"
+            }
+        }
+    }
+}
+
+/// `%2F` in a destination segment stands for `/` (RabbitMQ's escaping).
+fn unescape(segment: &str) -> String {
+    segment.replace("%2F", "/")
+}
+
+/// The single, non-empty segment after a prefix (`kind` names the form in
+/// errors).
+fn one_segment(whole: &str, kind: &'static str, rest: &str) -> Result<String, DestinationError> {
+    if rest.is_empty() || rest.contains('/') {
+        return Err(DestinationError::Invalid {
+            kind,
+            content: truncate(&whole[whole.len() - rest.len() - 1..]),
+        });
+    }
+    let name = unescape(rest);
+    check_len(whole, &name)?;
+    Ok(name)
+}
+
 impl Destination {
-    /// Parses a destination header value.
+    /// Parses a destination header value, as RabbitMQ's STOMP plugin does:
+    /// names are one segment (`%2F` stands for a `/` inside one), an
+    /// exchange destination has at most a name and a routing key.
     pub fn parse(s: &str) -> Result<Destination, DestinationError> {
         let dest = if let Some(rest) = s.strip_prefix("/exchange/") {
-            let (exchange, routing_key) = match rest.split_once('/') {
-                Some((e, k)) => (e, k),
-                None => (rest, ""),
+            let parts: Vec<&str> = rest.split('/').collect();
+            let invalid = || DestinationError::Invalid {
+                kind: "exchange",
+                content: truncate(&s["/exchange".len()..]),
             };
-            check_name(s, exchange)?;
-            check_len(s, routing_key)?;
+            let (exchange, routing_key) = match parts.as_slice() {
+                [name] if !name.is_empty() => (unescape(name), String::new()),
+                [name, key] if !name.is_empty() => (unescape(name), unescape(key)),
+                _ => return Err(invalid()),
+            };
+            check_len(s, &exchange)?;
+            check_len(s, &routing_key)?;
             Destination::Exchange {
-                exchange: exchange.to_owned(),
-                routing_key: routing_key.to_owned(),
+                exchange,
+                routing_key,
             }
         } else if let Some(key) = s.strip_prefix("/topic/") {
-            check_name(s, key)?;
             Destination::Topic {
-                key: key.to_owned(),
+                key: one_segment(s, "topic", key)?,
             }
         } else if let Some(name) = s.strip_prefix("/queue/") {
-            check_name(s, name)?;
             Destination::Queue {
-                name: name.to_owned(),
+                name: one_segment(s, "queue", name)?,
             }
         } else if let Some(name) = s.strip_prefix("/amq/queue/") {
-            check_name(s, name)?;
             Destination::AmqQueue {
-                name: name.to_owned(),
+                name: one_segment(s, "amqqueue", name)?,
             }
         } else if let Some(name) = s.strip_prefix("/temp-queue/") {
-            check_name(s, name)?;
             Destination::TempQueue {
-                name: name.to_owned(),
+                name: one_segment(s, "temp_queue", name)?,
             }
         } else if let Some(name) = s.strip_prefix("/reply-queue/") {
-            check_name(s, name)?;
+            // Reply queue names may hold slashes: everything after the prefix.
+            if name.is_empty() {
+                return Err(DestinationError::Invalid {
+                    kind: "reply_queue",
+                    content: String::new(),
+                });
+            }
+            check_len(s, name)?;
             Destination::ReplyQueue {
                 name: name.to_owned(),
             }
         } else {
-            return Err(DestinationError::UnknownForm(truncate(s)));
+            let kind = match s {
+                "/exchange" => Some("exchange"),
+                "/topic" => Some("topic"),
+                "/queue" => Some("queue"),
+                "/amq/queue" => Some("amqqueue"),
+                "/temp-queue" => Some("temp_queue"),
+                _ => None,
+            };
+            return Err(match kind {
+                Some(kind) => DestinationError::Invalid {
+                    kind,
+                    content: String::new(),
+                },
+                None => DestinationError::UnknownForm(truncate(s)),
+            });
         };
         Ok(dest)
     }
@@ -153,13 +215,6 @@ impl fmt::Display for Destination {
     }
 }
 
-fn check_name(whole: &str, name: &str) -> Result<(), DestinationError> {
-    if name.is_empty() {
-        return Err(DestinationError::EmptyName(truncate(whole)));
-    }
-    check_len(whole, name)
-}
-
 fn check_len(whole: &str, name: &str) -> Result<(), DestinationError> {
     if name.len() > MAX_NAME {
         return Err(DestinationError::NameTooLong(truncate(whole)));
@@ -197,7 +252,7 @@ mod tests {
             })
         );
         assert_eq!(
-            Destination::parse("/exchange/e/a/b"),
+            Destination::parse("/exchange/e/a%2Fb"),
             Ok(Destination::Exchange {
                 exchange: "e".into(),
                 routing_key: "a/b".into()
@@ -259,14 +314,36 @@ mod tests {
             Destination::parse("queue/x"),
             Err(DestinationError::UnknownForm(_))
         ));
-        assert!(matches!(
-            Destination::parse("/queue/"),
-            Err(DestinationError::EmptyName(_))
-        ));
-        assert!(matches!(
-            Destination::parse("/exchange//key"),
-            Err(DestinationError::EmptyName(_))
-        ));
+        let invalid = |d: &str| match Destination::parse(d) {
+            Err(e @ DestinationError::Invalid { .. }) => (e.message(), e.to_string()),
+            other => panic!("{d}: {other:?}"),
+        };
+        assert_eq!(
+            invalid("/queue/bah/baz"),
+            (
+                "Invalid destination",
+                "'/bah/baz' is not a valid queue destination\n".to_owned()
+            )
+        );
+        assert_eq!(
+            invalid("/topic/bah/baz").1,
+            "'/bah/baz' is not a valid topic destination\n"
+        );
+        assert_eq!(
+            invalid("/exchange//foo").1,
+            "'//foo' is not a valid exchange destination\n"
+        );
+        assert_eq!(
+            invalid("/exchange/a/b/c").1,
+            "'/a/b/c' is not a valid exchange destination\n"
+        );
+        invalid("/queue/");
+        invalid("/queue");
+        let unknown = Destination::parse("/bah/baz").expect_err("unknown");
+        assert_eq!(unknown.message(), "Unknown destination");
+        assert!(unknown
+            .to_string()
+            .starts_with("'/bah/baz' is not a valid destination.\n"));
         let long = format!("/topic/{}", "x".repeat(256));
         assert!(matches!(
             Destination::parse(&long),

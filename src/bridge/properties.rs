@@ -127,9 +127,8 @@ pub fn stomp_headers_from_amqp(
     if let Some(ts) = props.timestamp() {
         out.push(("timestamp".to_owned(), ts.to_string()));
     }
-    if redelivered {
-        out.push(("redelivered".to_owned(), "true".to_owned()));
-    }
+    // Always present, `true` or `false`, as RabbitMQ's STOMP plugin sends it.
+    out.push(("redelivered".to_owned(), redelivered.to_string()));
     if let Some(table) = props.headers() {
         for (name, value) in table.inner() {
             let name = name.as_str();
@@ -142,6 +141,7 @@ pub fn stomp_headers_from_amqp(
                     | "ack"
                     | "content-length"
                     | "receipt"
+                    | "redelivered"
             ) || out.iter().any(|(n, _)| n == name)
             {
                 continue;
@@ -191,14 +191,77 @@ fn number<T: std::str::FromStr>(name: &str, value: &str) -> Result<T, BridgeErro
         .map_err(|_| BridgeError::Invalid(format!("invalid {name} header '{value}'")))
 }
 
-/// Queue arguments from `x-*` SUBSCRIBE headers: numbers stay numbers (as
-/// RabbitMQ wants for `x-max-length`, `x-message-ttl`, ...).
+/// How RabbitMQ's STOMP plugin types a queue-argument header
+/// (`rabbit_stomp_util:build_argument`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ArgumentType {
+    /// AMQP `long` (a signed 64-bit integer, `l` on the wire).
+    Integer,
+    /// A long string.
+    Text,
+    /// Not a queue argument: a consumer argument (`x-priority`,
+    /// `x-stream-offset`, ...) or the gateway's own (`x-queue-name`).
+    NotQueueArgument,
+}
+
+fn argument_type(name: &str) -> ArgumentType {
+    match name {
+        "x-expires"
+        | "x-message-ttl"
+        | "x-max-length"
+        | "x-max-length-bytes"
+        | "x-max-priority"
+        | "x-stream-max-segment-size-bytes"
+        | "x-stream-filter-size-bytes"
+        | "x-delivery-limit"
+        | "x-quorum-initial-group-size"
+        | "x-initial-cluster-size" => ArgumentType::Integer,
+        "x-dead-letter-exchange"
+        | "x-dead-letter-routing-key"
+        | "x-max-age"
+        | "x-queue-type"
+        | "x-overflow"
+        | "x-queue-mode"
+        | "x-queue-master-locator"
+        | "x-queue-leader-locator"
+        | "x-dead-letter-strategy"
+        | "x-single-active-consumer" => ArgumentType::Text,
+        "x-queue-name"
+        | "x-priority"
+        | "x-stream-offset"
+        | "x-stream-filter"
+        | "x-stream-match-unfiltered" => ArgumentType::NotQueueArgument,
+        _ => ArgumentType::Text,
+    }
+}
+
+/// Queue arguments from `x-*` SUBSCRIBE headers, typed as RabbitMQ's STOMP
+/// plugin types them: `x-expires`, `x-message-ttl`, `x-max-length`,
+/// `x-max-length-bytes`, `x-max-priority` (and the other numeric ones) are
+/// integers (AMQP `long`), so that a queue declared by Web-STOMP or by a
+/// backend with the same values is equivalent; `x-queue-type` (`quorum`,
+/// `stream`), `x-dead-letter-*`, `x-max-age`, `x-overflow`, ... are strings
+/// (`x-single-active-consumer` is a boolean); consumer arguments
+/// (`x-priority`, `x-stream-*`) are not queue arguments and are left out.
+/// Other `x-*` headers pass as strings. A numeric argument that is not a
+/// number is refused.
 pub fn queue_arguments(args: &[(String, String)]) -> Result<FieldTable, BridgeError> {
     let mut table = FieldTable::default();
     for (name, value) in args {
-        let v = match value.parse::<i64>() {
-            Ok(n) => AMQPValue::LongLongInt(n),
-            Err(_) => AMQPValue::LongString(LongString::from(value.as_str())),
+        let value = value.trim();
+        let v = match argument_type(name) {
+            ArgumentType::NotQueueArgument => continue,
+            ArgumentType::Integer => {
+                AMQPValue::LongLongInt(value.parse::<i64>().map_err(|_| {
+                    BridgeError::Invalid(format!(
+                        "invalid {name} header '{value}': expected an integer"
+                    ))
+                })?)
+            }
+            ArgumentType::Text if name == "x-single-active-consumer" => {
+                AMQPValue::Boolean(value.eq_ignore_ascii_case("true"))
+            }
+            ArgumentType::Text => AMQPValue::LongString(LongString::from(value)),
         };
         table.insert(short("queue argument name", name)?, v);
     }
@@ -248,7 +311,7 @@ mod tests {
         assert_eq!(get("timestamp"), Some("1700000000"));
         assert_eq!(get("x-custom"), Some("v:1"));
         assert_eq!(get("reply-to"), Some("/reply-queue/amq.gen-1"));
-        assert_eq!(get("redelivered"), None);
+        assert_eq!(get("redelivered"), Some("false"));
     }
 
     #[test]
@@ -271,5 +334,51 @@ mod tests {
         assert!(back.contains(&("n".to_owned(), "7".to_owned())));
         assert!(back.contains(&("redelivered".to_owned(), "true".to_owned())));
         assert!(back.contains(&("destination".to_owned(), "/queue/q".to_owned())));
+    }
+
+    #[test]
+    fn queue_arguments_have_rabbitmqs_types() {
+        let table = queue_arguments(&h(&[
+            ("x-expires", "70000"),
+            ("x-message-ttl", " 60000"),
+            ("x-max-length", "10"),
+            ("x-max-length-bytes", "1048576"),
+            ("x-max-priority", "9"),
+            ("x-queue-type", "quorum"),
+            ("x-dead-letter-exchange", "dlx"),
+            ("x-max-age", "1D"),
+            ("x-single-active-consumer", "true"),
+            ("x-priority", "5"),
+            ("x-queue-name", "q"),
+            ("x-custom", "42"),
+        ]))
+        .expect("valid");
+        let get = |n: &str| table.inner().get(n).cloned();
+        assert_eq!(get("x-expires"), Some(AMQPValue::LongLongInt(70000)));
+        assert_eq!(get("x-message-ttl"), Some(AMQPValue::LongLongInt(60000)));
+        assert_eq!(get("x-max-length"), Some(AMQPValue::LongLongInt(10)));
+        assert_eq!(
+            get("x-max-length-bytes"),
+            Some(AMQPValue::LongLongInt(1_048_576))
+        );
+        assert_eq!(get("x-max-priority"), Some(AMQPValue::LongLongInt(9)));
+        assert_eq!(
+            get("x-queue-type"),
+            Some(AMQPValue::LongString("quorum".into()))
+        );
+        assert_eq!(
+            get("x-dead-letter-exchange"),
+            Some(AMQPValue::LongString("dlx".into()))
+        );
+        assert_eq!(get("x-max-age"), Some(AMQPValue::LongString("1D".into())));
+        assert_eq!(
+            get("x-single-active-consumer"),
+            Some(AMQPValue::Boolean(true))
+        );
+        // Consumer arguments and the gateway's own header are not queue arguments.
+        assert_eq!(get("x-priority"), None);
+        assert_eq!(get("x-queue-name"), None);
+        assert_eq!(get("x-custom"), Some(AMQPValue::LongString("42".into())));
+        assert!(queue_arguments(&h(&[("x-expires", "soon")])).is_err());
     }
 }

@@ -187,7 +187,12 @@ impl Session {
     /// The credentials expired (the transport's timer): end the session.
     pub fn token_expired(&mut self, out: &mut Vec<Action>) {
         if self.phase == Phase::Connected {
-            self.fail("token expired", "", None, out);
+            self.fail(
+                "Credential expired",
+                "The credential used to authenticate this connection has expired",
+                None,
+                out,
+            );
         }
     }
 
@@ -214,9 +219,10 @@ impl Session {
             Phase::Closed => return,
             Phase::AwaitingConnect => match frame.command {
                 Command::Connect | Command::Stomp => self.connect(&frame, out),
-                other => Err(Refusal::new(format!(
-                    "expected CONNECT or STOMP frame, got {other}"
-                ))),
+                other => Err(Refusal::rabbit(
+                    "Illegal command",
+                    format!("You must log in using CONNECT first (got {other})\n"),
+                )),
             },
             Phase::Connected => self.dispatch(&frame, out),
         };
@@ -250,7 +256,8 @@ impl Session {
         out: &mut Vec<Action>,
     ) {
         if self.phase != Phase::Closed {
-            self.fail(message, "", receipt, out);
+            let (header, detail) = broker_error_texts(message);
+            self.fail(&header, &detail, receipt, out);
         }
     }
 
@@ -313,7 +320,10 @@ impl Session {
                 Ok(())
             }
             other @ (Command::Connected | Command::Message | Command::Receipt | Command::Error) => {
-                Err(Refusal::new(format!("{other} is a server frame")))
+                Err(Refusal::rabbit(
+                    "Bad command",
+                    format!("Could not interpret command \"{other}\" (a server frame)\n"),
+                ))
             }
         }
     }
@@ -331,9 +341,7 @@ impl Session {
                 })
                 .max()
                 .ok_or_else(|| {
-                    Refusal::new(
-                        "no supported protocol version; supported versions are 1.0,1.1,1.2",
-                    )
+                    Refusal::rabbit("Version mismatch", "Supported versions are 1.0,1.1,1.2\n")
                 })?,
         };
         if !self.config.allowed_hosts.is_empty() {
@@ -342,15 +350,22 @@ impl Session {
                 .as_deref()
                 .is_some_and(|h| self.config.allowed_hosts.iter().any(|a| a == h));
             if !allowed {
-                return Err(Refusal::new(format!(
-                    "virtual host '{}' is not served here",
-                    host.as_deref().unwrap_or("")
-                )));
+                return Err(Refusal::rabbit(
+                    "Bad CONNECT",
+                    format!(
+                        "Virtual host '{}' access denied",
+                        host.as_deref().unwrap_or("")
+                    ),
+                ));
             }
         }
-        let client_heartbeat = match (version, frame.header("heart-beat")) {
-            (Version::V1_0, _) | (_, None) => (0, 0),
-            (_, Some(value)) => heartbeat::parse(&value)
+        // Read in 1.0 too, as RabbitMQ does (a 1.0 client that does not
+        // know the header does not send it).
+        let client_heartbeat = match frame.header("heart-beat") {
+            None => (0, 0),
+            // A 1.0 client may use the header for something else.
+            Some(value) if version == Version::V1_0 => heartbeat::parse(&value).unwrap_or((0, 0)),
+            Some(value) => heartbeat::parse(&value)
                 .ok_or_else(|| Refusal::new(format!("malformed heart-beat header '{value}'")))?,
         };
         let identity = self
@@ -361,7 +376,16 @@ impl Session {
                 frame.header("passcode").as_deref(),
                 self.handshake_token.as_deref(),
             )
-            .map_err(|e| Refusal::new(e.to_string()))?;
+            .map_err(|e| {
+                let login = frame
+                    .header("login")
+                    .map(|l| l.into_owned())
+                    .unwrap_or_default();
+                Refusal::rabbit(
+                    "Bad CONNECT",
+                    format!("Access refused for user '{login}'\n{e}\n"),
+                )
+            })?;
         let hb = heartbeat::negotiate(client_heartbeat, &self.config.heartbeat);
         self.version = version;
         self.negotiated = true;
@@ -370,24 +394,15 @@ impl Session {
             .with_header("version", version.as_str())
             .with_header("server", &self.config.server)
             .with_header("session", &self.id);
-        if version >= Version::V1_1 {
-            connected.push_header(
-                "heart-beat",
-                &format!("{},{}", hb.server_header.0, hb.server_header.1),
-            );
-        }
+        // Every version, 1.0 included, as RabbitMQ writes it.
+        connected.push_header(
+            "heart-beat",
+            &format!("{},{}", hb.server_header.0, hb.server_header.1),
+        );
         out.push(Action::Established(Negotiated {
             version,
-            send_every: if version >= Version::V1_1 {
-                hb.send_every
-            } else {
-                None
-            },
-            expect_within: if version >= Version::V1_1 {
-                hb.expect_within
-            } else {
-                None
-            },
+            send_every: hb.send_every,
+            expect_within: hb.expect_within,
         }));
         if identity.expires_at.is_some() {
             out.push(Action::Expiry(identity.expires_at));
@@ -427,22 +442,29 @@ impl Session {
         arguments: &[&str],
     ) -> Result<Destination, Refusal> {
         let written = frame.header("destination").ok_or_else(|| {
-            Refusal::new(format!(
-                "{} frame has no 'destination' header",
-                frame.command
-            ))
+            Refusal::rabbit(
+                "Missing destination",
+                format!(
+                    "\"{}\" must include a 'destination' header\n",
+                    frame.command
+                ),
+            )
         })?;
         let anonymous = Identity::anonymous();
         let identity = self.identity.as_ref().unwrap_or(&anonymous);
         let destination = match UserDestination::parse(&written) {
-            None => Destination::parse(&written).map_err(|e| Refusal::new(e.to_string()))?,
-            Some(Err(message)) => return Err(Refusal::new(message)),
+            None => Destination::parse(&written)
+                .map_err(|e| Refusal::rabbit(e.message(), e.to_string()))?,
+            Some(Err(message)) => {
+                return Err(Refusal::rabbit(
+                    "Invalid destination",
+                    format!("{message}\n"),
+                ))
+            }
             Some(Ok(user_destination)) => {
                 let routing_key = match (&user_destination, &identity.user) {
                     (UserDestination::Own { .. }, None) => {
-                        return Err(Refusal::new(
-                            "access refused: anonymous sessions have no /user/ queue",
-                        ))
+                        return Err(access_refused("anonymous sessions have no /user/ queue"))
                     }
                     (_, user) => user_destination.routing_key(user.as_deref().unwrap_or("")),
                 };
@@ -455,7 +477,7 @@ impl Session {
         self.config
             .auth
             .authorize(verb, &written, &destination, identity, arguments)
-            .map_err(|e| Refusal::new(e.to_string()))?;
+            .map_err(|e| access_refused(e.to_string().trim_start_matches("access refused: ")))?;
         Ok(destination)
     }
 
@@ -465,8 +487,12 @@ impl Session {
         }
         let destination = self.authorized_destination(frame, Verb::Send, &[])?;
         if let Destination::TempQueue { .. } = destination {
-            return Err(Refusal::new(
-                "cannot SEND to a /temp-queue/ destination; use it as reply-to",
+            return Err(Refusal::rabbit(
+                "Invalid destination",
+                format!(
+                    "'{}' is not a valid destination for 'SEND' (use it as reply-to)\n",
+                    frame.header("destination").unwrap_or_default()
+                ),
             ));
         }
         if !replay && self.buffer_in_transaction(frame, out)? {
@@ -477,7 +503,10 @@ impl Session {
             Some(value) => {
                 if let Some(name) = value.strip_prefix("/temp-queue/") {
                     if name.is_empty() {
-                        return Err(Refusal::new("reply-to '/temp-queue/' has an empty name"));
+                        return Err(Refusal::rabbit(
+                            "Invalid destination",
+                            "'/' is not a valid temp_queue destination\n",
+                        ));
                     }
                     let sub_id = format!("/temp-queue/{name}");
                     if !self.subscriptions.contains_key(&sub_id) {
@@ -516,16 +545,12 @@ impl Session {
             destination,
             headers,
             reply_to,
-            receipt: if replay {
-                None
-            } else {
-                frame.header("receipt").map(|r| r.into_owned())
-            },
+            receipt: frame.header("receipt").map(|r| r.into_owned()),
             body: frame.body.clone(),
         }));
-        if !replay {
-            push_receipt(frame, out);
-        }
+        // Also when replayed by COMMIT: a SEND's RECEIPT follows the
+        // broker's confirm of that very publish (as RabbitMQ does).
+        push_receipt(frame, out);
         Ok(())
     }
 
@@ -546,9 +571,10 @@ impl Session {
             destination,
             Destination::TempQueue { .. } | Destination::ReplyQueue { .. }
         ) {
-            return Err(Refusal::new(format!(
-                "cannot SUBSCRIBE to '{destination}': temporary queues are subscribed by SEND with reply-to"
-            )));
+            return Err(Refusal::rabbit(
+                "Invalid destination",
+                format!("'{destination}' is not a valid destination for 'SUBSCRIBE' (temporary queues are subscribed by SEND with reply-to)\n"),
+            ));
         }
         let id = match frame.header("id") {
             Some(id) => id.into_owned(),
@@ -558,17 +584,24 @@ impl Session {
                 .header("destination")
                 .map(|d| d.into_owned())
                 .unwrap_or_default(),
-            None => return Err(Refusal::new("SUBSCRIBE frame has no 'id' header")),
+            None => {
+                return Err(Refusal::rabbit(
+                    "Missing header",
+                    "SUBSCRIBE must include an 'id' header in STOMP 1.1 and 1.2\n",
+                ))
+            }
         };
         if id.starts_with("/temp-queue/") {
-            return Err(Refusal::new(
-                "subscription ids starting with /temp-queue/ are reserved for reply queues",
+            return Err(Refusal::rabbit(
+                "Invalid id",
+                "SUBSCRIBE 'id' may not start with /temp-queue/\n",
             ));
         }
         if self.subscriptions.contains_key(&id) {
-            return Err(Refusal::new(format!(
-                "subscription id '{id}' is already in use"
-            )));
+            return Err(Refusal::rabbit(
+                "Duplicated subscription identifier",
+                format!("A subscription identified by '{OWN_PREFIX}{id}' already exists."),
+            ));
         }
         self.check_subscription_limit()?;
         let ack = match frame.header("ack").as_deref() {
@@ -576,9 +609,12 @@ impl Session {
             Some("client") => AckMode::Client,
             Some("client-individual") => AckMode::ClientIndividual,
             Some(other) => {
-                return Err(Refusal::new(format!(
-                    "invalid ack mode '{other}': expected auto, client or client-individual"
-                )))
+                return Err(Refusal::rabbit(
+                    "Invalid header",
+                    format!(
+                        "invalid ack mode '{other}': expected auto, client or client-individual\n"
+                    ),
+                ))
             }
         };
         let default_prefetch = if ack == AckMode::Auto {
@@ -592,9 +628,10 @@ impl Session {
                 Ok(0) => default_prefetch,
                 Ok(n) => n,
                 Err(_) => {
-                    return Err(Refusal::new(format!(
-                        "invalid prefetch-count '{v}': expected 1 to 65535"
-                    )))
+                    return Err(Refusal::rabbit(
+                        "Invalid header",
+                        format!("invalid prefetch-count '{v}': expected 1 to 65535\n"),
+                    ))
                 }
             },
         };
@@ -604,7 +641,10 @@ impl Session {
             .as_deref()
             .is_some_and(|q| q.is_empty() || q.len() > 255)
         {
-            return Err(Refusal::new("x-queue-name must be 1 to 255 bytes"));
+            return Err(Refusal::rabbit(
+                "Invalid header",
+                "x-queue-name must be 1 to 255 bytes\n",
+            ));
         }
         let queue_arguments = frame
             .headers()
@@ -643,18 +683,22 @@ impl Session {
             (None, Version::V1_0) => frame
                 .header("destination")
                 .map(|d| d.into_owned())
-                .ok_or_else(|| {
-                    Refusal::new("UNSUBSCRIBE frame has no 'id' or 'destination' header")
-                })?,
-            (None, _) => return Err(Refusal::new("UNSUBSCRIBE frame has no 'id' header")),
+                .ok_or_else(missing_unsubscribe_id)?,
+            (None, _) => return Err(missing_unsubscribe_id()),
         };
         if id.starts_with("/temp-queue/") {
-            return Err(Refusal::new(
-                "temporary queue subscriptions cannot be cancelled",
+            return Err(Refusal::rabbit(
+                "Invalid id",
+                "UNSUBSCRIBE 'id' may not start with /temp-queue/\n",
             ));
         }
         if self.subscriptions.remove(&id).is_none() {
-            return Err(Refusal::new(format!("no subscription with id '{id}'")));
+            return Err(Refusal::rabbit(
+                "No subscription found",
+                format!(
+                    "UNSUBSCRIBE must refer to an existing subscription.\nSubscription to id='{id}' not found.\n"
+                ),
+            ));
         }
         // As RabbitMQ: a plain UNSUBSCRIBE keeps a durable subscription's
         // queue (it collects messages until the client comes back); one with
@@ -676,16 +720,30 @@ impl Session {
         nack: bool,
         replay: bool,
     ) -> Result<(), Refusal> {
-        if nack && self.version == Version::V1_0 {
-            return Err(Refusal::new("NACK is not part of STOMP 1.0"));
-        }
+        // NACK in 1.0 is RabbitMQ's extension, with `message-id` as in 1.1.
         let verb = if nack { "NACK" } else { "ACK" };
-        let id = frame
-            .header("id")
-            .or_else(|| frame.header("message-id"))
-            .ok_or_else(|| Refusal::new(format!("{verb} frame has no 'id' header")))?
-            .into_owned();
-        let requeue = parse_bool(frame, "requeue")?.unwrap_or(true);
+        // The header RabbitMQ reads: `id` in 1.2, `message-id` before (the
+        // other one is accepted too before 1.2).
+        let header = if self.version == Version::V1_2 {
+            "id"
+        } else {
+            "message-id"
+        };
+        let id = match self.version {
+            Version::V1_2 => frame.header("id"),
+            _ => frame.header("message-id").or_else(|| frame.header("id")),
+        }
+        .ok_or_else(|| {
+            Refusal::rabbit(
+                "Missing header",
+                format!("\"{verb}\" must include the \"{header}\" header\n"),
+            )
+        })?
+        .into_owned();
+        // As RabbitMQ: true/false in any case; anything else is the default.
+        let requeue = !frame
+            .header("requeue")
+            .is_some_and(|v| v.eq_ignore_ascii_case("false"));
         if !replay && self.buffer_in_transaction(frame, out)? {
             return Ok(());
         }
@@ -696,12 +754,22 @@ impl Session {
             }
             return Ok(());
         }
-        let unknown = || Refusal::new(format!("{verb} for unknown message id '{id}'"));
+        let unknown = || {
+            Refusal::rabbit(
+                "Message not found",
+                format!("{verb} for unknown message id '{id}'\n"),
+            )
+        };
         let (sub_id, tag) = id
             .strip_prefix(OWN_PREFIX)
             .and_then(|rest| rest.rsplit_once("@@"))
             .and_then(|(sub, tag)| Some((sub, tag.parse::<u64>().ok()?)))
-            .ok_or_else(unknown)?;
+            .ok_or_else(|| {
+                Refusal::rabbit(
+                    "Invalid header",
+                    format!("\"{verb}\" must include a valid \"{header}\" header\n('{id}' is not a message id of this session)\n"),
+                )
+            })?;
         let sub = self.subscriptions.get_mut(sub_id).ok_or_else(unknown)?;
         match sub.ack {
             AckMode::Auto => {}
@@ -750,13 +818,19 @@ impl Session {
     fn begin(&mut self, frame: &Frame, out: &mut Vec<Action>) -> Result<(), Refusal> {
         let tx = transaction_name(frame)?;
         if self.transactions.contains_key(&tx) {
-            return Err(Refusal::new(format!("transaction '{tx}' is already open")));
+            return Err(Refusal::rabbit(
+                "Bad transaction",
+                format!("Transaction '{tx}' is already open\n"),
+            ));
         }
         if self.transactions.len() >= self.config.limits.max_open_transactions {
-            return Err(Refusal::new(format!(
-                "too many open transactions (limit {})",
-                self.config.limits.max_open_transactions
-            )));
+            return Err(Refusal::rabbit(
+                "Transaction limit exceeded",
+                format!(
+                    "Too many concurrent transactions (limit {})",
+                    self.config.limits.max_open_transactions
+                ),
+            ));
         }
         self.transactions.insert(tx, Transaction::default());
         push_receipt(frame, out);
@@ -768,7 +842,7 @@ impl Session {
         let transaction = self
             .transactions
             .remove(&tx)
-            .ok_or_else(|| Refusal::new(format!("no open transaction '{tx}'")))?;
+            .ok_or_else(|| bad_transaction(&tx))?;
         // All or nothing: the replay goes to a scratch list that is used
         // only if every buffered frame is valid.
         let mut applied = Vec::new();
@@ -789,7 +863,7 @@ impl Session {
         let tx = transaction_name(frame)?;
         self.transactions
             .remove(&tx)
-            .ok_or_else(|| Refusal::new(format!("no open transaction '{tx}'")))?;
+            .ok_or_else(|| bad_transaction(&tx))?;
         push_receipt(frame, out);
         Ok(())
     }
@@ -807,12 +881,15 @@ impl Session {
         let transaction = self
             .transactions
             .get_mut(tx.as_ref())
-            .ok_or_else(|| Refusal::new(format!("no open transaction '{tx}'")))?;
+            .ok_or_else(|| bad_transaction(&tx))?;
         if transaction.frames.len() >= limits.max_transaction_frames {
-            return Err(Refusal::new(format!(
-                "transaction '{tx}' exceeds {} frames",
-                limits.max_transaction_frames
-            )));
+            return Err(Refusal::rabbit(
+                "Transaction too large",
+                format!(
+                    "Too many actions in transaction (limit {})",
+                    limits.max_transaction_frames
+                ),
+            ));
         }
         let size = frame.body.len()
             + frame
@@ -821,14 +898,21 @@ impl Session {
                 .map(|h| h.name.len() + h.value.len() + 2)
                 .sum::<usize>();
         if transaction.bytes + size > limits.max_frame_bytes {
-            return Err(Refusal::new(format!(
-                "transaction '{tx}' exceeds {} bytes",
-                limits.max_frame_bytes
-            )));
+            return Err(Refusal::rabbit(
+                "Transaction too large",
+                format!(
+                    "transaction '{tx}' exceeds {} bytes",
+                    limits.max_frame_bytes
+                ),
+            ));
         }
         transaction.bytes += size;
         transaction.frames.push(frame.clone());
-        push_receipt(frame, out);
+        // A SEND's RECEIPT waits for COMMIT and the broker's confirm (see
+        // `send`); ACK and NACK are acknowledged at once, as RabbitMQ does.
+        if frame.command != Command::Send {
+            push_receipt(frame, out);
+        }
         Ok(true)
     }
 
@@ -881,12 +965,74 @@ struct Refusal {
 }
 
 impl Refusal {
+    /// A refusal whose body repeats the message.
     fn new(message: impl Into<String>) -> Refusal {
         Refusal {
             message: message.into(),
             detail: String::new(),
         }
     }
+
+    /// A refusal as RabbitMQ's STOMP plugin writes it: a short `message`
+    /// header and the details in the body.
+    fn rabbit(message: &str, detail: impl Into<String>) -> Refusal {
+        Refusal {
+            message: message.to_owned(),
+            detail: detail.into(),
+        }
+    }
+}
+
+fn access_refused(why: &str) -> Refusal {
+    Refusal::rabbit("access_refused", format!("ACCESS_REFUSED - {why}\n"))
+}
+
+fn bad_transaction(tx: &str) -> Refusal {
+    Refusal::rabbit(
+        "Bad transaction",
+        format!("Invalid transaction identifier: \"{tx}\"\n"),
+    )
+}
+
+fn missing_unsubscribe_id() -> Refusal {
+    Refusal::rabbit(
+        "Missing destination or id",
+        "UNSUBSCRIBE must include a 'destination' or 'id' header",
+    )
+}
+
+/// The AMQP reply codes RabbitMQ names in its STOMP ERROR frames.
+const AMQP_ERRORS: [&str; 8] = [
+    "NOT_FOUND",
+    "PRECONDITION_FAILED",
+    "ACCESS_REFUSED",
+    "RESOURCE_LOCKED",
+    "NOT_ALLOWED",
+    "RESOURCE_ERROR",
+    "INTERNAL_ERROR",
+    "COMMAND_INVALID",
+];
+
+/// `message` header and body for a broker refusal, as RabbitMQ's STOMP
+/// plugin writes them (`amqp_death`): the AMQP error name in lower case
+/// (`not_found`) and the broker's explanation (`NOT_FOUND - no exchange
+/// 'x' in vhost '/'`) in the body. Other texts pass unchanged.
+fn broker_error_texts(message: &str) -> (String, String) {
+    for name in AMQP_ERRORS {
+        if let Some(at) = message.find(name) {
+            let explanation = message[at..].trim_end();
+            let rest = explanation[name.len()..]
+                .trim_start_matches([':', ' ', '-'])
+                .trim_start();
+            let detail = if rest.is_empty() {
+                name.to_owned()
+            } else {
+                format!("{name} - {rest}")
+            };
+            return (name.to_ascii_lowercase(), detail);
+        }
+    }
+    (message.to_owned(), String::new())
 }
 
 fn transaction_name(frame: &Frame) -> Result<String, Refusal> {
@@ -894,10 +1040,13 @@ fn transaction_name(frame: &Frame) -> Result<String, Refusal> {
         .header("transaction")
         .map(|t| t.into_owned())
         .ok_or_else(|| {
-            Refusal::new(format!(
-                "{} frame has no 'transaction' header",
-                frame.command
-            ))
+            Refusal::rabbit(
+                "Missing transaction",
+                format!(
+                    "\"{}\" must include a 'transaction' header\n",
+                    frame.command
+                ),
+            )
         })
 }
 
@@ -906,9 +1055,10 @@ fn parse_bool(frame: &Frame, name: &str) -> Result<Option<bool>, Refusal> {
         None => Ok(None),
         Some("true") => Ok(Some(true)),
         Some("false") => Ok(Some(false)),
-        Some(other) => Err(Refusal::new(format!(
-            "invalid {name} header '{other}': expected true or false"
-        ))),
+        Some(other) => Err(Refusal::rabbit(
+            "Invalid header",
+            format!("invalid {name} header '{other}': expected true or false\n"),
+        )),
     }
 }
 

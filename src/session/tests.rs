@@ -70,13 +70,24 @@ fn error_message(actions: &[Action]) -> Option<String> {
     })
 }
 
-/// Asserts that `actions` end with an ERROR whose message contains `needle`,
-/// followed by Close, and that the session is closed.
+/// The `message` header and the body of the ERROR frame, on two lines.
+fn error_text(actions: &[Action]) -> Option<String> {
+    error_frame(actions).map(|f| {
+        format!(
+            "{}\n{}",
+            f.header("message").unwrap_or_default(),
+            String::from_utf8_lossy(&f.body)
+        )
+    })
+}
+
+/// Asserts that `actions` end with an ERROR whose message header or body
+/// contains `needle`, followed by Close, and that the session is closed.
 fn assert_refused(session: &Session, actions: &[Action], needle: &str) {
-    let message = error_message(actions).unwrap_or_else(|| panic!("no ERROR in {actions:?}"));
+    let message = error_text(actions).unwrap_or_else(|| panic!("no ERROR in {actions:?}"));
     assert!(
         message.contains(needle),
-        "ERROR message {message:?} does not contain {needle:?}"
+        "ERROR {message:?} does not contain {needle:?}"
     );
     let n = actions.len();
     assert!(n >= 2, "{actions:?}");
@@ -157,13 +168,14 @@ fn header_names(frame: &Frame) -> Vec<String> {
 // ------------------------------------------------------ version negotiation
 
 #[test]
-fn connect_without_accept_version_negotiates_1_0_without_heart_beat_header() {
+fn connect_without_accept_version_negotiates_1_0_with_heart_beat_0_0() {
     let mut session = new_session(SessionConfig::default());
     let out = handle(&mut session, connect_frame(None));
     assert_eq!(session.version(), Some(Version::V1_0));
     let connected = sent_frame(&out, Command::Connected).expect("CONNECTED");
     assert_eq!(connected.header("version").as_deref(), Some("1.0"));
-    assert_eq!(connected.header("heart-beat"), None);
+    // As RabbitMQ: every version states the heart-beats, 1.0 included.
+    assert_eq!(connected.header("heart-beat").as_deref(), Some("0,0"));
     assert_eq!(
         out[0],
         Action::Established(Negotiated {
@@ -199,7 +211,7 @@ fn accept_version_skips_unknown_entries_and_whitespace() {
 fn unsupported_version_gets_error_listing_supported_versions() {
     let mut session = new_session(SessionConfig::default());
     let out = handle(&mut session, connect_frame(Some("2.0")));
-    assert_refused(&session, &out, "supported versions are 1.0,1.1,1.2");
+    assert_refused(&session, &out, "Supported versions are 1.0,1.1,1.2");
     let error = error_frame(&out).expect("ERROR");
     assert_eq!(error.header("version").as_deref(), Some("1.0,1.1,1.2"));
     assert_eq!(out.len(), 2, "no Established or CONNECTED: {out:?}");
@@ -233,10 +245,7 @@ fn connected_frame_carries_version_server_session_and_heart_beat() {
     let server = connected.header("server").expect("server header");
     assert!(server.starts_with("stompgate/"), "server is {server:?}");
     assert_eq!(connected.header("session").as_deref(), Some("s1"));
-    assert_eq!(
-        connected.header("heart-beat").as_deref(),
-        Some("10000,10000")
-    );
+    assert_eq!(connected.header("heart-beat").as_deref(), Some("0,0"));
     assert_eq!(session.id(), "s1");
 }
 
@@ -249,10 +258,29 @@ fn established_carries_negotiated_heart_beats() {
         out[0],
         Action::Established(Negotiated {
             version: Version::V1_2,
-            // max(offer 10000, client wants 4000)
-            send_every: Some(Duration::from_secs(10)),
-            // max(want 10000, client sends 4000) * grace 2.0
-            expect_within: Some(Duration::from_secs(20)),
+            // What the client wants (as RabbitMQ does)
+            send_every: Some(Duration::from_secs(4)),
+            // what the client sends, times grace 2.0
+            expect_within: Some(Duration::from_secs(8)),
+        })
+    );
+    let connected = sent_frame(&out, Command::Connected).expect("CONNECTED");
+    assert_eq!(connected.header("heart-beat").as_deref(), Some("4000,4000"));
+}
+
+#[test]
+fn heart_beats_follow_the_client_as_web_stomp() {
+    let mut session = new_session(SessionConfig::default());
+    let frame = connect_frame(Some("1.2")).with_header("heart-beat", "1000,1000");
+    let out = handle(&mut session, frame);
+    let connected = sent_frame(&out, Command::Connected).expect("CONNECTED");
+    assert_eq!(connected.header("heart-beat").as_deref(), Some("1000,1000"));
+    assert_eq!(
+        out[0],
+        Action::Established(Negotiated {
+            version: Version::V1_2,
+            send_every: Some(Duration::from_secs(1)),
+            expect_within: Some(Duration::from_secs(2)),
         })
     );
 }
@@ -273,12 +301,9 @@ fn heart_beat_zero_or_absent_disables_both_directions() {
                 expect_within: None,
             })
         );
-        // The gateway still states its own offer.
+        // As RabbitMQ: nothing asked, nothing offered.
         let connected = sent_frame(&out, Command::Connected).expect("CONNECTED");
-        assert_eq!(
-            connected.header("heart-beat").as_deref(),
-            Some("10000,10000")
-        );
+        assert_eq!(connected.header("heart-beat").as_deref(), Some("0,0"));
     }
 }
 
@@ -293,7 +318,7 @@ fn malformed_heart_beat_is_refused() {
 }
 
 #[test]
-fn heart_beat_is_ignored_for_1_0() {
+fn malformed_heart_beat_is_ignored_for_1_0() {
     for accept in [None, Some("1.0")] {
         let mut session = new_session(SessionConfig::default());
         let frame = connect_frame(accept).with_header("heart-beat", "garbage");
@@ -308,8 +333,25 @@ fn heart_beat_is_ignored_for_1_0() {
             })
         );
         let connected = sent_frame(&out, Command::Connected).expect("CONNECTED");
-        assert_eq!(connected.header("heart-beat"), None);
+        assert_eq!(connected.header("heart-beat").as_deref(), Some("0,0"));
     }
+}
+
+#[test]
+fn heart_beat_is_honoured_in_1_0_as_rabbitmq_does() {
+    let mut session = new_session(SessionConfig::default());
+    let frame = connect_frame(None).with_header("heart-beat", "2000,3000");
+    let out = handle(&mut session, frame);
+    let connected = sent_frame(&out, Command::Connected).expect("CONNECTED");
+    assert_eq!(connected.header("heart-beat").as_deref(), Some("3000,2000"));
+    assert_eq!(
+        out[0],
+        Action::Established(Negotiated {
+            version: Version::V1_0,
+            send_every: Some(Duration::from_secs(3)),
+            expect_within: Some(Duration::from_secs(4)),
+        })
+    );
 }
 
 // ------------------------------------------------------------ allowed_hosts
@@ -355,12 +397,12 @@ fn allowed_hosts_refuses_other_or_missing_host() {
         .with_header("accept-version", "1.2")
         .with_header("host", "staging");
     let out = handle(&mut session, frame);
-    assert_refused(&session, &out, "virtual host 'staging' is not served here");
+    assert_refused(&session, &out, "Virtual host 'staging' access denied");
 
     let mut session = Session::new(config, "s2".into());
     let frame = Frame::new(Command::Connect).with_header("accept-version", "1.2");
     let out = handle(&mut session, frame);
-    assert_refused(&session, &out, "virtual host '' is not served here");
+    assert_refused(&session, &out, "Virtual host '' access denied");
 }
 
 // ------------------------------------------------- order of frames, closing
@@ -369,11 +411,12 @@ fn allowed_hosts_refuses_other_or_missing_host() {
 fn send_before_connect_is_refused() {
     let mut session = new_session(SessionConfig::default());
     let out = handle(&mut session, send_frame("/queue/q"));
-    assert_refused(&session, &out, "expected CONNECT or STOMP frame, got SEND");
-    assert_eq!(
-        error_message(&out).as_deref(),
-        Some("expected CONNECT or STOMP frame, got SEND")
+    assert_refused(
+        &session,
+        &out,
+        "You must log in using CONNECT first (got SEND)",
     );
+    assert_eq!(error_message(&out).as_deref(), Some("Illegal command"));
     assert_eq!(out.len(), 2);
 }
 
@@ -384,7 +427,7 @@ fn subscribe_before_connect_is_refused() {
     assert_refused(
         &session,
         &out,
-        "expected CONNECT or STOMP frame, got SUBSCRIBE",
+        "You must log in using CONNECT first (got SUBSCRIBE)",
     );
     // Before CONNECT the ERROR also says which versions are spoken.
     let error = error_frame(&out).expect("ERROR");
@@ -413,7 +456,11 @@ fn server_frames_from_the_client_are_refused() {
     ] {
         let mut session = connect("1.2");
         let out = handle(&mut session, Frame::new(command));
-        assert_refused(&session, &out, &format!("{command} is a server frame"));
+        assert_refused(
+            &session,
+            &out,
+            &format!("Could not interpret command \"{command}\""),
+        );
     }
 }
 
@@ -445,28 +492,36 @@ fn session_ignores_everything_after_an_error() {
 fn send_without_destination_names_the_header() {
     let mut session = connect("1.2");
     let out = handle(&mut session, Frame::new(Command::Send).with_body("x"));
-    assert_refused(&session, &out, "SEND frame has no 'destination' header");
+    assert_refused(
+        &session,
+        &out,
+        "\"SEND\" must include a 'destination' header",
+    );
 }
 
 #[test]
 fn send_to_an_unknown_destination_form_is_refused() {
     let mut session = connect("1.2");
     let out = handle(&mut session, send_frame("/foo/bar"));
-    assert_refused(&session, &out, "unknown destination '/foo/bar'");
+    assert_refused(&session, &out, "'/foo/bar' is not a valid destination.");
 }
 
 #[test]
 fn send_to_an_empty_destination_name_is_refused() {
     let mut session = connect("1.2");
     let out = handle(&mut session, send_frame("/queue/"));
-    assert_refused(&session, &out, "has an empty name");
+    assert_refused(&session, &out, "is not a valid queue destination");
 }
 
 #[test]
 fn send_to_temp_queue_is_refused() {
     let mut session = connect("1.2");
     let out = handle(&mut session, send_frame("/temp-queue/x"));
-    assert_refused(&session, &out, "cannot SEND to a /temp-queue/ destination");
+    assert_refused(
+        &session,
+        &out,
+        "'/temp-queue/x' is not a valid destination for 'SEND'",
+    );
 }
 
 #[test]
@@ -600,7 +655,7 @@ fn reply_to_with_empty_temp_queue_name_is_refused() {
         &mut session,
         send_frame("/queue/rpc").with_header("reply-to", "/temp-queue/"),
     );
-    assert_refused(&session, &out, "reply-to '/temp-queue/' has an empty name");
+    assert_refused(&session, &out, "'/' is not a valid temp_queue destination");
 }
 
 #[test]
@@ -652,7 +707,7 @@ fn subscribe_without_id_is_refused_in_1_1_and_1_2() {
         let mut session = connect(version);
         let frame = Frame::new(Command::Subscribe).with_header("destination", "/queue/q");
         let out = handle(&mut session, frame);
-        assert_refused(&session, &out, "SUBSCRIBE frame has no 'id' header");
+        assert_refused(&session, &out, "SUBSCRIBE must include an 'id' header");
     }
 }
 
@@ -682,7 +737,7 @@ fn subscribe_without_destination_is_refused() {
     assert_refused(
         &session,
         &out,
-        "SUBSCRIBE frame has no 'destination' header",
+        "\"SUBSCRIBE\" must include a 'destination' header",
     );
 }
 
@@ -691,7 +746,11 @@ fn duplicate_subscription_id_is_refused() {
     let mut session = connect("1.2");
     subscribe(&mut session, subscribe_frame("0", "/queue/a", "auto"));
     let out = handle(&mut session, subscribe_frame("0", "/queue/b", "auto"));
-    assert_refused(&session, &out, "subscription id '0' is already in use");
+    assert_refused(
+        &session,
+        &out,
+        "A subscription identified by 'T_0' already exists.",
+    );
 }
 
 #[test]
@@ -878,7 +937,7 @@ fn subscribe_to_temp_or_reply_queue_is_refused() {
         assert_refused(
             &session,
             &out,
-            &format!("cannot SUBSCRIBE to '{destination}'"),
+            &format!("'{destination}' is not a valid destination for 'SUBSCRIBE'"),
         );
     }
 }
@@ -931,7 +990,7 @@ fn unsubscribe_unknown_id_is_refused() {
             .with_header("id", "nope")
             .with_header("receipt", "r"),
     );
-    assert_refused(&session, &out, "no subscription with id 'nope'");
+    assert_refused(&session, &out, "Subscription to id='nope' not found.");
     assert!(!out.contains(&Action::Receipt("r".into())));
 }
 
@@ -944,7 +1003,11 @@ fn unsubscribe_without_id_is_refused_in_1_1_and_1_2() {
             &mut session,
             Frame::new(Command::Unsubscribe).with_header("destination", "/queue/q"),
         );
-        assert_refused(&session, &out, "UNSUBSCRIBE frame has no 'id' header");
+        assert_refused(
+            &session,
+            &out,
+            "UNSUBSCRIBE must include a 'destination' or 'id' header",
+        );
     }
 }
 
@@ -992,7 +1055,7 @@ fn unsubscribe_without_id_or_destination_in_1_0_is_refused() {
     assert_refused(
         &session,
         &out,
-        "UNSUBSCRIBE frame has no 'id' or 'destination' header",
+        "UNSUBSCRIBE must include a 'destination' or 'id' header",
     );
 }
 
@@ -1010,7 +1073,7 @@ fn temp_queue_subscription_cannot_be_cancelled() {
     assert_refused(
         &session,
         &out,
-        "temporary queue subscriptions cannot be cancelled",
+        "UNSUBSCRIBE 'id' may not start with /temp-queue/",
     );
 }
 
@@ -1157,11 +1220,14 @@ fn ack_with_unknown_id_is_refused() {
     ] {
         let mut session = delivered("client-individual", &[1]);
         let out = handle(&mut session, ack_frame(id));
-        assert_refused(
-            &session,
-            &out,
-            &format!("ACK for unknown message id '{id}'"),
-        );
+        // A well-formed id of an unknown delivery: "Message not found";
+        // anything else: "Invalid header" (as RabbitMQ).
+        let needle = if id.starts_with("T_") && id.ends_with(char::is_numeric) {
+            format!("Message not found\nACK for unknown message id '{id}'")
+        } else {
+            format!("Invalid header\n\"ACK\" must include a valid \"id\" header\n('{id}'")
+        };
+        assert_refused(&session, &out, &needle);
     }
 }
 
@@ -1179,7 +1245,7 @@ fn ack_without_id_is_refused() {
         &mut session,
         Frame::new(Command::Ack).with_header("receipt", "r"),
     );
-    assert_refused(&session, &out, "ACK frame has no 'id' header");
+    assert_refused(&session, &out, "\"ACK\" must include the \"id\" header");
 }
 
 #[test]
@@ -1262,17 +1328,36 @@ fn nack_in_client_mode_is_cumulative() {
 }
 
 #[test]
-fn invalid_requeue_header_is_refused() {
-    let mut session = delivered("client-individual", &[1]);
-    let out = handle(
-        &mut session,
-        nack_frame("T_sub@@1").with_header("requeue", "no"),
-    );
-    assert_refused(&session, &out, "invalid requeue header 'no'");
+fn requeue_header_is_read_as_rabbitmq_reads_it() {
+    // false in any case; anything else is the default (requeue).
+    for (value, requeue) in [
+        ("false", false),
+        ("False", false),
+        ("FALSE", false),
+        ("true", true),
+        ("TRUE", true),
+        ("no", true),
+    ] {
+        let mut session = delivered("client-individual", &[1]);
+        let out = handle(
+            &mut session,
+            nack_frame("T_sub@@1").with_header("requeue", value),
+        );
+        assert_eq!(
+            out,
+            vec![Action::Nack {
+                subscription: "sub".into(),
+                tag: 1,
+                multiple: false,
+                requeue
+            }],
+            "requeue:{value}"
+        );
+    }
 }
 
 #[test]
-fn nack_in_1_0_is_refused() {
+fn nack_in_1_0_is_accepted_as_rabbitmq_does() {
     let mut session = connect("1.0");
     subscribe(&mut session, subscribe_frame("sub", "/queue/q", "client"));
     session.deliver("sub", 1, message("m")).expect("MESSAGE");
@@ -1280,7 +1365,31 @@ fn nack_in_1_0_is_refused() {
         &mut session,
         Frame::new(Command::Nack).with_header("message-id", "T_sub@@1"),
     );
-    assert_refused(&session, &out, "NACK is not part of STOMP 1.0");
+    assert_eq!(
+        out,
+        vec![Action::Nack {
+            subscription: "sub".into(),
+            tag: 1,
+            multiple: true,
+            requeue: true
+        }]
+    );
+}
+
+#[test]
+fn ack_or_nack_without_id_in_1_2_is_refused_even_with_message_id() {
+    for command in [Command::Ack, Command::Nack] {
+        let mut session = delivered("client-individual", &[1]);
+        let out = handle(
+            &mut session,
+            Frame::new(command).with_header("message-id", "T_sub@@1"),
+        );
+        assert_refused(
+            &session,
+            &out,
+            &format!("Missing header\n\"{command}\" must include the \"id\" header\n"),
+        );
+    }
 }
 
 #[test]
@@ -1443,7 +1552,7 @@ fn abort_drops_buffered_frames() {
     let out = handle(&mut session, ack_frame("T_sub@@1"));
     assert!(matches!(out[..], [Action::Ack { tag: 1, .. }]));
     let out = handle(&mut session, tx_frame(Command::Commit, "tx"));
-    assert_refused(&session, &out, "no open transaction 'tx'");
+    assert_refused(&session, &out, "Invalid transaction identifier: \"tx\"");
 }
 
 #[test]
@@ -1464,7 +1573,7 @@ fn frames_with_unknown_transaction_are_refused() {
     ] {
         let mut session = connect("1.2");
         let out = handle(&mut session, frame);
-        assert_refused(&session, &out, "no open transaction 'nope'");
+        assert_refused(&session, &out, "Invalid transaction identifier: \"nope\"");
     }
 }
 
@@ -1473,7 +1582,7 @@ fn begin_twice_with_the_same_name_is_refused() {
     let mut session = connect("1.2");
     handle(&mut session, tx_frame(Command::Begin, "tx"));
     let out = handle(&mut session, tx_frame(Command::Begin, "tx"));
-    assert_refused(&session, &out, "transaction 'tx' is already open");
+    assert_refused(&session, &out, "Transaction 'tx' is already open");
 }
 
 #[test]
@@ -1481,7 +1590,7 @@ fn commit_or_abort_of_unknown_transaction_is_refused() {
     for command in [Command::Commit, Command::Abort] {
         let mut session = connect("1.2");
         let out = handle(&mut session, tx_frame(command, "nope"));
-        assert_refused(&session, &out, "no open transaction 'nope'");
+        assert_refused(&session, &out, "Invalid transaction identifier: \"nope\"");
     }
 }
 
@@ -1493,7 +1602,7 @@ fn transaction_frames_without_transaction_header_are_refused() {
         assert_refused(
             &session,
             &out,
-            &format!("{command} frame has no 'transaction' header"),
+            &format!("\"{command}\" must include a 'transaction' header"),
         );
     }
 }
@@ -1506,7 +1615,7 @@ fn open_transaction_limit_is_enforced() {
     assert!(handle(&mut session, tx_frame(Command::Begin, "a")).is_empty());
     assert!(handle(&mut session, tx_frame(Command::Begin, "b")).is_empty());
     let out = handle(&mut session, tx_frame(Command::Begin, "c"));
-    assert_refused(&session, &out, "too many open transactions (limit 2)");
+    assert_refused(&session, &out, "Too many concurrent transactions (limit 2)");
 }
 
 #[test]
@@ -1526,7 +1635,7 @@ fn transaction_frame_limit_is_enforced() {
         &mut session,
         send_frame("/queue/a").with_header("transaction", "tx"),
     );
-    assert_refused(&session, &out, "transaction 'tx' exceeds 2 frames");
+    assert_refused(&session, &out, "Too many actions in transaction (limit 2)");
 }
 
 #[test]
@@ -1553,7 +1662,7 @@ fn transaction_byte_limit_is_enforced() {
 }
 
 #[test]
-fn receipt_of_a_transactional_frame_is_immediate() {
+fn receipt_of_a_transactional_ack_is_immediate_and_of_a_send_after_commit() {
     let mut session = delivered("client-individual", &[1]);
     handle(&mut session, tx_frame(Command::Begin, "tx"));
     let out = handle(
@@ -1562,7 +1671,8 @@ fn receipt_of_a_transactional_frame_is_immediate() {
             .with_header("transaction", "tx")
             .with_header("receipt", "r-send"),
     );
-    assert_eq!(out, vec![Action::Receipt("r-send".into())]);
+    // As RabbitMQ: a SEND's RECEIPT waits for COMMIT and the confirm.
+    assert_eq!(out, vec![]);
     let out = handle(
         &mut session,
         ack_frame("T_sub@@1")
@@ -1570,11 +1680,13 @@ fn receipt_of_a_transactional_frame_is_immediate() {
             .with_header("receipt", "r-ack"),
     );
     assert_eq!(out, vec![Action::Receipt("r-ack".into())]);
-    // COMMIT does not repeat them.
+    // COMMIT publishes (the SEND's receipt right behind its publish, so it
+    // waits for that confirm) and does not repeat the ACK's receipt.
     let out = handle(&mut session, tx_frame(Command::Commit, "tx"));
-    assert_eq!(out.len(), 2, "{out:?}");
-    assert!(matches!(out[0], Action::Publish(_)));
-    assert!(matches!(out[1], Action::Ack { tag: 1, .. }));
+    assert_eq!(out.len(), 3, "{out:?}");
+    assert!(matches!(&out[0], Action::Publish(p) if p.receipt.as_deref() == Some("r-send")));
+    assert_eq!(out[1], Action::Receipt("r-send".into()));
+    assert!(matches!(out[2], Action::Ack { tag: 1, .. }));
 }
 
 #[test]
@@ -1585,7 +1697,11 @@ fn transactional_send_is_checked_for_destination_when_buffered() {
         &mut session,
         send_frame("/temp-queue/x").with_header("transaction", "tx"),
     );
-    assert_refused(&session, &out, "cannot SEND to a /temp-queue/ destination");
+    assert_refused(
+        &session,
+        &out,
+        "'/temp-queue/x' is not a valid destination for 'SEND'",
+    );
 }
 
 #[test]
@@ -1635,7 +1751,7 @@ fn disconnect_before_connect_is_refused() {
     assert_refused(
         &session,
         &out,
-        "expected CONNECT or STOMP frame, got DISCONNECT",
+        "You must log in using CONNECT first (got DISCONNECT)",
     );
 }
 
@@ -1697,7 +1813,7 @@ fn error_carries_receipt_id_of_the_offending_frame() {
         &mut session,
         Frame::new(Command::Send).with_header("receipt", "r-77"),
     );
-    assert_refused(&session, &out, "no 'destination' header");
+    assert_refused(&session, &out, "must include a 'destination' header");
     let error = error_frame(&out).expect("ERROR");
     assert_eq!(error.header("receipt-id").as_deref(), Some("r-77"));
     // The receipt itself is not sent.

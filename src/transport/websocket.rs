@@ -26,6 +26,7 @@ use tokio_util::codec::Decoder;
 use super::outbound::{ClientLink, Outbound};
 use crate::bridge::fanout::Subscriber;
 use crate::bridge::{Inbound, SessionBroker};
+use crate::config::RateLimitPolicy;
 use crate::metrics::ErrorKind;
 use crate::server::Gateway;
 use crate::session::{AckMode, Action, Session, Version};
@@ -77,12 +78,14 @@ pub async fn run(socket: WebSocket, gateway: Arc<Gateway>, handshake: Handshake)
         expect_within: None,
         expires_at: None,
         rate: RateLimit::new(gateway.config.security.max_frames_per_second),
+        throttle: gateway.config.security.rate_limit_policy == RateLimitPolicy::Throttle,
         last_read: Instant::now(),
         closing: false,
         confirms: FuturesOrdered::new(),
     };
     let connect_deadline = Instant::now() + limits.connect_timeout();
     let connect_timeout_ms = limits.connect_timeout_ms;
+    let max_unconfirmed = limits.max_unconfirmed_publishes;
     let drain_window = Duration::from_millis(gateway.config.drain_window_ms);
     // Set when the gateway drains: this session closes at that moment.
     let mut drain_at: Option<Instant> = None;
@@ -91,6 +94,11 @@ pub async fn run(socket: WebSocket, gateway: Arc<Gateway>, handshake: Handshake)
     loop {
         let deadline = if !conn.session.is_connected() && !conn.session.is_closed() {
             connect_deadline
+        } else if conn.confirms.len() >= max_unconfirmed {
+            // Back-pressured: the socket is not read, so the client's
+            // silence is not judged (its clock restarts when reading does).
+            conn.last_read = Instant::now();
+            Instant::now() + Duration::from_secs(3600)
         } else if let Some(within) = conn.expect_within {
             conn.last_read + within
         } else {
@@ -105,7 +113,9 @@ pub async fn run(socket: WebSocket, gateway: Arc<Gateway>, handshake: Handshake)
         // is not mistaken for a silent client.
         let event = tokio::select! {
             biased;
-            message = stream.next(), if !conn.closing => Event::Socket(message),
+            // Back-pressure: while too many publishes await the broker's
+            // confirm, the socket is not read (TCP then slows the client).
+            message = stream.next(), if !conn.closing && conn.confirms.len() < max_unconfirmed => Event::Socket(message),
             item = conn.broker.next_inbound(), if !conn.closing => Event::Inbound(item),
             Some(result) = conn.confirms.next(), if !conn.confirms.is_empty() => Event::Confirmed(result),
             () = link.overflowed() => Event::Overflow,
@@ -123,6 +133,8 @@ pub async fn run(socket: WebSocket, gateway: Arc<Gateway>, handshake: Handshake)
                     WsMessage::Ping(_) | WsMessage::Pong(_) => {}
                     WsMessage::Close(_) => break,
                 }
+                // Time spent throttled is not client silence.
+                conn.last_read = Instant::now();
             }
             Event::Socket(Some(Err(error))) => {
                 tracing::debug!(%error, "websocket read failed");
@@ -240,6 +252,8 @@ struct Connection {
     /// When the session's credentials expire.
     expires_at: Option<Instant>,
     rate: RateLimit,
+    /// `rate_limit_policy = "throttle"`: wait for the rate instead of closing.
+    throttle: bool,
     last_read: Instant,
     /// The session ended: stop reading, drain receipts, then close.
     closing: bool,
@@ -259,7 +273,12 @@ impl Connection {
             match self.codec.decode(&mut self.buffer) {
                 Ok(Some(stomp::Inbound::Frame(frame))) => {
                     metrics.frame_in(frame.command);
-                    if !self.rate.allow(Instant::now()) {
+                    if self.throttle {
+                        let wait = self.rate.wait(Instant::now());
+                        if !wait.is_zero() {
+                            tokio::time::sleep(wait).await;
+                        }
+                    } else if !self.rate.allow(Instant::now()) {
                         metrics.error(ErrorKind::RateLimit);
                         self.session.protocol_error(
                             &format!(
@@ -274,9 +293,9 @@ impl Connection {
                     self.session.handle(frame, &mut actions);
                     if self.session.is_closed() {
                         let refusal = actions.iter().find_map(|a| match a {
-                            Action::Send(f) if f.command == stomp::Command::Error => {
-                                f.header("message").map(|m| m.starts_with("access refused"))
-                            }
+                            Action::Send(f) if f.command == stomp::Command::Error => f
+                                .header("message")
+                                .map(|m| matches!(m.as_ref(), "access_refused" | "Bad CONNECT")),
                             _ => None,
                         });
                         match refusal {
@@ -517,6 +536,23 @@ impl RateLimit {
         }
     }
 
+    /// Takes one token, possibly borrowed from the future: how long to wait
+    /// before the frame may be handled (zero within the rate).
+    fn wait(&mut self, now: Instant) -> Duration {
+        if self.per_second == 0 {
+            return Duration::ZERO;
+        }
+        let rate = self.per_second as f64;
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * rate).min(2.0 * rate) - 1.0;
+        if self.tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-self.tokens / rate)
+        }
+    }
+
     /// Takes one token; `false` when the client sends too fast.
     fn allow(&mut self, now: Instant) -> bool {
         if self.per_second == 0 {
@@ -698,6 +734,7 @@ mod tests {
             expect_within: None,
             expires_at: None,
             rate: RateLimit::new(0),
+            throttle: true,
             last_read: Instant::now(),
             closing: false,
             confirms: FuturesOrdered::new(),

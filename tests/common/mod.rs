@@ -115,9 +115,13 @@ impl StompClient {
                 protocols.join(", ").parse().expect("header"),
             );
         }
+        // No message or frame size limit of its own: the gateway's are tested.
+        let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+            .max_message_size(None)
+            .max_frame_size(None);
         let (ws, response) = tokio::time::timeout(
             Duration::from_secs(5),
-            tokio_tungstenite::connect_async(request),
+            tokio_tungstenite::connect_async_with_config(request, Some(config), false),
         )
         .await
         .expect("handshake timed out")
@@ -241,16 +245,18 @@ impl StompClient {
         frame
     }
 
-    /// Expects an ERROR whose message contains `needle`, then the close.
+    /// Expects an ERROR whose `message` header or body (RabbitMQ's short
+    /// message, then the details) contains `needle`, then the close.
     pub async fn expect_error(&mut self, needle: &str) -> Frame {
         let frame = self.expect(Command::Error).await;
-        let message = frame
-            .header("message")
-            .map(|m| m.into_owned())
-            .unwrap_or_default();
+        let message = format!(
+            "{}\n{}",
+            frame.header("message").unwrap_or_default(),
+            String::from_utf8_lossy(&frame.body)
+        );
         assert!(
             message.contains(needle),
-            "ERROR message {message:?} does not contain {needle:?}"
+            "ERROR {message:?} does not contain {needle:?}"
         );
         self.expect_closed().await;
         frame

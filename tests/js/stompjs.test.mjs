@@ -246,6 +246,23 @@ function assertBytesEqual(actual, expected, what) {
   );
 }
 
+test('short heart-beats follow the client (1000,1000 both ways, as Web-STOMP)', { timeout: TEST_TIMEOUT }, () =>
+  withClients(async (ctx) => {
+    const { client, connected } = await ctx.open('hb', { heartbeatIncoming: 1000, heartbeatOutgoing: 1000 });
+    assert.equal(connected.headers['heart-beat'], '1000,1000', `CONNECTED heart-beat: ${describeFrame(connected)}`);
+    // stompjs drops a server silent for twice the interval: still up after 3.5 s of quiet.
+    await new Promise((resolve) => setTimeout(resolve, 3500));
+    assert.ok(client.connected, 'the client is still connected after 3.5 s of 1 s heart-beats');
+    const destination = dest('topic', 'hb');
+    const inbox = new Inbox('hb');
+    await subscribeWithReceipt(client, destination, inbox.push);
+    client.publish({ destination, body: 'after heart-beats' });
+    const message = await inbox.next('a message after heart-beats');
+    assert.equal(message.body, 'after heart-beats');
+    assert.equal(message.headers.redelivered, 'false', `redelivered header: ${describeFrame(message)}`);
+  }),
+);
+
 test('STOMP 1.2 is negotiated; a topic message arrives with its body and headers', { timeout: TEST_TIMEOUT }, () =>
   withClients(async (ctx) => {
     const { client, connected } = await ctx.open('a');

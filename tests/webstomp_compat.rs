@@ -1,0 +1,401 @@
+//! Issue 10: the behaviours clients written for RabbitMQ's Web-STOMP rely
+//! on, against the real RabbitMQ on 127.0.0.1:5672 (tests/stomppy.rs runs the
+//! same cases with stomp.py; scripts/compare-webstomp.sh runs them against
+//! Web-STOMP itself).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use stompgate::stomp::{encode_frame, Command, Escaping, Frame};
+use tokio_tungstenite::tungstenite::Message;
+
+fn send_frame(destination: &str, body: &str) -> Frame {
+    Frame::new(Command::Send)
+        .with_header("destination", destination)
+        .with_body(body.to_owned())
+}
+
+fn body(frame: &Frame) -> String {
+    String::from_utf8_lossy(&frame.body).into_owned()
+}
+
+// ---- item 1: heart-beats ------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heart_beats_follow_what_the_client_asks() {
+    let gw = start_gateway(|_| {}).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(gw.ws_url())
+        .await
+        .expect("handshake");
+    ws.send(Message::Text(
+        "CONNECT\naccept-version:1.2\nhost:/\nheart-beat:1000,1000\n\n\0".into(),
+    ))
+    .await
+    .expect("send");
+    let connected = match ws.next().await {
+        Some(Ok(Message::Text(t))) => t.to_string(),
+        other => panic!("expected CONNECTED, got {other:?}"),
+    };
+    assert!(
+        connected.contains("\nheart-beat:1000,1000\n"),
+        "as Web-STOMP, 1000,1000 is answered 1000,1000: {connected:?}"
+    );
+    // About one heart-beat a second from the gateway, while the client
+    // keeps sending its own.
+    let started = Instant::now();
+    let mut beats = 0;
+    while started.elapsed() < Duration::from_millis(3500) {
+        ws.send(Message::Text("\n".into())).await.expect("beat");
+        match tokio::time::timeout(Duration::from_millis(500), ws.next()).await {
+            Err(_) => {}
+            Ok(Some(Ok(Message::Text(t)))) if t.as_str() == "\n" => beats += 1,
+            Ok(other) => panic!("expected heart-beats only, got {other:?}"),
+        }
+    }
+    assert!((2..=5).contains(&beats), "{beats} heart-beats in 3.5 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connected_states_heart_beats_in_every_version() {
+    let gw = start_gateway(|_| {}).await;
+    for version in ["1.0", "1.1", "1.2"] {
+        let (client, connected) = StompClient::connect(&gw.ws_url(), version).await;
+        assert_eq!(
+            connected.header("heart-beat").as_deref(),
+            Some("0,0"),
+            "{version}"
+        );
+        client.disconnect().await;
+    }
+}
+
+// ---- item 3: NACK -------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nack_is_accepted_in_stomp_1_0_with_message_id() {
+    let gw = start_gateway(|_| {}).await;
+    let queue = format!("/queue/{}", unique("nack10"));
+    let (mut c, _) = StompClient::connect(&gw.ws_url(), "1.0").await;
+    c.escaping = Escaping::None;
+    c.subscribe("s", &queue, &[("ack", "client")]).await;
+    c.send(&send_frame(&queue, "again")).await;
+    let first = c.expect(Command::Message).await;
+    assert_eq!(first.header("redelivered").as_deref(), Some("false"));
+    let id = first.header("message-id").expect("message-id").into_owned();
+    c.send(&Frame::new(Command::Nack).with_header("message-id", &id))
+        .await;
+    let again = c.expect(Command::Message).await;
+    assert_eq!(body(&again), "again");
+    assert_eq!(again.header("redelivered").as_deref(), Some("true"));
+    let id = again.header("message-id").expect("message-id").into_owned();
+    c.send(&Frame::new(Command::Ack).with_header("message-id", &id))
+        .await;
+    c.disconnect().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nack_in_client_mode_redelivers_all_earlier_and_requeue_is_case_insensitive() {
+    let gw = start_gateway(|_| {}).await;
+    let queue = format!("/queue/{}", unique("nackmulti"));
+    let (mut c, _) = StompClient::connect(&gw.ws_url(), "1.2").await;
+    c.subscribe("s", &queue, &[("ack", "client"), ("prefetch-count", "5")])
+        .await;
+    for i in 0..3 {
+        c.send(&send_frame(&queue, &format!("m{i}"))).await;
+    }
+    let mut acks = Vec::new();
+    for i in 0..3 {
+        let m = c.expect(Command::Message).await;
+        assert_eq!(body(&m), format!("m{i}"));
+        assert_eq!(m.header("redelivered").as_deref(), Some("false"));
+        acks.push(m.header("ack").expect("ack").into_owned());
+    }
+    // Cumulative: a NACK of the last one gives back all three.
+    c.send(&Frame::new(Command::Nack).with_header("id", &acks[2]))
+        .await;
+    let mut again = Vec::new();
+    for _ in 0..3 {
+        let m = c.expect(Command::Message).await;
+        assert_eq!(m.header("redelivered").as_deref(), Some("true"));
+        again.push((body(&m), m.header("ack").expect("ack").into_owned()));
+    }
+    again.sort();
+    assert_eq!(
+        again.iter().map(|(b, _)| b.as_str()).collect::<Vec<_>>(),
+        ["m0", "m1", "m2"]
+    );
+    // requeue:False (RabbitMQ reads it in any case) drops them.
+    let last = again.iter().map(|(_, a)| a).max_by_key(|a| {
+        a.rsplit("@@")
+            .next()
+            .and_then(|t| t.parse::<u64>().ok())
+            .unwrap_or(0)
+    });
+    c.send(
+        &Frame::new(Command::Nack)
+            .with_header("id", last.expect("an ack id"))
+            .with_header("requeue", "False")
+            .with_header("receipt", "dropped"),
+    )
+    .await;
+    let receipt = c.expect(Command::Receipt).await;
+    assert_eq!(receipt.header("receipt-id").as_deref(), Some("dropped"));
+    assert!(matches!(
+        c.recv_within(Duration::from_millis(800)).await,
+        Recv::Timeout
+    ));
+    c.disconnect().await;
+}
+
+// ---- item 6: redelivered ---------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redelivered_is_always_present() {
+    let gw = start_gateway(|_| {}).await;
+    let queue = format!("/queue/{}", unique("redeliv"));
+    let topic = format!("/topic/{}", unique("redeliv"));
+    let (mut c, _) = StompClient::connect(&gw.ws_url(), "1.2").await;
+    c.subscribe("q", &queue, &[]).await;
+    c.subscribe("t", &topic, &[]).await;
+    c.send(&send_frame(&queue, "q")).await;
+    let m = c.expect(Command::Message).await;
+    assert_eq!(m.header("redelivered").as_deref(), Some("false"));
+    c.send(&send_frame(&topic, "t")).await;
+    let m = c.expect(Command::Message).await;
+    assert_eq!(m.header("redelivered").as_deref(), Some("false"));
+    c.disconnect().await;
+}
+
+// ---- item 7: transactions ---------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_receipt_in_a_transaction_waits_for_commit_and_confirm() {
+    let gw = start_gateway(|_| {}).await;
+    let queue = format!("/queue/{}", unique("txr"));
+    let (mut c, _) = StompClient::connect(&gw.ws_url(), "1.2").await;
+    c.subscribe("s", &queue, &[]).await;
+    c.send(&Frame::new(Command::Begin).with_header("transaction", "t"))
+        .await;
+    c.send(
+        &send_frame(&queue, "in tx")
+            .with_header("transaction", "t")
+            .with_header("receipt", "r-send"),
+    )
+    .await;
+    match c.recv_within(Duration::from_millis(700)).await {
+        Recv::Timeout => {}
+        Recv::Frame(f) => panic!(
+            "nothing may come before COMMIT, got {} {:?}",
+            f.command,
+            f.header("receipt-id")
+        ),
+        Recv::Closed => panic!("closed"),
+    }
+    c.send(
+        &Frame::new(Command::Commit)
+            .with_header("transaction", "t")
+            .with_header("receipt", "r-commit"),
+    )
+    .await;
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let f = c.recv().await;
+        seen.push(match f.command {
+            Command::Receipt => f.header("receipt-id").unwrap_or_default().into_owned(),
+            Command::Message => format!("MESSAGE {}", body(&f)),
+            other => panic!("unexpected {other}"),
+        });
+    }
+    seen.sort();
+    assert_eq!(seen, ["MESSAGE in tx", "r-commit", "r-send"]);
+    c.disconnect().await;
+}
+
+// ---- item 8: queue arguments ------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_declared_by_a_backend_with_x_expires_is_equivalent() {
+    let gw = start_gateway(|_| {}).await;
+    let queue = unique("backend-args");
+    let conn = amqp().await;
+    let ch = conn.create_channel().await.expect("channel");
+    let mut args = FieldTable::default();
+    // As a Java or Python backend declares them: 32-bit integers.
+    args.insert("x-expires".into(), AMQPValue::LongInt(70_000));
+    args.insert("x-max-length".into(), AMQPValue::LongInt(10));
+    ch.queue_declare(
+        queue.as_str().into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        args,
+    )
+    .await
+    .expect("declare");
+    let (mut c, _) = StompClient::connect(&gw.ws_url(), "1.2").await;
+    c.subscribe(
+        "s",
+        &format!("/queue/{queue}"),
+        &[("x-expires", "70000"), ("x-max-length", "10")],
+    )
+    .await;
+    c.send(&send_frame(&format!("/amq/queue/{queue}"), "typed"))
+        .await;
+    let m = c.expect(Command::Message).await;
+    assert_eq!(body(&m), "typed");
+    c.disconnect().await;
+    let _ = ch
+        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quorum_queue_by_x_queue_type() {
+    let gw = start_gateway(|_| {}).await;
+    let queue = unique("quorum");
+    let (mut c, _) = StompClient::connect(&gw.ws_url(), "1.2").await;
+    c.subscribe(
+        "s",
+        &format!("/queue/{queue}"),
+        &[("x-queue-type", "quorum"), ("ack", "client-individual")],
+    )
+    .await;
+    c.send(&send_frame(&format!("/amq/queue/{queue}"), "q"))
+        .await;
+    let m = c.expect(Command::Message).await;
+    assert_eq!(body(&m), "q");
+    c.send(&Frame::new(Command::Ack).with_header("id", &m.header("ack").expect("ack")))
+        .await;
+    c.disconnect().await;
+    let conn = amqp().await;
+    let ch = conn.create_channel().await.expect("channel");
+    let _ = ch
+        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await;
+}
+
+// ---- item 11: large messages ------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixteen_mib_reach_two_topic_subscribers_with_default_limits() {
+    let gw = start_gateway(|_| {}).await;
+    let topic = format!("/topic/{}", unique("large"));
+    let (mut a, _) = StompClient::connect(&gw.ws_url(), "1.2").await;
+    let (mut b, _) = StompClient::connect(&gw.ws_url(), "1.2").await;
+    a.subscribe("s", &topic, &[]).await;
+    b.subscribe("s", &topic, &[]).await;
+    let (mut p, _) = StompClient::connect(&gw.ws_url(), "1.2").await;
+    let big = "x".repeat(16 * 1024 * 1024);
+    p.send(&send_frame(&topic, &big).with_header("receipt", "big"))
+        .await;
+    let r = p.expect(Command::Receipt).await;
+    assert_eq!(r.header("receipt-id").as_deref(), Some("big"));
+    for c in [&mut a, &mut b] {
+        let m = c.expect(Command::Message).await;
+        assert_eq!(m.body.len(), 16 * 1024 * 1024);
+    }
+}
+
+// ---- item 12: fast publishers ------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_sends_then_disconnect_are_all_published() {
+    let gw = start_gateway(|_| {}).await;
+    let queue = format!("/queue/{}", unique("fast"));
+    let (mut counter, _) = StompClient::connect(&gw.ws_url(), "1.2").await;
+    counter.subscribe("c", &queue, &[]).await;
+    let (mut p, _) = StompClient::connect(&gw.ws_url(), "1.2").await;
+    // As fast as it can: 100 WebSocket messages of 100 SENDs, then DISCONNECT.
+    for batch in 0..100 {
+        let mut buf = bytes::BytesMut::new();
+        for i in 0..100 {
+            encode_frame(
+                &send_frame(&queue, &format!("m{}", batch * 100 + i)),
+                Escaping::V12,
+                &mut buf,
+            );
+        }
+        p.send_bytes(buf.freeze(), false).await;
+    }
+    p.send(&Frame::new(Command::Disconnect).with_header("receipt", "bye"))
+        .await;
+    // At the default 1000 frames/s (bursts of 2000) the gateway reads the
+    // 10,000 SENDs in about 8 s: slowed, not cut off.
+    let receipt = match p.recv_within(Duration::from_secs(90)).await {
+        Recv::Frame(f) => f,
+        other => panic!("expected DISCONNECT's receipt, got {other:?}"),
+    };
+    assert_eq!(receipt.command, Command::Receipt);
+    assert_eq!(receipt.header("receipt-id").as_deref(), Some("bye"));
+    p.expect_closed().await;
+    let mut got = 0;
+    while got < 10_000 {
+        match counter.recv_within(Duration::from_secs(20)).await {
+            Recv::Frame(f) if f.command == Command::Message => got += 1,
+            other => panic!("after {got} messages: {other:?}"),
+        }
+    }
+    counter.disconnect().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_then_disconnect_in_one_message_is_published_and_receipted() {
+    let gw = start_gateway(|_| {}).await;
+    let queue = format!("/queue/{}", unique("lastword"));
+    let (mut counter, _) = StompClient::connect(&gw.ws_url(), "1.2").await;
+    counter.subscribe("c", &queue, &[]).await;
+    let (mut p, _) = StompClient::connect(&gw.ws_url(), "1.2").await;
+    let mut buf = bytes::BytesMut::new();
+    encode_frame(
+        &send_frame(&queue, "last words").with_header("receipt", "last"),
+        Escaping::V12,
+        &mut buf,
+    );
+    encode_frame(
+        &Frame::new(Command::Disconnect).with_header("receipt", "bye"),
+        Escaping::V12,
+        &mut buf,
+    );
+    p.send_bytes(buf.freeze(), false).await;
+    let r = p.expect(Command::Receipt).await;
+    assert_eq!(r.header("receipt-id").as_deref(), Some("last"));
+    let r = p.expect(Command::Receipt).await;
+    assert_eq!(r.header("receipt-id").as_deref(), Some("bye"));
+    p.expect_closed().await;
+    let m = counter.expect(Command::Message).await;
+    assert_eq!(body(&m), "last words");
+    counter.disconnect().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fast_client_is_throttled_by_default_not_cut_off() {
+    let gw = start_gateway(|c| c.security.max_frames_per_second = 50).await;
+    let (mut c, _) = StompClient::connect(&gw.ws_url(), "1.2").await;
+    let mut burst = Vec::new();
+    for _ in 0..100 {
+        burst.extend_from_slice(b"BEGIN\ntransaction:t\n\n\0ABORT\ntransaction:t\n\n\0");
+    }
+    let started = Instant::now();
+    c.send_bytes(burst, false).await;
+    c.send(
+        &Frame::new(Command::Begin)
+            .with_header("transaction", "x")
+            .with_header("receipt", "done"),
+    )
+    .await;
+    let r = c.expect(Command::Receipt).await;
+    assert_eq!(r.header("receipt-id").as_deref(), Some("done"));
+    // 201 frames at 50/s with a burst of 100: about 2 s, not an ERROR.
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "not throttled: {:?}",
+        started.elapsed()
+    );
+    c.disconnect().await;
+}
