@@ -101,7 +101,7 @@ async fn broker_outage_is_survived_without_losing_what_the_broker_accepted() {
     let amqp_url = format!("amqp://127.0.0.1:{NODE_AMQP_PORT}/%2f");
     let mut gateway = GatewayProcess::spawn(&amqp_url, &[]);
     assert!(
-        gateway.wait_ready(Duration::from_secs(20)).await,
+        gateway.wait_ready(Duration::from_secs(40)).await,
         "gateway not ready"
     );
 

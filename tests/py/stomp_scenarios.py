@@ -505,12 +505,9 @@ EXPECTED = {
     "queue_arguments": {
         "first subscribe with arguments": "ok",
         "second subscribe with arguments": "ok",
-        # Needs the SEND-side declaration fix in src/bridge/session_broker.rs
-        # (issue 10 item 8, handed to the AMQP-plane rewrite): not checked yet.
-        "send without arguments": PENDING,
+        "send without arguments": "ok",
         "subscribe x-queue-type quorum": "ok",
-        # A SEND to the quorum queue: the same SEND-side fix.
-        "quorum message": PENDING,
+        "quorum message": "q",
     },
     "large": {"publisher": "receipt", "delivered sizes": [16 * 1024 * 1024, 16 * 1024 * 1024]},
     "fast_publisher": {"sent": 10_000, "received": 10_000, "publisher_errors": []},
