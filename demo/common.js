@@ -41,6 +41,7 @@
       // downloaded them too, once each.
       this.payloadBytes = 0;
       this.messages = 0;
+      this.latencies = [];
       this.seen = new Set();
       const take = (entries) => {
         for (const e of entries) {
@@ -83,30 +84,46 @@
       return performance.now();
     }
 
+    // A pushed update was shown `ms` after it was made.
+    latency(ms) {
+      this.latencies.push(ms);
+      this.render();
+    }
+
     render() {
       const el = document.getElementById('cost');
       if (!el) return;
       const elapsed = this.elapsedMs();
       const polls = Math.ceil(elapsed / POLL_INTERVAL_MS);
-      const pushRequests = this.http.requests + this.ws.connections;
-      const pushBytes = this.http.bytes + this.ws.bytes;
-      const pollRequests = this.http.requests + polls;
-      const pollBytes = this.http.bytes + polls * (POLL_REQUEST_BYTES + POLL_RESPONSE_BYTES) + this.payloadBytes;
+      const shared = { requests: this.http.requests, bytes: this.http.bytes };
+      const pushLive = { requests: this.ws.connections, bytes: this.ws.bytes };
+      const pollLive = { requests: polls, bytes: polls * (POLL_REQUEST_BYTES + POLL_RESPONSE_BYTES) + this.payloadBytes };
+      const pushRequests = shared.requests + pushLive.requests;
+      const pushBytes = shared.bytes + pushLive.bytes;
+      const pollRequests = shared.requests + pollLive.requests;
+      const pollBytes = shared.bytes + pollLive.bytes;
+      const cell = (c) => `${c.requests} req · ${Demo.formatBytes(c.bytes)}`;
       const set = (id, text) => {
-        const cell = el.querySelector(`[data-cost="${id}"]`);
-        if (cell) cell.textContent = text;
+        for (const node of el.querySelectorAll(`[data-cost="${id}"]`)) node.textContent = text;
       };
       set('elapsed', `${(elapsed / 1000).toFixed(0)} s`);
-      set('push-requests', String(pushRequests));
-      set('push-bytes', Demo.formatBytes(pushBytes));
-      set('poll-requests', String(pollRequests));
-      set('poll-bytes', Demo.formatBytes(pollBytes));
+      set('shared', cell(shared));
+      set('push-live', cell(pushLive));
+      set('poll-live', cell(pollLive));
+      set('push-total', cell({ requests: pushRequests, bytes: pushBytes }));
+      set('poll-total', cell({ requests: pollRequests, bytes: pollBytes }));
+      const avg = this.latencies.length
+        ? `${Math.round(this.latencies.reduce((a, b) => a + b, 0) / this.latencies.length)} ms (measured)`
+        : '–';
+      set('push-delay', avg);
       set('messages', String(this.messages));
       set('ws-frames', String(this.ws.frames));
       el.dataset.pushRequests = String(pushRequests);
       el.dataset.pushBytes = String(pushBytes);
       el.dataset.pollRequests = String(pollRequests);
       el.dataset.pollBytes = String(pollBytes);
+      el.dataset.pushLiveBytes = String(pushLive.bytes);
+      el.dataset.pollLiveBytes = String(pollLive.bytes);
     }
   }
 
@@ -118,9 +135,11 @@
     <p class="small">Since the page loaded: <span data-cost="elapsed">0 s</span>,
       <span data-cost="messages">0</span> pushed message(s).</p>
     <table>
-      <tr><th></th><th>requests</th><th>bytes</th></tr>
-      <tr><td>this page (push over STOMP)</td><td data-cost="push-requests">0</td><td data-cost="push-bytes">0 B</td></tr>
-      <tr><td>5 s short polling, estimated</td><td data-cost="poll-requests">0</td><td data-cost="poll-bytes">0 B</td></tr>
+      <tr><th></th><th>this page (push)</th><th>5 s polling (estimated)</th></tr>
+      <tr><td>page, scripts, backend calls</td><td data-cost="shared">–</td><td data-cost="shared">–</td></tr>
+      <tr><td>live updates</td><td data-cost="push-live">–</td><td data-cost="poll-live">–</td></tr>
+      <tr><td><b>total</b></td><td data-cost="push-total">–</td><td data-cost="poll-total">–</td></tr>
+      <tr><td>update shown after</td><td data-cost="push-delay">–</td><td>2.5 s on average</td></tr>
     </table>
     <details><summary>How this is counted</summary>
       <p class="small"><b>This page</b>: every HTTP request the page made (the page, its scripts, the calls to the
@@ -129,14 +148,16 @@
       the WebSocket: one request, ${WS_HANDSHAKE_BYTES} B of handshake headers (estimated), and every STOMP frame
       sent and received, heart-beats included (<span data-cost="ws-frames">0</span> so far), counted in the page
       with its WebSocket frame header.</p>
-      <p class="small"><b>5 s short polling</b>: the same HTTP requests (the page and the backend calls), but
-      instead of the WebSocket one poll every ${POLL_INTERVAL_MS / 1000} s since the page loaded
+      <p class="small"><b>5 s short polling</b>: the same page and backend calls, but for the live updates, instead of
+      the WebSocket, one poll every ${POLL_INTERVAL_MS / 1000} s since the page loaded
       (&lceil;elapsed / ${POLL_INTERVAL_MS / 1000} s&rceil; requests) of ${POLL_REQUEST_BYTES} B request headers
       and ${POLL_RESPONSE_BYTES} B response headers each (typical, cookie-less, keep-alive), plus the bodies of the
-      messages that arrived, once each. A poller also sees each update 2.5 s late on average.</p>
+      messages that arrived, once each. A poller sees each update half an interval (2.5 s) late on average;
+      the page measures its own delay from the time the backend stamped on the message.</p>
     </details>`;
 
   Demo.meter = null;
+  Demo.connects = 0;
   Demo.startMeter = () => {
     const el = document.getElementById('cost');
     if (el) el.innerHTML = Demo.costTable();
@@ -221,6 +242,8 @@
       },
     });
     client.onConnect = (frame) => {
+      Demo.connects += 1;
+      document.body.dataset.connects = String(Demo.connects);
       Demo.setState('connected', `${transport.label}, ${url}, STOMP ${frame.headers.version}`);
       if (onConnect) onConnect(frame);
     };

@@ -7,12 +7,12 @@
 # themselves come from scripts/ensure-node.sh, which runs first.
 #
 # Idempotent; quick when everything is already there.
-# Env: STOMPGATE_CHROMIUM overrides the browser binary the tests use.
+# Env: DEMO_CHROMIUM overrides the browser binary the tests use.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 JS_DIR="$ROOT/tests/browser"
-CHROMIUM="${STOMPGATE_CHROMIUM:-/usr/bin/chromium}"
+CHROMIUM="${DEMO_CHROMIUM:-/usr/bin/chromium}"
 
 say() { echo "ensure-chromium: $*"; }
 die() {

@@ -11,12 +11,13 @@
 #   development, rules that keep the /user/ exchange private, and the demo
 #   pages under /demo/ (demo.enabled). Arguments go to stompgate; STOMPGATE_*
 #   variables override the file.
-# - The demo backend (examples/demo-backend) listens on 127.0.0.1:15680
+# - The demo backend (examples/demo-backend) listens on 127.0.0.1:15690
 #   (DEMO_BACKEND_LISTEN): order simulator (DEMO_ORDER_INTERVAL_MS, default
 #   3000), QR login, demo JWTs.
 # - Both get the same HS256 secret: DEMO_JWT_SECRET when set, else one made
 #   for this checkout and kept in target/demo-jwt-secret (so tokens survive a
 #   restart of this script).
+# - RUN_PROFILE=dev builds and runs debug binaries instead.
 # - When the gateway stops on its own (e.g. `kill <its pid>`, to watch the
 #   pages reconnect), it is started again after 2 s.
 set -euo pipefail
@@ -42,7 +43,7 @@ for arg in "$@"; do
     esac
     prev="$arg"
 done
-backend_listen="${DEMO_BACKEND_LISTEN:-127.0.0.1:15680}"
+backend_listen="${DEMO_BACKEND_LISTEN:-127.0.0.1:15690}"
 
 # The demo JWT secret, shared by the gateway and the demo backend.
 if [ -z "${DEMO_JWT_SECRET:-}" ]; then
@@ -63,8 +64,17 @@ export STOMPGATE_AUTH__JWT__HS256_SECRET="$DEMO_JWT_SECRET"
 export STOMPGATE_AUTH__ANONYMOUS="${STOMPGATE_AUTH__ANONYMOUS:-true}"
 export STOMPGATE_DEMO__BACKEND_URL="${STOMPGATE_DEMO__BACKEND_URL:-http://$backend_listen}"
 
-echo "run.sh: building stompgate and examples/demo-backend (release)"
-cargo build --release --bin stompgate --example demo-backend
+# RUN_PROFILE=dev: a debug build (quicker to build, slower to run).
+case "${RUN_PROFILE:-release}" in
+release) build_flags=(--release) bin_dir="$ROOT/target/release" ;;
+dev | debug) build_flags=() bin_dir="$ROOT/target/debug" ;;
+*)
+    echo "run.sh: RUN_PROFILE must be release or dev" >&2
+    exit 2
+    ;;
+esac
+echo "run.sh: building stompgate and examples/demo-backend (${RUN_PROFILE:-release})"
+cargo build "${build_flags[@]}" --bin stompgate --example demo-backend
 
 backend_pid=""
 gateway_pid=""
@@ -81,8 +91,19 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 DEMO_BACKEND_LISTEN="$backend_listen" STOMPGATE_AMQP_URL="$amqp_url" \
-    "$ROOT/target/release/examples/demo-backend" &
+    "$bin_dir/examples/demo-backend" &
 backend_pid=$!
+# Wait (bounded) until the backend answers, or stop if it exited.
+for _ in $(seq 1 100); do
+    if ! kill -0 "$backend_pid" 2>/dev/null; then
+        echo "run.sh: the demo backend exited (is $backend_listen in use?); stopping" >&2
+        exit 1
+    fi
+    if timeout 1 bash -c "exec 3<>/dev/tcp/${backend_listen%:*}/${backend_listen##*:}" 2>/dev/null; then
+        break
+    fi
+    sleep 0.1
+done
 
 base="http://$listen"
 cat <<MSG
@@ -102,7 +123,7 @@ MSG
 
 while true; do
     started=$SECONDS
-    "$ROOT/target/release/stompgate" --config "$ROOT/demo/stompgate.toml" "$@" &
+    "$bin_dir/stompgate" --config "$ROOT/demo/stompgate.toml" "$@" &
     gateway_pid=$!
     echo "run.sh: gateway pid $gateway_pid, demo backend pid $backend_pid"
     status=0

@@ -158,7 +158,7 @@ impl Default for DemoConfig {
         DemoConfig {
             enabled: false,
             dir: std::path::PathBuf::from("demo"),
-            backend_url: "http://127.0.0.1:15680".to_owned(),
+            backend_url: "http://127.0.0.1:15690".to_owned(),
         }
     }
 }

@@ -12,12 +12,12 @@
 //! - the screenshots of both pages (docs/demo-*.png) are taken here.
 //!
 //! The browser side is tests/browser/demo.mjs (puppeteer-core driving
-//! /usr/bin/chromium, or `STOMPGATE_CHROMIUM`). `scripts/ensure-chromium.sh`
+//! /usr/bin/chromium, or `DEMO_CHROMIUM`). `scripts/ensure-chromium.sh`
 //! (run by `scripts/test.sh`) installs Chromium and the npm packages; without
 //! them this test fails, it does not skip.
 //!
 //! Screenshots go to `target/demo-screenshots/`, or to
-//! `STOMPGATE_DEMO_SCREENSHOTS` (`STOMPGATE_DEMO_SCREENSHOTS=docs` refreshes
+//! `DEMO_SCREENSHOTS` (`DEMO_SCREENSHOTS=docs` refreshes
 //! the README's).
 
 use std::net::SocketAddr;
@@ -234,7 +234,7 @@ fn vendored_assets_are_the_locked_npm_files() {
 }
 
 fn chromium() -> PathBuf {
-    std::env::var_os("STOMPGATE_CHROMIUM")
+    std::env::var_os("DEMO_CHROMIUM")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"))
 }
@@ -291,7 +291,7 @@ async fn demo_pages_in_chromium() {
     let config = demo_config(&secret, backend_addr);
     let mut gateway = Some(start_gateway(listener, config.clone()).await);
 
-    let shots = std::env::var_os("STOMPGATE_DEMO_SCREENSHOTS")
+    let shots = std::env::var_os("DEMO_SCREENSHOTS")
         .map(|d| {
             let d = PathBuf::from(d);
             if d.is_absolute() {

@@ -38,8 +38,10 @@
     li.dataset.merchant = order.merchant;
     const items = order.items.map((i) => `${i.qty} × ${Demo.escape(i.name)}`).join(', ');
     let meta = `${Demo.escape(order.id)} · for ${Demo.escape(order.merchant)} · placed ${new Date(order.placed_at_ms).toLocaleTimeString()}`;
+    li.dataset.placedAt = String(order.placed_at_ms);
     if (how === 'push') {
       const latency = Date.now() - order.placed_at_ms;
+      if (Demo.meter) Demo.meter.latency(latency);
       li.dataset.latencyMs = String(latency);
       meta += ` · pushed in ${latency} ms`;
       li.className = 'new';
@@ -49,7 +51,9 @@
       meta += ' · fetched after a (re)connect';
     }
     li.innerHTML = `<span>${items}</span><b>${money(order.total_cents, order.currency)}</b><span class="meta">${meta}</span>`;
-    $('orders').prepend(li);
+    // Newest first, by the time the order was placed.
+    const older = [...$('orders').children].find((other) => Number(other.dataset.placedAt) < order.placed_at_ms);
+    $('orders').insertBefore(li, older || null);
     $('empty').hidden = true;
   };
 

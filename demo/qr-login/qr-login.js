@@ -69,6 +69,7 @@
           (message) => {
             if (Demo.meter) Demo.meter.message(message.body);
             const body = JSON.parse(message.body);
+            if (Demo.meter) Demo.meter.latency(Date.now() - body.at_ms);
             stop();
             $('waiting').hidden = true;
             $('done').hidden = false;

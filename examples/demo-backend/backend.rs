@@ -257,10 +257,11 @@ impl Backend {
         let (items, total) = {
             let mut rng = rand::rng();
             let count = rng.random_range(1..=3);
+            let first = rng.random_range(0..ITEMS.len());
             let mut items = Vec::new();
             let mut total = 0;
-            for _ in 0..count {
-                let (name, cents) = ITEMS[rng.random_range(0..ITEMS.len())];
+            for i in 0..count {
+                let (name, cents) = ITEMS[(first + 2 * i) % ITEMS.len()];
                 let qty = rng.random_range(1..=3u64);
                 total += cents * qty;
                 items.push(json!({ "name": name, "qty": qty, "price_cents": cents }));

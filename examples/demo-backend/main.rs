@@ -18,7 +18,7 @@ mod backend;
 #[derive(Debug, Parser)]
 struct Args {
     /// Address of the HTTP API (the gateway's `demo.backend_url` points here).
-    #[arg(long, env = "DEMO_BACKEND_LISTEN", default_value = "127.0.0.1:15680")]
+    #[arg(long, env = "DEMO_BACKEND_LISTEN", default_value = "127.0.0.1:15690")]
     listen: SocketAddr,
     /// RabbitMQ, the same the gateway uses.
     #[arg(

@@ -180,6 +180,7 @@ try {
 
   log('gateway restart: the page reconnects and catches up');
   const beforeRestart = new Set((await allOrders(m1)).map((o) => o.id));
+  const connects = await m1.evaluate(() => Number(document.body.dataset.connects));
   await expecting(/WebSocket connection to .* failed/, 'the gateway is restarting', async () => {
     await control('restart-gateway');
     await waitState(m1, 'connected');
@@ -191,6 +192,7 @@ try {
     [...beforeRestart],
   );
   for (const order of await allOrders(m1)) assert.equal(order.merchant, 'merchant-1');
+  assert.equal(await m1.evaluate(() => Number(document.body.dataset.connects)), connects + 1, 'the page reconnected once');
   await m1.evaluate(() => Demo.meter.render());
   const cost = await m1.$eval('#cost', (el) => ({ ...el.dataset }));
   log('merchant-1 cost', JSON.stringify(cost));
