@@ -42,6 +42,7 @@
       this.payloadBytes = 0;
       this.messages = 0;
       this.latencies = [];
+      this.pausedAt = null;
       this.seen = new Set();
       const take = (entries) => {
         for (const e of entries) {
@@ -80,8 +81,19 @@
       this.render();
     }
 
+    // The page stopped listening (QR login done or expired): a poller would
+    // stop polling too, so the estimate stops growing.
+    pause() {
+      if (this.pausedAt === null) this.pausedAt = performance.now();
+      this.render();
+    }
+
+    resume() {
+      this.pausedAt = null;
+    }
+
     elapsedMs() {
-      return performance.now();
+      return this.pausedAt === null ? performance.now() : this.pausedAt;
     }
 
     // A pushed update was shown `ms` after it was made.
@@ -142,6 +154,7 @@
       <tr><td>update shown after</td><td data-cost="push-delay">–</td><td>2.5 s on average</td></tr>
     </table>
     <details><summary>How this is counted</summary>
+      <p class="small">Counting stops when the page stops listening (a QR login done or expired).</p>
       <p class="small"><b>This page</b>: every HTTP request the page made (the page, its scripts, the calls to the
       demo backend), from the browser's Resource Timing (<code>transferSize</code>: response headers and body,
       0 when cached) plus ${REQUEST_HEADER_BYTES} B of request headers each (browsers do not expose them); plus

@@ -12,6 +12,7 @@
   let timer = null;
 
   const stop = () => {
+    if (Demo.meter) Demo.meter.pause();
     if (timer) clearInterval(timer);
     timer = null;
     if (client) client.deactivate();
@@ -30,6 +31,7 @@
 
   const start = async () => {
     stop();
+    if (Demo.meter) Demo.meter.resume();
     $('waiting').hidden = false;
     $('expired').hidden = true;
     $('done').hidden = true;
