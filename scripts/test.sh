@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # THE test command: makes sure RabbitMQ (127.0.0.1:5672), Node.js with the
-# JavaScript client tests' dependencies and Python with stomp.py (a venv under
-# target/, for tests/stomppy.rs) are there, then runs every Rust test
-# target (unit tests, tests/*.rs, including tests/stompjs.rs which drives the
-# real @stomp/stompjs client through node).
+# JavaScript client tests' dependencies, Python with stomp.py (a venv under
+# target/, for tests/stomppy.rs) and Chromium with puppeteer-core are there,
+# then runs every Rust test target (unit tests, tests/*.rs, including
+# tests/stompjs.rs which drives the real @stomp/stompjs client through node,
+# and tests/demo_browser.rs which drives the demo pages in headless Chromium).
 #
 #   scripts/test.sh                      # everything
 #   scripts/test.sh -- --nocapture       # extra args go to `cargo test --all-targets`
@@ -16,6 +17,7 @@ cd "$ROOT"
 
 "$ROOT/scripts/ensure-rabbitmq.sh"
 "$ROOT/scripts/ensure-node.sh"
+"$ROOT/scripts/ensure-chromium.sh"
 "$ROOT/scripts/ensure-haproxy.sh"
 "$ROOT/scripts/ensure-python.sh" >/dev/null
 

@@ -34,6 +34,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub security: SecurityConfig,
     pub tls: TlsConfig,
+    pub demo: DemoConfig,
 }
 
 /// Who may connect and what they may do (see docs/security.md).
@@ -146,6 +147,32 @@ pub struct TlsConfig {
     pub cert_file: Option<std::path::PathBuf>,
     /// PEM private key.
     pub key_file: Option<std::path::PathBuf>,
+}
+
+/// The demo pages under `/demo/` (README, "The demos"). Off unless set:
+/// production gateways serve no pages.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DemoConfig {
+    /// Serve the demo pages (`/demo/...`, from `dir`) and `/demo/config.json`.
+    pub enabled: bool,
+    /// Directory holding the pages' files (the repository's `demo/`);
+    /// relative paths are from the working directory.
+    pub dir: std::path::PathBuf,
+    /// Base URL of the demo backend's HTTP API (`examples/demo-backend`),
+    /// which the pages call cross-origin; the pages learn it from
+    /// `/demo/config.json`.
+    pub backend_url: String,
+}
+
+impl Default for DemoConfig {
+    fn default() -> Self {
+        DemoConfig {
+            enabled: false,
+            dir: std::path::PathBuf::from("demo"),
+            backend_url: "http://127.0.0.1:15690".to_owned(),
+        }
+    }
 }
 
 impl Default for AuthConfig {
@@ -277,6 +304,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             security: SecurityConfig::default(),
             tls: TlsConfig::default(),
+            demo: DemoConfig::default(),
         }
     }
 }
@@ -435,6 +463,14 @@ impl Config {
                 }
             }
         }
+        if self.demo.enabled
+            && !(self.demo.backend_url.starts_with("http://")
+                || self.demo.backend_url.starts_with("https://"))
+        {
+            return Err(ConfigError::Invalid(
+                "demo.backend_url must be an http:// or https:// URL".into(),
+            ));
+        }
         if self.heartbeat.grace_factor < 1.0 {
             return Err(ConfigError::Invalid(
                 "heartbeat.grace_factor must be at least 1.0".into(),
@@ -461,6 +497,31 @@ mod tests {
         assert_eq!(c.heartbeat.want_receive_ms, 1_000);
         assert_eq!(c.heartbeat.offer_send_ms, 0);
         assert_eq!(c.limits.max_frame_bytes_before_connect, 64 * 1024);
+        assert!(!c.demo.enabled, "the demo pages are off unless set");
+    }
+
+    #[test]
+    fn demo_keys_from_the_environment() {
+        let env = vec![
+            ("STOMPGATE_DEMO__ENABLED".to_owned(), "true".to_owned()),
+            ("STOMPGATE_DEMO__DIR".to_owned(), "/srv/demo".to_owned()),
+            (
+                "STOMPGATE_DEMO__BACKEND_URL".to_owned(),
+                "http://127.0.0.1:9".to_owned(),
+            ),
+        ];
+        let c = Config::load(None, env).expect("load");
+        assert!(c.demo.enabled);
+        assert_eq!(c.demo.dir, std::path::PathBuf::from("/srv/demo"));
+        assert_eq!(c.demo.backend_url, "http://127.0.0.1:9");
+        let bad = vec![
+            ("STOMPGATE_DEMO__ENABLED".to_owned(), "true".to_owned()),
+            (
+                "STOMPGATE_DEMO__BACKEND_URL".to_owned(),
+                "127.0.0.1:9".to_owned(),
+            ),
+        ];
+        assert!(Config::load(None, bad).is_err());
     }
 
     #[test]

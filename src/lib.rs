@@ -15,6 +15,7 @@
 pub mod auth;
 pub mod bridge;
 pub mod config;
+pub mod demo;
 pub mod metrics;
 pub mod server;
 pub mod session;

@@ -1,5 +1,5 @@
 //! The HTTP listener: the WebSocket endpoint and the health endpoints, all on
-//! one port.
+//! one port (and the demo pages when `demo.enabled`).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -204,12 +204,16 @@ impl Drop for Admission {
 
 /// The HTTP routes of a gateway.
 pub fn router(gateway: Arc<Gateway>) -> Router {
-    Router::new()
+    let mut router = Router::new()
         .route(&gateway.config.ws_path, get(upgrade))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .with_state(gateway)
+        .route("/metrics", get(metrics));
+    // The demo pages (src/demo.rs), only when `demo.enabled`.
+    if gateway.config.demo.enabled {
+        router = router.merge(crate::demo::router(&gateway.config));
+    }
+    router.with_state(gateway)
 }
 
 /// Serves on `listener` until `shutdown` resolves.
