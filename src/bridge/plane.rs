@@ -634,14 +634,17 @@ impl Plane {
 
     // ----- shared channels ---------------------------------------------
 
-    /// The publishing channel of a session (by its key).
+    /// The publishing channel of a session (by its key). Publishing channel
+    /// `i` is opened on connection `i` (mod their number), as consumer
+    /// channels are, so that publishing is spread over the connections (a
+    /// cluster's nodes) and a lost node stops only its share of it.
     pub async fn publisher(&self, session: u64) -> Result<Channel, BridgeError> {
-        let slot = &self.publishers[(session as usize) % self.publishers.len()];
-        let mut slot = slot.lock().await;
+        let index = (session as usize) % self.publishers.len();
+        let mut slot = self.publishers[index].lock().await;
         if let Some(c) = slot.as_ref().filter(|c| c.status().connected()) {
             return Ok(c.clone());
         }
-        let channel = self.open_channel(None).await?;
+        let channel = self.open_channel(Some(index)).await?;
         timed(
             self.config.timeout,
             "confirm.select",
