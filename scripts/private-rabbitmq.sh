@@ -14,6 +14,10 @@
 # PRIVATE_RABBIT_WEB_STOMP_PORT=15675, PRIVATE_RABBIT_DIST_PORT=25673,
 # PRIVATE_RABBIT_STOMP_PORT=61614 (the plain STOMP listener Web-STOMP pulls in).
 # PRIVATE_RABBIT_WAIT_SECS (default 60) bounds the boot.
+# PRIVATE_RABBIT_TLS_DIR=<dir> adds an AMQPS listener on PRIVATE_RABBIT_TLS_PORT
+# (default 5671) with <dir>/ca.pem, <dir>/cert.pem and <dir>/key.pem (PEM; no
+# client certificates asked for). PRIVATE_RABBIT_NO_STOMP=1 enables no plugin
+# (no Web-STOMP/STOMP listeners: a plain AMQP(S) node boots faster).
 # PRIVATE_RABBIT_KEEP_DATA=1 keeps the node's data from an earlier start
 # (restart after a crash).
 #
@@ -40,6 +44,9 @@ WS_PORT="${PRIVATE_RABBIT_WEB_STOMP_PORT:-15675}"
 DIST_PORT="${PRIVATE_RABBIT_DIST_PORT:-25673}"
 STOMP_PORT="${PRIVATE_RABBIT_STOMP_PORT:-61614}"
 WAIT_SECS="${PRIVATE_RABBIT_WAIT_SECS:-60}"
+TLS_DIR="${PRIVATE_RABBIT_TLS_DIR:-}"
+TLS_PORT="${PRIVATE_RABBIT_TLS_PORT:-5671}"
+NO_STOMP="${PRIVATE_RABBIT_NO_STOMP:-}"
 PID_FILE="$BASE/rabbit.pid"
 SYSTEM_COOKIE=/var/lib/rabbitmq/.erlang.cookie
 
@@ -69,7 +76,7 @@ node_pid() {
 }
 
 print_info() {
-    echo "node=$NODE amqp_port=$AMQP_PORT web_stomp_port=$WS_PORT dist_port=$DIST_PORT pid=${1:-} pidfile=$PID_FILE base=$BASE"
+    echo "node=$NODE amqp_port=$AMQP_PORT web_stomp_port=$WS_PORT dist_port=$DIST_PORT tls_port=${TLS_DIR:+$TLS_PORT} pid=${1:-} pidfile=$PID_FILE base=$BASE"
 }
 
 show_logs() {
@@ -101,7 +108,10 @@ start() {
     local server
     server="$(find_server)" || die "rabbitmq-server is not installed (scripts/ensure-rabbitmq.sh installs it)"
     command -v rabbitmqctl >/dev/null 2>&1 || die "rabbitmqctl is not on PATH"
-    for p in "$AMQP_PORT" "$WS_PORT" "$DIST_PORT" "$STOMP_PORT"; do
+    local ports=("$AMQP_PORT" "$DIST_PORT")
+    [ -n "$NO_STOMP" ] || ports+=("$WS_PORT" "$STOMP_PORT")
+    [ -z "$TLS_DIR" ] || ports+=("$TLS_PORT")
+    for p in "${ports[@]}"; do
         if port_open "$p"; then
             die "port $p on 127.0.0.1 is already taken (another private node? '$0 stop $NAME')"
         fi
@@ -124,6 +134,11 @@ start() {
     cat >"$BASE/rabbitmq.conf" <<EOF
 listeners.tcp.default = $AMQP_PORT
 loopback_users = none
+EOF
+    if [ -n "$NO_STOMP" ]; then
+        echo '[].' >"$BASE/enabled_plugins"
+    else
+        cat >>"$BASE/rabbitmq.conf" <<EOF
 stomp.listeners.tcp.1 = 127.0.0.1:$STOMP_PORT
 web_stomp.tcp.port = $WS_PORT
 web_stomp.tcp.ip = 127.0.0.1
@@ -131,7 +146,21 @@ web_stomp.tcp.backlog = 4096
 web_stomp.ws_opts.idle_timeout = 3600000
 web_stomp.cowboy_opts.idle_timeout = 3600000
 EOF
-    echo '[rabbitmq_stomp,rabbitmq_web_stomp].' >"$BASE/enabled_plugins"
+        echo '[rabbitmq_stomp,rabbitmq_web_stomp].' >"$BASE/enabled_plugins"
+    fi
+    if [ -n "$TLS_DIR" ]; then
+        for f in ca.pem cert.pem key.pem; do
+            [ -r "$TLS_DIR/$f" ] || die "PRIVATE_RABBIT_TLS_DIR has no readable $f"
+        done
+        cat >>"$BASE/rabbitmq.conf" <<EOF
+listeners.ssl.default = $TLS_PORT
+ssl_options.cacertfile = $TLS_DIR/ca.pem
+ssl_options.certfile = $TLS_DIR/cert.pem
+ssl_options.keyfile = $TLS_DIR/key.pem
+ssl_options.verify = verify_none
+ssl_options.fail_if_no_peer_cert = false
+EOF
+    fi
     # Our own env file, so that /etc/rabbitmq/rabbitmq-env.conf (which names
     # the machine's node) does not apply; keep distribution on loopback.
     cat >"$BASE/rabbitmq-env.conf" <<EOF
@@ -177,10 +206,13 @@ EOF
         show_logs
         die "$NODE did not boot within ${WAIT_SECS}s ('rabbitmqctl -n $NODE wait $PID_FILE')"
     fi
-    until port_open "$WS_PORT" && port_open "$AMQP_PORT"; do
+    local wait_port="$WS_PORT"
+    [ -z "$NO_STOMP" ] || wait_port="$AMQP_PORT"
+    [ -z "$TLS_DIR" ] || wait_port="$TLS_PORT"
+    until port_open "$wait_port" && port_open "$AMQP_PORT"; do
         if [ "$SECONDS" -ge "$deadline" ]; then
             show_logs
-            die "$NODE booted but ports $AMQP_PORT/$WS_PORT do not answer"
+            die "$NODE booted but ports $AMQP_PORT/$wait_port do not answer"
         fi
         sleep 0.5
     done

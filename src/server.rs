@@ -189,10 +189,24 @@ impl Drop for Admission {
     }
 }
 
-/// The HTTP routes of a gateway.
+/// The HTTP routes of a gateway (`/metrics` only when no
+/// `metrics_listen` is configured).
 pub fn router(gateway: Arc<Gateway>) -> Router {
-    Router::new()
+    let router = Router::new()
         .route(&gateway.config.ws_path, get(upgrade))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz));
+    let router = if gateway.config.metrics_listen.is_none() {
+        router.route("/metrics", get(metrics))
+    } else {
+        router
+    };
+    router.with_state(gateway)
+}
+
+/// The routes of the separate `metrics_listen` address.
+fn metrics_router(gateway: Arc<Gateway>) -> Router {
+    Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -225,6 +239,21 @@ pub async fn serve_gateway(
     gateway: Arc<Gateway>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    // Bound before anything is served: a wrong address fails the start.
+    let metrics_server = match gateway.config.metrics_listen {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr).await.map_err(|e| {
+                std::io::Error::new(e.kind(), format!("metrics_listen {addr}: {e}"))
+            })?;
+            let app = metrics_router(Arc::clone(&gateway));
+            Some(tokio::spawn(async move {
+                if let Err(error) = axum::serve(listener, app).await {
+                    tracing::warn!(%error, "metrics listener failed");
+                }
+            }))
+        }
+        None => None,
+    };
     let timeout_ms = gateway.config.security.handshake_timeout_ms;
     let config = listener::ListenerConfig {
         handshake_timeout: (timeout_ms > 0).then(|| Duration::from_millis(timeout_ms)),
@@ -240,6 +269,9 @@ pub async fn serve_gateway(
             connections = gateway.connections(),
             "drain window over, exiting anyway"
         );
+    }
+    if let Some(server) = metrics_server {
+        server.abort();
     }
     Ok(())
 }
