@@ -405,8 +405,9 @@ impl Config {
                 }
             }
         }
-        // `!(x >= 1.0)` also refuses NaN.
-        if !(self.heartbeat.grace_factor >= 1.0) || !self.heartbeat.grace_factor.is_finite() {
+        let grace = self.heartbeat.grace_factor;
+        // NaN fails `is_finite`, and every comparison.
+        if !grace.is_finite() || grace < 1.0 {
             return Err(ConfigError::Invalid(format!(
                 "heartbeat.grace_factor must be a finite number of at least 1.0 (got {})",
                 self.heartbeat.grace_factor
