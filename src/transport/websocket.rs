@@ -58,12 +58,12 @@ pub async fn run(socket: WebSocket, gateway: Arc<Gateway>, handshake: Handshake)
         limits.slow_client_policy,
     );
     let ping_every = gateway.config.security.ws_ping_interval();
-    let mut writer = tokio::spawn(write_loop(
+    let mut writer = AbortOnDrop(tokio::spawn(write_loop(
         sink,
         Arc::clone(&link),
         Duration::from_millis(limits.write_timeout_ms),
         ping_every,
-    ));
+    )));
     let broker = gateway.bridge.session();
     let session_id = format!("session-{}-{:08x}", broker.key(), rand::random::<u32>());
     let mut session = Session::new(Arc::clone(&gateway.session_config), session_id);
@@ -168,8 +168,8 @@ pub async fn run(socket: WebSocket, gateway: Arc<Gateway>, handshake: Handshake)
                     tracing::info!("client too slow: outbound queue full, disconnecting");
                     metrics.slow_client_disconnected.increment(1);
                 }
-                writer.abort();
-                let _ = (&mut writer).await;
+                writer.0.abort();
+                let _ = (&mut writer.0).await;
                 Box::pin(conn.finish()).await;
                 return;
             }
@@ -232,12 +232,22 @@ pub async fn run(socket: WebSocket, gateway: Arc<Gateway>, handshake: Handshake)
     drop(conn);
     // The writer never outlives its session: it gets a moment to flush
     // and close, then it is ended, and with it the socket.
-    if tokio::time::timeout(Duration::from_secs(5), &mut writer)
+    if tokio::time::timeout(Duration::from_secs(5), &mut writer.0)
         .await
         .is_err()
     {
-        writer.abort();
-        let _ = writer.await;
+        writer.0.abort();
+        let _ = (&mut writer.0).await;
+    }
+}
+
+/// The writer task, aborted when dropped: whatever ends the session (a
+/// panic included) ends its writer, and with it the socket.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -304,7 +314,7 @@ impl Connection {
                 let mut actions = Vec::new();
                 crate::metrics::get().error(ErrorKind::Protocol);
                 self.session.protocol_error(
-                    &format!("frame exceeds the {limit} byte limit before CONNECT"),
+                    &format!("frame exceeds the limit of {limit} bytes (before CONNECT)"),
                     &mut actions,
                 );
                 self.execute(actions).await;
