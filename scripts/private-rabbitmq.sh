@@ -27,6 +27,10 @@
 # PRIVATE_RABBIT_WEB_STOMP_PORT=15675, PRIVATE_RABBIT_DIST_PORT=25673,
 # PRIVATE_RABBIT_STOMP_PORT=61614 (the plain STOMP listener Web-STOMP pulls in).
 # PRIVATE_RABBIT_WAIT_SECS (default 60) bounds the boot.
+# PRIVATE_RABBIT_TLS_DIR=<dir> adds an AMQPS listener on PRIVATE_RABBIT_TLS_PORT
+# (default 5671) with <dir>/ca.pem, <dir>/cert.pem and <dir>/key.pem (PEM; no
+# client certificates asked for). PRIVATE_RABBIT_NO_STOMP=1 is the same as
+# PRIVATE_RABBIT_PLUGINS= (no plugin: a plain AMQP(S) node boots faster).
 # PRIVATE_RABBIT_PLUGINS (default rabbitmq_stomp,rabbitmq_web_stomp): the
 # plugins to enable, comma-separated; empty for none (then no STOMP or
 # Web-STOMP listener is configured and their ports are not used).
@@ -59,6 +63,9 @@ WS_PORT="${PRIVATE_RABBIT_WEB_STOMP_PORT:-15675}"
 DIST_PORT="${PRIVATE_RABBIT_DIST_PORT:-25673}"
 STOMP_PORT="${PRIVATE_RABBIT_STOMP_PORT:-61614}"
 PLUGINS="${PRIVATE_RABBIT_PLUGINS-rabbitmq_stomp,rabbitmq_web_stomp}"
+[ -z "${PRIVATE_RABBIT_NO_STOMP:-}" ] || PLUGINS=
+TLS_DIR="${PRIVATE_RABBIT_TLS_DIR:-}"
+TLS_PORT="${PRIVATE_RABBIT_TLS_PORT:-5671}"
 case ",$PLUGINS," in
 *,rabbitmq_web_stomp,*) WITH_WEB_STOMP=1 ;;
 *) WITH_WEB_STOMP= ;;
@@ -97,7 +104,7 @@ node_pid() {
 }
 
 print_info() {
-    echo "node=$NODE amqp_port=$AMQP_PORT ${WITH_WEB_STOMP:+web_stomp_port=$WS_PORT }dist_port=$DIST_PORT pid=${1:-} pidfile=$PID_FILE base=$BASE"
+    echo "node=$NODE amqp_port=$AMQP_PORT ${WITH_WEB_STOMP:+web_stomp_port=$WS_PORT }dist_port=$DIST_PORT ${TLS_DIR:+tls_port=$TLS_PORT }pid=${1:-} pidfile=$PID_FILE base=$BASE"
 }
 
 show_logs() {
@@ -132,6 +139,7 @@ start() {
     local ports=("$AMQP_PORT" "$DIST_PORT")
     [ -n "$WITH_WEB_STOMP" ] && ports+=("$WS_PORT")
     [ -n "$WITH_STOMP" ] && ports+=("$STOMP_PORT")
+    [ -z "$TLS_DIR" ] || ports+=("$TLS_PORT")
     for p in "${ports[@]}"; do
         if port_open "$p"; then
             die "port $p on 127.0.0.1 is already taken (another private node? '$0 stop $NAME')"
@@ -169,6 +177,19 @@ web_stomp.cowboy_opts.idle_timeout = 3600000
 EOF
     fi
     echo "[${PLUGINS}]." >"$BASE/enabled_plugins"
+    if [ -n "$TLS_DIR" ]; then
+        for f in ca.pem cert.pem key.pem; do
+            [ -r "$TLS_DIR/$f" ] || die "PRIVATE_RABBIT_TLS_DIR has no readable $f"
+        done
+        cat >>"$BASE/rabbitmq.conf" <<EOF
+listeners.ssl.default = $TLS_PORT
+ssl_options.cacertfile = $TLS_DIR/ca.pem
+ssl_options.certfile = $TLS_DIR/cert.pem
+ssl_options.keyfile = $TLS_DIR/key.pem
+ssl_options.verify = verify_none
+ssl_options.fail_if_no_peer_cert = false
+EOF
+    fi
     # Our own env file, so that /etc/rabbitmq/rabbitmq-env.conf (which names
     # the machine's node) does not apply; keep distribution on loopback.
     cat >"$BASE/rabbitmq-env.conf" <<EOF
@@ -214,7 +235,7 @@ EOF
         show_logs
         die "$NODE did not boot within ${WAIT_SECS}s ('rabbitmqctl -n $NODE wait $PID_FILE')"
     fi
-    until { [ -z "$WITH_WEB_STOMP" ] || port_open "$WS_PORT"; } && port_open "$AMQP_PORT"; do
+    until { [ -z "$WITH_WEB_STOMP" ] || port_open "$WS_PORT"; } && { [ -z "$TLS_DIR" ] || port_open "$TLS_PORT"; } && port_open "$AMQP_PORT"; do
         if [ "$SECONDS" -ge "$deadline" ]; then
             show_logs
             die "$NODE booted but its ports ($AMQP_PORT${WITH_WEB_STOMP:+/$WS_PORT}) do not answer"

@@ -20,6 +20,10 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Path of the WebSocket endpoint.
     pub ws_path: String,
+    /// Serve `/metrics` (with `/healthz` and `/readyz`) on this address
+    /// only, not on `listen` (which faces the internet); unset: `/metrics`
+    /// is on `listen`, as the other endpoints.
+    pub metrics_listen: Option<SocketAddr>,
     pub amqp: AmqpConfig,
     pub limits: Limits,
     pub heartbeat: HeartbeatConfig,
@@ -129,6 +133,17 @@ pub struct SecurityConfig {
     /// `max_frames_per_second`: `throttle` (the gateway reads its socket
     /// more slowly, nothing is lost) or `disconnect` (ERROR and close).
     pub rate_limit_policy: RateLimitPolicy,
+    /// Sessions without heart-beats (STOMP 1.0, or `heart-beat:0,0`) get a
+    /// WebSocket ping whenever nothing was written for this long, and are
+    /// closed when nothing (not even a pong) arrives for twice as long:
+    /// half-open connections do not stay forever. 0: no pings.
+    pub ws_ping_interval_ms: u64,
+}
+
+impl SecurityConfig {
+    pub fn ws_ping_interval(&self) -> Option<Duration> {
+        (self.ws_ping_interval_ms > 0).then(|| Duration::from_millis(self.ws_ping_interval_ms))
+    }
 }
 
 /// See [`SecurityConfig::rate_limit_policy`].
@@ -196,6 +211,7 @@ impl Default for SecurityConfig {
             handshake_timeout_ms: 10_000,
             max_frames_per_second: 1_000,
             rate_limit_policy: RateLimitPolicy::Throttle,
+            ws_ping_interval_ms: 30_000,
         }
     }
 }
@@ -233,6 +249,9 @@ pub struct AmqpConfig {
     /// message once it is queued for the client, so this bounds what sits
     /// in memory per subscription.
     pub auto_ack_prefetch: u16,
+    /// Largest `prefetch-count` a SUBSCRIBE may ask for; a larger one is
+    /// capped to this (what the gateway may hold per subscription).
+    pub max_prefetch: u16,
 }
 
 /// Bounds on what one client may make the gateway hold.
@@ -265,6 +284,16 @@ pub struct Limits {
     /// back (credit-flow style back-pressure, as RabbitMQ applies it): a
     /// fast publisher is slowed to the broker's pace, never cut off.
     pub max_unconfirmed_publishes: usize,
+    /// Bytes queued for one client (frames, control frames such as RECEIPT
+    /// and ERROR included) before the slow-client policy applies; one frame
+    /// always fits an empty queue.
+    pub outbound_queue_bytes: usize,
+    /// A write to the client that makes no progress for this long closes
+    /// the session (a client that stopped reading): its broker resources
+    /// are released and its unacked queue messages redelivered.
+    pub write_timeout_ms: u64,
+    /// RECEIPTs waiting for publisher confirms, per session; beyond, ERROR.
+    pub max_pending_receipts: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -296,6 +325,7 @@ impl Default for Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 15674)),
             ws_path: "/ws".to_owned(),
+            metrics_listen: None,
             amqp: AmqpConfig::default(),
             limits: Limits::default(),
             heartbeat: HeartbeatConfig::default(),
@@ -322,6 +352,7 @@ impl Default for AmqpConfig {
             broker_timeout_ms: 15_000,
             default_prefetch: 100,
             auto_ack_prefetch: 256,
+            max_prefetch: 1000,
         }
     }
 }
@@ -340,6 +371,9 @@ impl Default for Limits {
             slow_client_policy: SlowClientPolicy::Disconnect,
             connect_timeout_ms: 10_000,
             max_unconfirmed_publishes: 256,
+            outbound_queue_bytes: 8 * 1024 * 1024,
+            write_timeout_ms: 30_000,
+            max_pending_receipts: 4096,
         }
     }
 }
@@ -471,9 +505,33 @@ impl Config {
                 "demo.backend_url must be an http:// or https:// URL".into(),
             ));
         }
-        if self.heartbeat.grace_factor < 1.0 {
+        let grace = self.heartbeat.grace_factor;
+        // NaN fails `is_finite`, and every comparison.
+        if !grace.is_finite() || grace < 1.0 {
+            return Err(ConfigError::Invalid(format!(
+                "heartbeat.grace_factor must be a finite number of at least 1.0 (got {})",
+                self.heartbeat.grace_factor
+            )));
+        }
+        for (key, value) in [
+            ("limits.connect_timeout_ms", self.limits.connect_timeout_ms),
+            ("limits.write_timeout_ms", self.limits.write_timeout_ms),
+            (
+                "security.handshake_timeout_ms",
+                self.security.handshake_timeout_ms,
+            ),
+            ("heartbeat.min_send_ms", self.heartbeat.min_send_ms),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Invalid(format!(
+                    "{key} must be more than 0 ms"
+                )));
+            }
+        }
+        if self.limits.outbound_queue_bytes == 0 || self.limits.max_pending_receipts == 0 {
             return Err(ConfigError::Invalid(
-                "heartbeat.grace_factor must be at least 1.0".into(),
+                "limits.outbound_queue_bytes and limits.max_pending_receipts must be at least 1"
+                    .into(),
             ));
         }
         Ok(())
@@ -569,6 +627,27 @@ mod tests {
         std::fs::write(&path, &doc[start..end]).expect("write");
         let loaded = Config::load(Some(&path), Vec::new()).expect("documented file loads");
         assert_eq!(format!("{loaded:?}"), format!("{:?}", Config::default()));
+    }
+
+    #[test]
+    fn nan_or_zero_timings_are_refused() {
+        for (key, value) in [
+            ("STOMPGATE_HEARTBEAT__GRACE_FACTOR", "NaN"),
+            ("STOMPGATE_HEARTBEAT__GRACE_FACTOR", "inf"),
+            ("STOMPGATE_LIMITS__CONNECT_TIMEOUT_MS", "0"),
+            ("STOMPGATE_LIMITS__WRITE_TIMEOUT_MS", "0"),
+            ("STOMPGATE_SECURITY__HANDSHAKE_TIMEOUT_MS", "0"),
+            ("STOMPGATE_HEARTBEAT__MIN_SEND_MS", "0"),
+        ] {
+            let error = Config::load(None, vec![(key.to_owned(), value.to_owned())])
+                .expect_err(key)
+                .to_string();
+            let name = key
+                .trim_start_matches("STOMPGATE_")
+                .to_lowercase()
+                .replace("__", ".");
+            assert!(error.contains(&name), "{key}={value}: {error}");
+        }
     }
 
     #[test]

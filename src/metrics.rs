@@ -106,6 +106,11 @@ pub struct Metrics {
     pub amqp_reconnects: Counter,
     pub slow_client_dropped: Counter,
     pub slow_client_disconnected: Counter,
+    /// Sessions closed because a write to the client made no progress
+    /// within `limits.write_timeout_ms` (a client that stopped reading).
+    pub slow_client_stalled: Counter,
+    /// Bytes waiting in outbound queues, all clients together.
+    pub outbound_bytes: Gauge,
     errors: [Counter; 6],
     rejected: [Counter; 5],
     pub draining: Gauge,
@@ -146,6 +151,8 @@ impl Metrics {
             amqp_reconnects: metrics::counter!("stompgate_amqp_reconnects_total"),
             slow_client_dropped: metrics::counter!("stompgate_slow_client_total", "action" => "drop"),
             slow_client_disconnected: metrics::counter!("stompgate_slow_client_total", "action" => "disconnect"),
+            slow_client_stalled: metrics::counter!("stompgate_slow_client_total", "action" => "stalled"),
+            outbound_bytes: metrics::gauge!("stompgate_outbound_queued_bytes"),
             errors: [
                 metrics::counter!("stompgate_errors_total", "kind" => "protocol"),
                 metrics::counter!("stompgate_errors_total", "kind" => "session"),

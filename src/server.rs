@@ -202,18 +202,32 @@ impl Drop for Admission {
     }
 }
 
-/// The HTTP routes of a gateway.
+/// The HTTP routes of a gateway (`/metrics` only when no
+/// `metrics_listen` is configured).
 pub fn router(gateway: Arc<Gateway>) -> Router {
-    let mut router = Router::new()
+    let router = Router::new()
         .route(&gateway.config.ws_path, get(upgrade))
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics));
+        .route("/readyz", get(readyz));
+    let mut router = if gateway.config.metrics_listen.is_none() {
+        router.route("/metrics", get(metrics))
+    } else {
+        router
+    };
     // The demo pages (src/demo.rs), only when `demo.enabled`.
     if gateway.config.demo.enabled {
         router = router.merge(crate::demo::router(&gateway.config));
     }
     router.with_state(gateway)
+}
+
+/// The routes of the separate `metrics_listen` address.
+fn metrics_router(gateway: Arc<Gateway>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(gateway)
 }
 
 /// Serves on `listener` until `shutdown` resolves.
@@ -242,6 +256,21 @@ pub async fn serve_gateway(
     gateway: Arc<Gateway>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    // Bound before anything is served: a wrong address fails the start.
+    let metrics_server = match gateway.config.metrics_listen {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr).await.map_err(|e| {
+                std::io::Error::new(e.kind(), format!("metrics_listen {addr}: {e}"))
+            })?;
+            let app = metrics_router(Arc::clone(&gateway));
+            Some(tokio::spawn(async move {
+                if let Err(error) = axum::serve(listener, app).await {
+                    tracing::warn!(%error, "metrics listener failed");
+                }
+            }))
+        }
+        None => None,
+    };
     let timeout_ms = gateway.config.security.handshake_timeout_ms;
     let config = listener::ListenerConfig {
         handshake_timeout: (timeout_ms > 0).then(|| Duration::from_millis(timeout_ms)),
@@ -257,6 +286,9 @@ pub async fn serve_gateway(
             connections = gateway.connections(),
             "drain window over, exiting anyway"
         );
+    }
+    if let Some(server) = metrics_server {
+        server.abort();
     }
     Ok(())
 }

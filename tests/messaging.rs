@@ -529,7 +529,15 @@ async fn stomp_responder_replies_through_reply_queue() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn durable_topic_subscription_keeps_messages_while_away() {
-    let gw = start_gateway(|_| {}).await;
+    // x-queue-name only where a rule allows it (docs/security.md).
+    let gw = start_gateway(|c| {
+        c.auth.rules = vec![stompgate::config::RuleConfig {
+            verbs: vec!["subscribe".into()],
+            destination: "/topic/*".into(),
+            queue_arguments: vec!["durable".into(), "x-queue-name".into()],
+        }]
+    })
+    .await;
     let topic = unique("durable");
     let queue = unique("stomp-durable");
     let headers = [

@@ -85,8 +85,9 @@ impl JwtVerifier {
         })
     }
 
-    /// Verifies `token` and returns who it names.
-    pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+    /// Verifies `token` at `now` (seconds since the Unix epoch) and
+    /// returns who it names.
+    pub fn verify(&self, token: &str, now: u64) -> Result<Identity, AuthError> {
         let invalid = |e: &dyn std::fmt::Display| AuthError::InvalidToken(e.to_string());
         let header = decode_header(token).map_err(|e| invalid(&e))?;
         let from_jwks = || -> Option<DecodingKey> {
@@ -110,16 +111,20 @@ impl JwtVerifier {
         }
         .ok_or_else(|| AuthError::InvalidToken(format!("no key for {:?}", header.alg)))?;
         let mut validation = Validation::new(header.alg);
-        validation.leeway = self.leeway;
-        validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp"]);
+        // `exp` and `nbf` are checked below against `now`, integers or not
+        // (a float `exp` must not switch expiry off).
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
         if let Some(iss) = &self.issuer {
             validation.set_issuer(&[iss]);
         }
         if self.audience.is_empty() {
             validation.validate_aud = false;
+            validation.set_required_spec_claims(&["exp"]);
         } else {
             validation.set_audience(&self.audience);
+            // Configured means required: a token without `aud` is refused.
+            validation.set_required_spec_claims(&["exp", "aud"]);
         }
         let data =
             decode::<Map<String, Value>>(token, &key, &validation).map_err(|e| match e.kind() {
@@ -127,6 +132,16 @@ impl JwtVerifier {
                 _ => invalid(&e),
             })?;
         let claims = data.claims;
+        let exp = time_claim(&claims, "exp")?
+            .ok_or_else(|| AuthError::InvalidToken("claim 'exp' is missing".into()))?;
+        if exp.saturating_add(self.leeway) <= now {
+            return Err(AuthError::Expired);
+        }
+        if let Some(nbf) = time_claim(&claims, "nbf")? {
+            if nbf > now.saturating_add(self.leeway) {
+                return Err(AuthError::InvalidToken("token not yet valid (nbf)".into()));
+            }
+        }
         let user = match claims.get(&self.user_claim) {
             Some(Value::String(s)) => Some(s.clone()),
             Some(Value::Number(n)) => Some(n.to_string()),
@@ -137,11 +152,27 @@ impl JwtVerifier {
                 )))
             }
         };
-        let expires_at = claims.get("exp").and_then(Value::as_u64);
         Ok(Identity {
             user,
             claims,
-            expires_at,
+            expires_at: Some(exp),
         })
+    }
+}
+
+/// A NumericDate claim as whole seconds: integers, and floats rounded down
+/// (`1700000000.9` expires at `1700000000`); absurd values saturate rather
+/// than overflow. `None` when absent; refused when not a finite number.
+fn time_claim(claims: &Map<String, Value>, name: &str) -> Result<Option<u64>, AuthError> {
+    let Some(value) = claims.get(name) else {
+        return Ok(None);
+    };
+    let bad = || AuthError::InvalidToken(format!("claim '{name}' is not a number of seconds"));
+    if let Some(n) = value.as_u64() {
+        return Ok(Some(n));
+    }
+    match value.as_f64() {
+        Some(f) if f.is_finite() => Ok(Some(if f <= 0.0 { 0 } else { f.floor() as u64 })),
+        _ => Err(bad()),
     }
 }

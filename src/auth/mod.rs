@@ -109,12 +109,13 @@ impl Auth {
         })
     }
 
-    /// Authenticates a CONNECT.
+    /// Authenticates a CONNECT at `now` (seconds since the Unix epoch).
     pub fn authenticate(
         &self,
         login: Option<&str>,
         passcode: Option<&str>,
         handshake_token: Option<&str>,
+        now: u64,
     ) -> Result<Identity, AuthError> {
         if let Some(login) = login.filter(|l| !l.is_empty()) {
             if let Some(user) = self.users.iter().find(|u| u.login == login) {
@@ -139,7 +140,7 @@ impl Auth {
                 .filter(|p| looks_like_jwt(p))
                 .or(handshake_token.filter(|t| !t.is_empty()));
             if let Some(token) = token {
-                return jwt.verify(token);
+                return jwt.verify(token, now);
             }
         }
         if self.anonymous {
@@ -151,13 +152,18 @@ impl Auth {
         Err(AuthError::Required)
     }
 
-    /// Verifies a refreshed token for a connected session.
-    pub fn refresh(&self, current: &Identity, token: &str) -> Result<Identity, AuthError> {
+    /// Verifies a refreshed token for a connected session at `now`.
+    pub fn refresh(
+        &self,
+        current: &Identity,
+        token: &str,
+        now: u64,
+    ) -> Result<Identity, AuthError> {
         let jwt = self
             .jwt
             .as_ref()
             .ok_or_else(|| AuthError::InvalidToken("no JWT keys configured".into()))?;
-        let next = jwt.verify(token)?;
+        let next = jwt.verify(token, now)?;
         if next.user != current.user {
             return Err(AuthError::InvalidToken(
                 "the new token names another user".into(),
@@ -176,9 +182,34 @@ impl Auth {
         identity: &Identity,
         arguments: &[&str],
     ) -> Result<(), AuthError> {
+        // The user exchange is reached only through `/user/` forms (which
+        // the session resolves to it, with the user's own routing key),
+        // whatever the rules say.
+        if let Destination::Exchange { exchange, .. } = destination {
+            if self.reserved_exchange(exchange) && user::UserDestination::parse(written).is_none() {
+                return Err(AuthError::Forbidden {
+                    verb: verb.as_str(),
+                    destination: written.chars().take(100).collect(),
+                });
+            }
+        }
         self.rules
             .authorize(verb, written, destination, identity, arguments)
     }
+
+    /// Exchanges the gateway reserves for itself: the `/user/` exchange.
+    pub fn reserved_exchange(&self, exchange: &str) -> bool {
+        exchange == self.user_exchange
+    }
+}
+
+/// Seconds since the Unix epoch, from the wall clock (the callers of
+/// [`Auth::authenticate`] pass it in; tests pass their own).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Three base64url parts separated by dots.

@@ -21,7 +21,7 @@ pub enum Verb {
 }
 
 impl Verb {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Verb::Subscribe => "SUBSCRIBE",
             Verb::Send => "SEND",
@@ -73,10 +73,17 @@ impl Rules {
         if reserved(destination) {
             return Err(forbidden());
         }
-        // Reply queues have unguessable, server-made names: knowing one is
-        // the permission to answer on it.
-        if matches!(destination, Destination::ReplyQueue { .. }) && verb == Verb::Send {
-            return Ok(());
+        // Reply queues the session was handed are allowed before the rules
+        // (see the session); any other needs a rule, even with none configured.
+        if matches!(destination, Destination::ReplyQueue { .. })
+            && verb == Verb::Send
+            && self.rules.is_empty()
+        {
+            return Err(forbidden());
+        }
+        // Naming a queue picks whose messages one reads: only by rule.
+        if self.rules.is_empty() && arguments.contains(&"x-queue-name") {
+            return Err(AuthError::ArgumentForbidden("x-queue-name".to_owned()));
         }
         // Subscribing to one's own user queue needs no rule; anonymous
         // sessions have none.
@@ -87,6 +94,15 @@ impl Rules {
                 } else {
                     Err(forbidden())
                 };
+            }
+            // SEND into one's own user queue harms no one.
+            Some(Ok(UserDestination::Other { user, .. }))
+                if verb == Verb::Send
+                    && self.rules.is_empty()
+                    && identity.user.as_deref().map(encode_user).as_deref()
+                        == Some(user.as_str()) =>
+            {
+                return Ok(());
             }
             Some(_) if self.rules.is_empty() => return Err(forbidden()),
             _ => {}
@@ -127,11 +143,15 @@ impl Rules {
     }
 }
 
-/// The broker's own exchanges and AMQP's reserved queue names.
+/// The broker's own exchanges, AMQP's reserved queue names and the queues
+/// of durable subscriptions (named by the session after its identity).
 fn reserved(destination: &Destination) -> bool {
     match destination {
         Destination::Exchange { exchange, .. } => exchange.starts_with("amq.rabbitmq."),
-        Destination::Queue { name } | Destination::AmqQueue { name } => name.starts_with("amq."),
+        Destination::Queue { name } | Destination::AmqQueue { name } => {
+            name.starts_with("amq.") || name.starts_with(crate::session::DURABLE_QUEUE_PREFIX)
+        }
+        Destination::ReplyQueue { name } => name.starts_with(crate::session::DURABLE_QUEUE_PREFIX),
         _ => false,
     }
 }

@@ -64,12 +64,12 @@ fn jwt_from_passcode_or_handshake() {
     let auth = jwt_auth(vec![]);
     let t = merchant_token(7);
     let id = auth
-        .authenticate(None, Some(&t), None)
+        .authenticate(None, Some(&t), None, now())
         .expect("passcode token");
     assert_eq!(id.user.as_deref(), Some("m7"));
     assert!(id.expires_at.is_some());
     let id = auth
-        .authenticate(Some("m7"), None, Some(&t))
+        .authenticate(Some("m7"), None, Some(&t), now())
         .expect("handshake token");
     assert_eq!(id.user.as_deref(), Some("m7"));
 }
@@ -79,30 +79,30 @@ fn jwt_checks_exp_nbf_iss_aud_and_signature() {
     let auth = jwt_auth(vec![]);
     let expired = token(json!({"sub": "a", "iss": "shop", "aud": "stompgate", "exp": now() - 120}));
     assert_eq!(
-        auth.authenticate(None, Some(&expired), None),
+        auth.authenticate(None, Some(&expired), None, now()),
         Err(AuthError::Expired)
     );
     let future = token(
         json!({"sub": "a", "iss": "shop", "aud": "stompgate", "exp": now() + 600, "nbf": now() + 300}),
     );
     assert!(matches!(
-        auth.authenticate(None, Some(&future), None),
+        auth.authenticate(None, Some(&future), None, now()),
         Err(AuthError::InvalidToken(_))
     ));
     let wrong_iss =
         token(json!({"sub": "a", "iss": "other", "aud": "stompgate", "exp": now() + 600}));
     assert!(matches!(
-        auth.authenticate(None, Some(&wrong_iss), None),
+        auth.authenticate(None, Some(&wrong_iss), None, now()),
         Err(AuthError::InvalidToken(_))
     ));
     let wrong_aud = token(json!({"sub": "a", "iss": "shop", "aud": "else", "exp": now() + 600}));
     assert!(matches!(
-        auth.authenticate(None, Some(&wrong_aud), None),
+        auth.authenticate(None, Some(&wrong_aud), None, now()),
         Err(AuthError::InvalidToken(_))
     ));
     let no_exp = token(json!({"sub": "a", "iss": "shop", "aud": "stompgate"}));
     assert!(matches!(
-        auth.authenticate(None, Some(&no_exp), None),
+        auth.authenticate(None, Some(&no_exp), None, now()),
         Err(AuthError::InvalidToken(_))
     ));
     let forged = encode(
@@ -112,7 +112,7 @@ fn jwt_checks_exp_nbf_iss_aud_and_signature() {
     )
     .expect("encode");
     assert!(matches!(
-        auth.authenticate(None, Some(&forged), None),
+        auth.authenticate(None, Some(&forged), None, now()),
         Err(AuthError::InvalidToken(_))
     ));
 }
@@ -121,23 +121,23 @@ fn jwt_checks_exp_nbf_iss_aud_and_signature() {
 fn login_list_and_anonymous() {
     let auth = jwt_auth(vec![]);
     assert_eq!(
-        auth.authenticate(Some("ops"), Some("s3cret"), None)
+        auth.authenticate(Some("ops"), Some("s3cret"), None, now())
             .expect("login")
             .user
             .as_deref(),
         Some("ops")
     );
     assert_eq!(
-        auth.authenticate(Some("ops"), Some("nope"), None),
+        auth.authenticate(Some("ops"), Some("nope"), None, now()),
         Err(AuthError::BadLogin)
     );
     assert_eq!(
-        auth.authenticate(None, None, None),
+        auth.authenticate(None, None, None, now()),
         Err(AuthError::Required)
     );
     let open = Auth::open();
     assert_eq!(
-        open.authenticate(None, None, None),
+        open.authenticate(None, None, None, now()),
         Ok(Identity::anonymous())
     );
 }
@@ -146,11 +146,11 @@ fn login_list_and_anonymous() {
 fn refresh_keeps_the_user() {
     let auth = jwt_auth(vec![]);
     let id = auth
-        .authenticate(None, Some(&merchant_token(1)), None)
+        .authenticate(None, Some(&merchant_token(1)), None, now())
         .expect("id");
-    assert!(auth.refresh(&id, &merchant_token(1)).is_ok());
+    assert!(auth.refresh(&id, &merchant_token(1), now()).is_ok());
     assert!(matches!(
-        auth.refresh(&id, &merchant_token(2)),
+        auth.refresh(&id, &merchant_token(2), now()),
         Err(AuthError::InvalidToken(_))
     ));
 }
@@ -180,7 +180,7 @@ fn rules_use_claims_and_deny_by_default() {
         with_args,
     ]);
     let a = auth
-        .authenticate(None, Some(&merchant_token(1)), None)
+        .authenticate(None, Some(&merchant_token(1)), None, now())
         .expect("a");
     assert!(check(&auth, Verb::Subscribe, "/topic/merchant.1.orders", &a, &[]).is_ok());
     assert!(check(&auth, Verb::Subscribe, "/topic/merchant.2.orders", &a, &[]).is_err());
@@ -284,14 +284,14 @@ fn rs256_and_es256_public_keys_from_pem_files() {
     let rs = signed(jsonwebtoken::Algorithm::RS256, &rsa, None);
     let es = signed(jsonwebtoken::Algorithm::ES256, &ec, None);
     assert_eq!(
-        auth.authenticate(None, Some(&rs), None)
+        auth.authenticate(None, Some(&rs), None, now())
             .expect("rs256")
             .user
             .as_deref(),
         Some("k")
     );
     assert_eq!(
-        auth.authenticate(None, Some(&es), None)
+        auth.authenticate(None, Some(&es), None, now())
             .expect("es256")
             .user
             .as_deref(),
@@ -305,7 +305,7 @@ fn rs256_and_es256_public_keys_from_pem_files() {
     )
     .expect("encode");
     assert!(matches!(
-        auth.authenticate(None, Some(&hs), None),
+        auth.authenticate(None, Some(&hs), None, now()),
         Err(AuthError::InvalidToken(_))
     ));
 }
@@ -338,11 +338,11 @@ fn keys_from_a_jwks_file_by_kid() {
     });
     let rs = signed(jsonwebtoken::Algorithm::RS256, &rsa, Some("rsa-1"));
     let es = signed(jsonwebtoken::Algorithm::ES256, &ec, Some("ec-1"));
-    assert!(auth.authenticate(None, Some(&rs), None).is_ok());
-    assert!(auth.authenticate(None, Some(&es), None).is_ok());
+    assert!(auth.authenticate(None, Some(&rs), None, now()).is_ok());
+    assert!(auth.authenticate(None, Some(&es), None, now()).is_ok());
     let unknown = signed(jsonwebtoken::Algorithm::RS256, &rsa, Some("nope"));
     assert!(matches!(
-        auth.authenticate(None, Some(&unknown), None),
+        auth.authenticate(None, Some(&unknown), None, now()),
         Err(AuthError::InvalidToken(_))
     ));
 }

@@ -229,11 +229,15 @@ impl SessionBroker {
             }
             Destination::Topic { .. } | Destination::Exchange { .. } => {
                 let (exchange, key) = req.destination.publish_target();
+                // The session names durable queues (with the user in the
+                // name, so that two users never share one): no fallback here.
+                let Some(name) = req.queue_name.clone() else {
+                    return Err(BridgeError::Invalid(
+                        "a durable subscription needs a queue name".into(),
+                    ));
+                };
                 QueuePlan::Own {
-                    name: req
-                        .queue_name
-                        .clone()
-                        .unwrap_or_else(|| format!("stomp-subscription-{}", req.id)),
+                    name,
                     durable: req.durable,
                     auto_delete: req.auto_delete,
                     args: req.queue_arguments.clone(),

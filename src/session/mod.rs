@@ -36,6 +36,8 @@ pub struct SessionConfig {
     pub allowed_hosts: Vec<String>,
     pub default_prefetch: u16,
     pub auto_ack_prefetch: u16,
+    /// Largest `prefetch-count` a SUBSCRIBE may ask for; larger is capped.
+    pub max_prefetch: u16,
     pub auth: std::sync::Arc<Auth>,
 }
 
@@ -50,6 +52,7 @@ impl SessionConfig {
             allowed_hosts: config.allowed_hosts.clone(),
             default_prefetch: config.amqp.default_prefetch,
             auto_ack_prefetch: config.amqp.auto_ack_prefetch,
+            max_prefetch: config.amqp.max_prefetch,
             auth: Auth::from_config(&config.auth)?,
         })
     }
@@ -66,6 +69,7 @@ impl Default for SessionConfig {
             allowed_hosts: config.allowed_hosts,
             default_prefetch: config.amqp.default_prefetch,
             auto_ack_prefetch: config.amqp.auto_ack_prefetch,
+            max_prefetch: config.amqp.max_prefetch,
             auth: Auth::open(),
         }
     }
@@ -132,6 +136,24 @@ pub const INCARNATION_SHIFT: u32 = 52;
 /// Prefix of the `message-id` of fanned-out messages.
 pub const FANOUT_PREFIX: &str = "B_";
 
+/// Prefix of the queues of durable subscriptions, which the session names
+/// `stomp-subscription-<user>.<id>` (both percent-encoded as for `/user/`):
+/// never shared between identities, and reserved (no `/queue/`,
+/// `/amq/queue/`, `/reply-queue/` or `x-queue-name` may name them).
+pub const DURABLE_QUEUE_PREFIX: &str = "stomp-subscription-";
+
+/// How many reply queues (`reply-to` of received messages) a session
+/// remembers as targets it may SEND to.
+const MAX_REPLY_TARGETS: usize = 256;
+
+/// The header in which the gateway stamps the sender's authenticated
+/// identity on every SEND (whatever the client put there is dropped).
+pub const SENDER_HEADER: &str = "stompgate-user";
+
+/// Identity headers a client may not set on SEND: dropped, and
+/// [`SENDER_HEADER`] is stamped by the gateway.
+const IDENTITY_HEADERS: [&str; 3] = ["user-id", SENDER_HEADER, "jmsxuserid"];
+
 /// The state of one STOMP session.
 #[derive(Debug)]
 pub struct Session {
@@ -149,6 +171,10 @@ pub struct Session {
     handshake_token: Option<String>,
     /// Subscriptions made so far (see [`INCARNATION_SHIFT`]).
     incarnations: u64,
+    /// Broker-named reply queues seen in the `reply-to` of messages this
+    /// session received (newest last): the only `/reply-queue/` names it
+    /// may SEND to without a rule.
+    reply_targets: std::collections::VecDeque<String>,
 }
 
 impl Session {
@@ -170,6 +196,7 @@ impl Session {
             identity: None,
             handshake_token: None,
             incarnations: 0,
+            reply_targets: std::collections::VecDeque::new(),
         }
     }
 
@@ -294,6 +321,11 @@ impl Session {
             sub.pending.insert(tag);
         }
         for (name, value) in &message.headers {
+            if name == "reply-to" {
+                if let Some(queue) = value.strip_prefix("/reply-queue/") {
+                    remember_reply_target(&mut self.reply_targets, queue);
+                }
+            }
             frame.push_header(name, value);
         }
         frame.body = message.body;
@@ -375,6 +407,7 @@ impl Session {
                 frame.header("login").as_deref(),
                 frame.header("passcode").as_deref(),
                 self.handshake_token.as_deref(),
+                crate::auth::unix_now(),
             )
             .map_err(|e| {
                 let login = frame
@@ -425,7 +458,7 @@ impl Session {
         let next = self
             .config
             .auth
-            .refresh(current, &token)
+            .refresh(current, &token, crate::auth::unix_now())
             .map_err(|e| Refusal::new(format!("token refresh refused: {e}")))?;
         out.push(Action::Expiry(next.expires_at));
         self.identity = Some(next);
@@ -474,11 +507,46 @@ impl Session {
                 }
             }
         };
+        // A reply queue handed to this session (the reply-to of a message
+        // it received) needs no rule; any other goes through the rules.
+        if let Destination::ReplyQueue { name } = &destination {
+            if verb == Verb::Send
+                && !name.starts_with(DURABLE_QUEUE_PREFIX)
+                && self.reply_targets.iter().any(|t| t == name)
+            {
+                return Ok(destination);
+            }
+        }
         self.config
             .auth
             .authorize(verb, &written, &destination, identity, arguments)
             .map_err(|e| access_refused(e.to_string().trim_start_matches("access refused: ")))?;
         Ok(destination)
+    }
+
+    /// Checks a SEND's `reply-to` other than `/temp-queue/`: a reply queue
+    /// handed to this session (or allowed by a rule), or a destination the
+    /// session may SUBSCRIBE to (where it can read the replies). Anything
+    /// else would let a client make a backend answer into any queue.
+    fn check_reply_to(&self, value: &str) -> Result<ReplyTo, Refusal> {
+        let refused = || {
+            Refusal::new(format!(
+                "access refused: reply-to '{}' is not a reply queue of this session",
+                value.chars().take(100).collect::<String>()
+            ))
+        };
+        let probe = Frame::new(Command::Send).with_header("destination", value);
+        if let Some(queue) = value.strip_prefix("/reply-queue/") {
+            self.authorized_destination(&probe, Verb::Send, &[])
+                .map_err(|_| refused())?;
+            return Ok(ReplyTo::Plain(queue.to_owned()));
+        }
+        if UserDestination::parse(value).is_some() || Destination::parse(value).is_err() {
+            return Err(refused());
+        }
+        self.authorized_destination(&probe, Verb::Subscribe, &[])
+            .map_err(|_| refused())?;
+        Ok(ReplyTo::Plain(value.to_owned()))
     }
 
     fn send(&mut self, frame: &Frame, out: &mut Vec<Action>, replay: bool) -> Result<(), Refusal> {
@@ -524,23 +592,29 @@ impl Session {
                         );
                     }
                     Some(ReplyTo::Temp(name.to_owned()))
-                } else if let Some(queue) = value.strip_prefix("/reply-queue/") {
-                    Some(ReplyTo::Plain(queue.to_owned()))
                 } else {
-                    Some(ReplyTo::Plain(value.into_owned()))
+                    Some(self.check_reply_to(&value)?)
                 }
             }
         };
-        let headers = frame
+        let mut headers: Vec<(String, String)> = frame
             .headers()
             .filter(|(name, _)| {
                 !matches!(
                     name.as_ref(),
                     "destination" | "receipt" | "transaction" | "content-length" | "reply-to"
-                )
+                ) && !IDENTITY_HEADERS
+                    .iter()
+                    .any(|h| name.eq_ignore_ascii_case(h))
+                    // No header name a STOMP 1.0 reader would split
+                    // differently (1.0 has no escaping).
+                    && !name.contains([':', '\n', '\r'])
             })
             .map(|(n, v)| (n.into_owned(), v.into_owned()))
             .collect();
+        if let Some(user) = self.identity.as_ref().and_then(|i| i.user.as_deref()) {
+            headers.push((SENDER_HEADER.to_owned(), user.to_owned()));
+        }
         out.push(Action::Publish(PublishRequest {
             destination,
             headers,
@@ -626,7 +700,7 @@ impl Session {
             None => default_prefetch,
             Some(v) => match v.trim().parse::<u16>() {
                 Ok(0) => default_prefetch,
-                Ok(n) => n,
+                Ok(n) => n.min(self.config.max_prefetch.max(1)),
                 Err(_) => {
                     return Err(Refusal::rabbit(
                         "Invalid header",
@@ -636,7 +710,7 @@ impl Session {
             },
         };
         let auto_delete = parse_bool(frame, "auto-delete")?.unwrap_or(!durable);
-        let queue_name = frame.header("x-queue-name").map(|q| q.into_owned());
+        let mut queue_name = frame.header("x-queue-name").map(|q| q.into_owned());
         if queue_name
             .as_deref()
             .is_some_and(|q| q.is_empty() || q.len() > 255)
@@ -645,6 +719,19 @@ impl Session {
                 "Invalid header",
                 "x-queue-name must be 1 to 255 bytes\n",
             ));
+        }
+        if queue_name
+            .as_deref()
+            .is_some_and(|q| q.starts_with(DURABLE_QUEUE_PREFIX) || q.starts_with("amq."))
+        {
+            return Err(Refusal::new(format!(
+                "access refused: x-queue-name may not start with {DURABLE_QUEUE_PREFIX} or amq."
+            )));
+        }
+        if durable && queue_name.is_none() && destination.is_broadcast() {
+            // Named after the identity as well as the id: two users with
+            // stompjs' default id `sub-0` never share a queue.
+            queue_name = Some(self.durable_queue_name(&id)?);
         }
         let queue_arguments = frame
             .headers()
@@ -675,6 +762,26 @@ impl Session {
         out.push(Action::Subscribe(request));
         push_receipt(frame, out);
         Ok(())
+    }
+
+    /// `stomp-subscription-<user>.<id>`, both percent-encoded as for
+    /// `/user/` (so no two (user, id) pairs give one name); anonymous
+    /// sessions are `%anonymous`, a name no encoded user can take.
+    fn durable_queue_name(&self, id: &str) -> Result<String, Refusal> {
+        let user = match self.identity.as_ref().and_then(|i| i.user.as_deref()) {
+            Some(user) => crate::auth::user::encode_user(user),
+            None => "%anonymous".to_owned(),
+        };
+        let name = format!(
+            "{DURABLE_QUEUE_PREFIX}{user}.{}",
+            crate::auth::user::encode_user(id)
+        );
+        if name.len() > 255 {
+            return Err(Refusal::new(
+                "durable subscription: user and id make a queue name longer than 255 bytes",
+            ));
+        }
+        Ok(name)
     }
 
     fn unsubscribe(&mut self, frame: &Frame, out: &mut Vec<Action>) -> Result<(), Refusal> {
@@ -907,7 +1014,10 @@ impl Session {
             ));
         }
         transaction.bytes += size;
-        transaction.frames.push(frame.clone());
+        // The frame's parts are slices of the buffer the codec read them
+        // from (up to a whole WebSocket message): copied, so that what is
+        // held is what was counted.
+        transaction.frames.push(detach(frame));
         // A SEND's RECEIPT waits for COMMIT and the broker's confirm (see
         // `send`); ACK and NACK are acknowledged at once, as RabbitMQ does.
         if frame.command != Command::Send {
@@ -1060,6 +1170,28 @@ fn parse_bool(frame: &Frame, name: &str) -> Result<Option<bool>, Refusal> {
             format!("invalid {name} header '{other}': expected true or false\n"),
         )),
     }
+}
+
+/// A copy of `frame` that shares no buffer with the input.
+fn detach(frame: &Frame) -> Frame {
+    let mut copy = frame.clone();
+    for header in &mut copy.headers {
+        header.name = Bytes::copy_from_slice(&header.name);
+        header.value = Bytes::copy_from_slice(&header.value);
+    }
+    copy.body = Bytes::copy_from_slice(&frame.body);
+    copy
+}
+
+/// Remembers a reply queue this session was handed (bounded, oldest out).
+fn remember_reply_target(targets: &mut std::collections::VecDeque<String>, queue: &str) {
+    if queue.is_empty() || targets.iter().any(|t| t == queue) {
+        return;
+    }
+    if targets.len() >= MAX_REPLY_TARGETS {
+        targets.pop_front();
+    }
+    targets.push_back(queue.to_owned());
 }
 
 fn push_receipt(frame: &Frame, out: &mut Vec<Action>) {

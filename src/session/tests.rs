@@ -49,6 +49,49 @@ fn connect(version: &str) -> Session {
     connect_with(SessionConfig::default(), version)
 }
 
+/// Open access, but by rules that allow naming queues (`x-queue-name`
+/// needs a rule) and the usual queue arguments.
+fn naming_config() -> SessionConfig {
+    let arguments = ["durable", "x-queue-name", "x-message-ttl", "x-max-length"];
+    let rules = [
+        "/topic/*",
+        "/exchange/*",
+        "/exchange/*/*",
+        "/queue/*",
+        "/amq/queue/*",
+    ]
+    .iter()
+    .map(|d| crate::config::RuleConfig {
+        verbs: vec!["subscribe".into(), "send".into()],
+        destination: (*d).into(),
+        queue_arguments: arguments.iter().map(|a| a.to_string()).collect(),
+    })
+    .collect();
+    SessionConfig {
+        auth: crate::auth::Auth::from_config(&crate::config::AuthConfig {
+            anonymous: true,
+            rules,
+            ..Default::default()
+        })
+        .expect("auth"),
+        ..SessionConfig::default()
+    }
+}
+
+/// Delivers a message with `reply-to: /reply-queue/<queue>` on a fresh
+/// `/queue/in` subscription `rq`, which hands `queue` to the session.
+fn hand_reply_queue(session: &mut Session, queue: &str) {
+    subscribe(session, subscribe_frame("rq", "/queue/in", "auto"));
+    let message = Message {
+        headers: vec![
+            ("destination".into(), "/queue/in".into()),
+            ("reply-to".into(), format!("/reply-queue/{queue}")),
+        ],
+        body: Bytes::new(),
+    };
+    assert!(session.deliver("rq", 1, message).is_some());
+}
+
 /// The frame of the first `Action::Send` of `command`.
 fn sent_frame(actions: &[Action], command: Command) -> Option<&Frame> {
     actions.iter().find_map(|a| match a {
@@ -589,6 +632,7 @@ fn send_parses_every_publishable_destination_form() {
         ),
     ];
     let mut session = connect("1.2");
+    hand_reply_queue(&mut session, "amq.gen-1");
     for (text, destination) in cases {
         let out = handle(&mut session, send_frame(text));
         assert_eq!(out.len(), 1, "{text}: {out:?}");
@@ -674,6 +718,7 @@ fn reply_to_temp_queue_counts_against_the_subscription_limit() {
 #[test]
 fn reply_to_reply_queue_becomes_the_plain_queue_name() {
     let mut session = connect("1.2");
+    hand_reply_queue(&mut session, "amq.gen-abc");
     let out = handle(
         &mut session,
         send_frame("/queue/rpc").with_header("reply-to", "/reply-queue/amq.gen-abc"),
@@ -687,7 +732,7 @@ fn reply_to_reply_queue_becomes_the_plain_queue_name() {
 #[test]
 fn other_reply_to_is_passed_on_as_it_is() {
     let mut session = connect("1.2");
-    for value in ["/queue/replies", "/exchange/x/y", "plain-name"] {
+    for value in ["/queue/replies", "/exchange/x/y"] {
         let out = handle(
             &mut session,
             send_frame("/queue/rpc").with_header("reply-to", value),
@@ -697,6 +742,149 @@ fn other_reply_to_is_passed_on_as_it_is() {
             Some(ReplyTo::Plain(value.into()))
         );
     }
+}
+
+#[test]
+fn reply_to_must_be_a_place_the_session_reads() {
+    for value in [
+        "plain-name",
+        "/reply-queue/payments.commands",
+        "/user/bob/queue/x",
+        "/exchange/stompgate.user/bob.x",
+    ] {
+        let mut session = connect("1.2");
+        let out = handle(
+            &mut session,
+            send_frame("/queue/rpc").with_header("reply-to", value),
+        );
+        assert_refused(&session, &out, "access refused: reply-to");
+    }
+}
+
+#[test]
+fn send_to_a_reply_queue_not_handed_to_the_session_is_refused() {
+    let mut session = connect("1.2");
+    let out = handle(&mut session, send_frame("/reply-queue/payments.commands"));
+    assert_refused(&session, &out, "access refused");
+    let mut session = connect("1.2");
+    hand_reply_queue(&mut session, "amq.gen-1");
+    let out = handle(&mut session, send_frame("/reply-queue/amq.gen-2"));
+    assert_refused(&session, &out, "access refused");
+}
+
+#[test]
+fn identity_headers_are_replaced_by_the_gateway_stamp() {
+    let mut session = connect("1.2");
+    session.identity = Some(crate::auth::Identity {
+        user: Some("alice".into()),
+        ..crate::auth::Identity::anonymous()
+    });
+    let out = handle(
+        &mut session,
+        send_frame("/queue/q")
+            .with_header("user-id", "admin")
+            .with_header("Stompgate-User", "admin")
+            .with_header("x-ok", "1"),
+    );
+    assert_eq!(
+        publish(&out[0]).headers,
+        vec![
+            ("x-ok".to_owned(), "1".to_owned()),
+            ("stompgate-user".to_owned(), "alice".to_owned()),
+        ]
+    );
+}
+
+#[test]
+fn durable_queue_names_include_the_identity() {
+    let mut session = connect("1.2");
+    session.identity = Some(crate::auth::Identity {
+        user: Some("m.7".into()),
+        ..crate::auth::Identity::anonymous()
+    });
+    let request = subscribe(
+        &mut session,
+        subscribe_frame("sub-0", "/topic/t", "client").with_header("durable", "true"),
+    );
+    assert_eq!(
+        request.queue_name.as_deref(),
+        Some("stomp-subscription-m%2E7.sub-0")
+    );
+    let mut anonymous = connect("1.2");
+    let request = subscribe(
+        &mut anonymous,
+        subscribe_frame("a.b", "/topic/t", "client").with_header("durable", "true"),
+    );
+    assert_eq!(
+        request.queue_name.as_deref(),
+        Some("stomp-subscription-%anonymous.a%2Eb")
+    );
+}
+
+#[test]
+fn durable_queues_cannot_be_named_by_clients() {
+    for frame in [
+        subscribe_frame("0", "/queue/stomp-subscription-m42.sub-0", "auto"),
+        subscribe_frame("0", "/amq/queue/stomp-subscription-m42.sub-0", "auto"),
+        subscribe_frame("0", "/topic/t", "auto")
+            .with_header("x-queue-name", "stomp-subscription-m42.sub-0"),
+    ] {
+        let mut session = connect_with(naming_config(), "1.2");
+        let out = handle(&mut session, frame);
+        assert_refused(&session, &out, "access refused");
+    }
+    // Without rules, x-queue-name is refused altogether.
+    let mut session = connect("1.2");
+    let out = handle(
+        &mut session,
+        subscribe_frame("0", "/topic/t", "auto").with_header("x-queue-name", "mine"),
+    );
+    assert_refused(
+        &session,
+        &out,
+        "queue argument 'x-queue-name' is not allowed",
+    );
+}
+
+#[test]
+fn prefetch_count_is_capped() {
+    let config = SessionConfig {
+        max_prefetch: 50,
+        ..SessionConfig::default()
+    };
+    let mut session = connect_with(config, "1.2");
+    let request = subscribe(
+        &mut session,
+        subscribe_frame("0", "/queue/q", "client").with_header("prefetch-count", "60000"),
+    );
+    assert_eq!(request.prefetch, 50);
+}
+
+#[test]
+fn a_buffered_frame_holds_only_its_own_bytes() {
+    let mut session = connect("1.2");
+    handle(
+        &mut session,
+        Frame::new(Command::Begin).with_header("transaction", "t"),
+    );
+    // A tiny body sliced out of a big buffer, as the codec slices it.
+    let big = Bytes::from(vec![b'\n'; 4 * 1024 * 1024]);
+    let mut frame = send_frame("/queue/q").with_header("transaction", "t");
+    frame.body = big.slice(100..110);
+    handle(&mut session, frame);
+    let held = &session.transactions["t"].frames[0];
+    // A copy with its own allocation, not a view into the 4 MiB.
+    let inside = |p: *const u8| {
+        let start = big.as_ptr() as usize;
+        (start..start + big.len()).contains(&(p as usize))
+    };
+    assert_eq!(&held.body[..], &big[100..110]);
+    assert!(
+        !inside(held.body.as_ptr()),
+        "the body still pins the buffer"
+    );
+    assert!(held.headers.iter().all(|h| !inside(h.value.as_ptr())));
+    assert!(session.transactions["t"].bytes < 200);
 }
 
 // ----------------------------------------------------------------- SUBSCRIBE
@@ -800,7 +988,11 @@ fn prefetch_count_is_parsed_and_zero_means_the_default() {
     let frame = subscribe_frame("a", "/queue/q", "client").with_header("prefetch-count", " 5 ");
     assert_eq!(subscribe(&mut session, frame).prefetch, 5);
     let frame = subscribe_frame("b", "/queue/q", "client").with_header("prefetch-count", "65535");
-    assert_eq!(subscribe(&mut session, frame).prefetch, 65535);
+    assert_eq!(
+        subscribe(&mut session, frame).prefetch,
+        defaults.max_prefetch,
+        "capped"
+    );
     let frame = subscribe_frame("c", "/queue/q", "client").with_header("prefetch-count", "0");
     assert_eq!(
         subscribe(&mut session, frame).prefetch,
@@ -844,7 +1036,7 @@ fn subscribe_defaults_to_non_durable_auto_delete_without_arguments() {
 
 #[test]
 fn subscribe_durable_auto_delete_queue_name_and_arguments() {
-    let mut session = connect("1.2");
+    let mut session = connect_with(naming_config(), "1.2");
     let frame = subscribe_frame("0", "/topic/t", "client")
         .with_header("durable", "true")
         .with_header("x-queue-name", "my-q")
@@ -893,7 +1085,7 @@ fn invalid_boolean_subscribe_header_is_refused() {
 #[test]
 fn empty_or_long_queue_name_is_refused() {
     for name in [String::new(), "q".repeat(256)] {
-        let mut session = connect("1.2");
+        let mut session = connect_with(naming_config(), "1.2");
         let frame = subscribe_frame("0", "/topic/t", "auto").with_header("x-queue-name", &name);
         let out = handle(&mut session, frame);
         assert_refused(&session, &out, "x-queue-name must be 1 to 255 bytes");
@@ -902,7 +1094,7 @@ fn empty_or_long_queue_name_is_refused() {
 
 #[test]
 fn fanout_is_for_broadcast_destinations_without_own_queue() {
-    let mut session = connect("1.2");
+    let mut session = connect_with(naming_config(), "1.2");
     let cases: [(Frame, bool); 8] = [
         (subscribe_frame("1", "/topic/t", "auto"), true),
         (subscribe_frame("2", "/exchange/e/k", "auto"), true),

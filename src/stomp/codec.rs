@@ -576,8 +576,15 @@ pub fn encode_frame(frame: &Frame, escaping: Escaping, dst: &mut BytesMut) {
 /// of the EOL). `Escaping::None` writes the text raw. Whatever the escaping,
 /// octets that would break the framing and that it cannot escape are written
 /// as U+FFFD: NUL always (it would end the frame early and let header text
-/// forge frames), and LF when `escaping` is `None`.
+/// forge frames), and LF when `escaping` is `None`; under `None` a header
+/// whose name holds `:` is not written at all.
 pub fn encode_header(name: &str, value: &str, escaping: Escaping, dst: &mut BytesMut) {
+    // STOMP 1.0 cannot escape: a header named `user-id:admin` with value
+    // `x` would be read as `user-id` with value `admin:x`, so a name holding
+    // `:` is left out (LF is written as U+FFFD below; CR cannot end a line).
+    if escaping == Escaping::None && name.contains(':') {
+        return;
+    }
     put_text(name, escaping, dst);
     dst.put_u8(b':');
     put_text(value, escaping, dst);

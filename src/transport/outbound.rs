@@ -47,8 +47,34 @@ pub enum Outbound {
 #[derive(Debug, Default)]
 struct Queue {
     items: VecDeque<Outbound>,
+    /// Bytes of the frames in `items`.
+    bytes: usize,
     /// The writer is gone: nothing will be written any more.
     closed: bool,
+}
+
+impl Outbound {
+    /// Bytes this entry will put on the wire (0 for control entries).
+    fn size(&self) -> usize {
+        match self {
+            Outbound::Frame { bytes, .. } => bytes.len(),
+            Outbound::Broadcast {
+                prefix,
+                ack_header,
+                escaping,
+                message,
+            } => {
+                prefix.len()
+                    + if *ack_header {
+                        message.ack_line.len()
+                    } else {
+                        0
+                    }
+                    + message.tail(*escaping).len()
+            }
+            Outbound::SetHeartbeat(_) | Outbound::Close => 0,
+        }
+    }
 }
 
 /// A client's queue, shared by its session, its fan-out subscriptions and
@@ -57,6 +83,9 @@ struct Queue {
 pub struct ClientLink {
     queue: Mutex<Queue>,
     capacity: usize,
+    /// Bytes queued before the queue counts as full (one entry always fits
+    /// an empty queue, whatever its size).
+    max_bytes: usize,
     /// Wakes the writer when something was queued.
     ready: Notify,
     /// Wakes a sender waiting for room.
@@ -65,13 +94,22 @@ pub struct ClientLink {
     overflowed: AtomicBool,
     overflow: Notify,
     dropped: AtomicU64,
+    /// A write to the client made no progress within the write timeout.
+    stalled: AtomicBool,
 }
 
 impl ClientLink {
     /// A link holding at most `capacity` entries.
     pub fn new(capacity: usize, policy: SlowClientPolicy) -> Arc<ClientLink> {
+        ClientLink::bounded(capacity, usize::MAX, policy)
+    }
+
+    /// A link holding at most `capacity` entries and `max_bytes` bytes of
+    /// frames (control frames such as RECEIPT and ERROR included).
+    pub fn bounded(capacity: usize, max_bytes: usize, policy: SlowClientPolicy) -> Arc<ClientLink> {
         Arc::new(ClientLink {
             queue: Mutex::new(Queue::default()),
+            max_bytes: max_bytes.max(1),
             capacity: capacity.max(1),
             ready: Notify::new(),
             room: Notify::new(),
@@ -79,7 +117,20 @@ impl ClientLink {
             overflowed: AtomicBool::new(false),
             overflow: Notify::new(),
             dropped: AtomicU64::new(0),
+            stalled: AtomicBool::new(false),
         })
+    }
+
+    fn fits(&self, queue: &Queue, size: usize) -> bool {
+        queue.items.len() < self.capacity
+            && (queue.items.is_empty() || queue.bytes.saturating_add(size) <= self.max_bytes)
+    }
+
+    fn push(&self, queue: &mut Queue, item: Outbound) {
+        let size = item.size();
+        queue.bytes += size;
+        crate::metrics::get().outbound_bytes.increment(size as f64);
+        queue.items.push_back(item);
     }
 
     /// Queues an entry, waiting for room. `false` when the writer is gone.
@@ -96,9 +147,10 @@ impl ClientLink {
                 }
                 // Control entries (close, heart-beat settings) always fit.
                 let control = matches!(item, Some(Outbound::Close | Outbound::SetHeartbeat(_)));
-                if queue.items.len() < self.capacity || control {
+                let size = item.as_ref().map_or(0, Outbound::size);
+                if control || self.fits(&queue, size) {
                     if let Some(item) = item.take() {
-                        queue.items.push_back(item);
+                        self.push(&mut queue, item);
                     }
                     drop(queue);
                     self.ready.notify_one();
@@ -118,8 +170,8 @@ impl ClientLink {
         if queue.closed {
             return;
         }
-        if queue.items.len() < self.capacity {
-            queue.items.push_back(item);
+        if self.fits(&queue, item.size()) {
+            self.push(&mut queue, item);
             drop(queue);
             self.ready.notify_one();
             return;
@@ -146,6 +198,9 @@ impl ClientLink {
             if let Ok(mut queue) = self.queue.lock() {
                 if !queue.items.is_empty() {
                     std::mem::swap(&mut queue.items, batch);
+                    crate::metrics::get()
+                        .outbound_bytes
+                        .decrement(std::mem::take(&mut queue.bytes) as f64);
                     drop(queue);
                     self.room.notify_one();
                     return;
@@ -160,6 +215,9 @@ impl ClientLink {
         if let Ok(mut queue) = self.queue.lock() {
             queue.closed = true;
             queue.items = VecDeque::new();
+            crate::metrics::get()
+                .outbound_bytes
+                .decrement(std::mem::take(&mut queue.bytes) as f64);
         }
         self.room.notify_waiters();
         self.room.notify_one();
@@ -174,6 +232,21 @@ impl ClientLink {
             }
             notified.await;
         }
+    }
+
+    /// The writer could not write within the write timeout: the session
+    /// must end (signalled like an overflow).
+    pub fn stall(&self) {
+        self.stalled.store(true, Ordering::Release);
+        if !self.overflowed.swap(true, Ordering::AcqRel) {
+            self.overflow.notify_one();
+        }
+        self.close();
+    }
+
+    /// Whether [`ClientLink::stall`] ended this link.
+    pub fn stalled(&self) -> bool {
+        self.stalled.load(Ordering::Acquire)
     }
 
     /// Broadcast messages dropped for this client under the `drop` policy.
@@ -230,6 +303,26 @@ mod tests {
         assert!(waiting.await.expect("task"), "queued once there was room");
         link.close();
         assert!(!link.send(frame(2)).await);
+    }
+
+    #[tokio::test]
+    async fn bytes_bound_the_queue_too() {
+        let link = ClientLink::bounded(100, 10, SlowClientPolicy::Drop);
+        let big = || Outbound::Frame {
+            bytes: Bytes::from(vec![0u8; 8]),
+            binary: false,
+        };
+        link.offer(big());
+        link.offer(big());
+        assert_eq!(link.dropped(), 1, "8 + 8 bytes exceed 10");
+        // One entry always fits an empty queue.
+        let mut batch = VecDeque::new();
+        link.take_all(&mut batch).await;
+        link.offer(Outbound::Frame {
+            bytes: Bytes::from(vec![0u8; 50]),
+            binary: false,
+        });
+        assert_eq!(link.dropped(), 1);
     }
 
     #[test]

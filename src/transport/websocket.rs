@@ -53,8 +53,18 @@ pub async fn run(socket: WebSocket, gateway: Arc<Gateway>, handshake: Handshake)
     let metrics = crate::metrics::get();
     let limits = &gateway.config.limits;
     let (sink, mut stream) = socket.split();
-    let link = ClientLink::new(limits.outbound_queue_frames, limits.slow_client_policy);
-    let writer = tokio::spawn(write_loop(sink, Arc::clone(&link)));
+    let link = ClientLink::bounded(
+        limits.outbound_queue_frames,
+        limits.outbound_queue_bytes,
+        limits.slow_client_policy,
+    );
+    let ping_every = gateway.config.security.ws_ping_interval();
+    let mut writer = AbortOnDrop(tokio::spawn(write_loop(
+        sink,
+        Arc::clone(&link),
+        Duration::from_millis(limits.write_timeout_ms),
+        ping_every,
+    )));
     let broker = gateway.bridge.session();
     let session_id = format!("session-{}-{:08x}", broker.key(), rand::random::<u32>());
     let mut session = Session::new(Arc::clone(&gateway.session_config), session_id);
@@ -82,6 +92,8 @@ pub async fn run(socket: WebSocket, gateway: Arc<Gateway>, handshake: Handshake)
         last_read: Instant::now(),
         closing: false,
         confirms: FuturesOrdered::new(),
+        codec_limit_before_connect: limits.max_frame_bytes_before_connect,
+        max_pending_receipts: limits.max_pending_receipts,
     };
     let connect_deadline = Instant::now() + limits.connect_timeout();
     let connect_timeout_ms = limits.connect_timeout_ms;
@@ -101,6 +113,10 @@ pub async fn run(socket: WebSocket, gateway: Arc<Gateway>, handshake: Handshake)
             Instant::now() + Duration::from_secs(3600)
         } else if let Some(within) = conn.expect_within {
             conn.last_read + within
+        } else if let Some(ping) = ping_every {
+            // No heart-beats (1.0, or 0,0): the writer pings; a client
+            // that answers nothing for two intervals is gone (half-open).
+            conn.last_read + ping * 2
         } else {
             Instant::now() + Duration::from_secs(3600)
         };
@@ -157,9 +173,15 @@ pub async fn run(socket: WebSocket, gateway: Arc<Gateway>, handshake: Handshake)
                 conn.execute(actions).await;
             }
             Event::Overflow => {
-                tracing::info!("client too slow: outbound queue full, disconnecting");
-                metrics.slow_client_disconnected.increment(1);
-                writer.abort();
+                if link.stalled() {
+                    tracing::info!("client stalled: no write progress, closing");
+                    metrics.slow_client_stalled.increment(1);
+                } else {
+                    tracing::info!("client too slow: outbound queue full, disconnecting");
+                    metrics.slow_client_disconnected.increment(1);
+                }
+                writer.0.abort();
+                let _ = (&mut writer.0).await;
                 Box::pin(conn.finish()).await;
                 return;
             }
@@ -180,6 +202,14 @@ pub async fn run(socket: WebSocket, gateway: Arc<Gateway>, handshake: Handshake)
                 } else if !conn.session.is_connected() {
                     conn.session.protocol_error(
                         &format!("no CONNECT frame within {connect_timeout_ms} ms"),
+                        &mut actions,
+                    );
+                } else if let (None, Some(ping)) = (conn.expect_within, ping_every) {
+                    conn.session.protocol_error(
+                        &format!(
+                            "no answer to WebSocket pings within {} ms",
+                            (ping * 2).as_millis()
+                        ),
                         &mut actions,
                     );
                 } else {
@@ -207,10 +237,30 @@ pub async fn run(socket: WebSocket, gateway: Arc<Gateway>, handshake: Handshake)
         conn.execute(actions).await;
     }
     Box::pin(conn.finish()).await;
-    let _ = link.send(Outbound::Close).await;
+    // Bounded: a full queue of a client that stopped reading must not hold
+    // the session here.
+    let _ = tokio::time::timeout(Duration::from_secs(1), link.send(Outbound::Close)).await;
     drop(link);
     drop(conn);
-    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    // The writer never outlives its session: it gets a moment to flush
+    // and close, then it is ended, and with it the socket.
+    if tokio::time::timeout(Duration::from_secs(5), &mut writer.0)
+        .await
+        .is_err()
+    {
+        writer.0.abort();
+        let _ = (&mut writer.0).await;
+    }
+}
+
+/// The writer task, aborted when dropped: whatever ends the session (a
+/// panic included) ends its writer, and with it the socket.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 enum Event {
@@ -258,6 +308,10 @@ struct Connection {
     /// The session ended: stop reading, drain receipts, then close.
     closing: bool,
     confirms: FuturesOrdered<Confirm>,
+    /// `limits.max_frame_bytes_before_connect`: bytes buffered before CONNECT.
+    codec_limit_before_connect: usize,
+    /// `limits.max_pending_receipts`.
+    max_pending_receipts: usize,
 }
 
 impl Connection {
@@ -265,6 +319,22 @@ impl Connection {
     async fn receive(&mut self, data: &[u8]) {
         if self.session.is_closed() {
             return;
+        }
+        if !self.session.is_connected() {
+            // Before CONNECT only the small limit holds, whatever the
+            // WebSocket layer accepted as one message.
+            let limit = self.codec_limit_before_connect;
+            if self.buffer.len().saturating_add(data.len()) > limit.saturating_add(2) {
+                let mut actions = Vec::new();
+                crate::metrics::get().error(ErrorKind::Protocol);
+                self.session.protocol_error(
+                    &format!("frame exceeds the limit of {limit} bytes (before CONNECT)"),
+                    &mut actions,
+                );
+                self.execute(actions).await;
+                self.buffer = BytesMut::new();
+                return;
+            }
         }
         self.buffer.extend_from_slice(data);
         loop {
@@ -404,12 +474,10 @@ impl Connection {
             }
             Action::Send(frame) => self.write(&frame).await,
             Action::Expiry(at) => {
-                self.expires_at = at.map(|at| {
-                    let now = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map(|d| d.as_secs())
-                        .unwrap_or(0);
-                    Instant::now() + Duration::from_secs(at.saturating_sub(now))
+                // An absurd `exp` (1e19) is "never", not an overflow.
+                self.expires_at = at.and_then(|at| {
+                    let left = at.saturating_sub(crate::auth::unix_now());
+                    Instant::now().checked_add(Duration::from_secs(left))
                 });
             }
             Action::Subscribe(request) => {
@@ -482,6 +550,15 @@ impl Connection {
                 .await
                 .map_err(|e| (e.to_string(), None))?,
             Action::Receipt(receipt) => {
+                if self.confirms.len() >= self.max_pending_receipts {
+                    return Err((
+                        format!(
+                            "too many receipts pending (limit {})",
+                            self.max_pending_receipts
+                        ),
+                        Some(receipt),
+                    ));
+                }
                 if self.confirms.is_empty() {
                     let frame =
                         Frame::new(stomp::Command::Receipt).with_header("receipt-id", &receipt);
@@ -579,25 +656,50 @@ const COALESCE_BYTES: usize = 64 * 1024;
 /// [`COALESCE_BYTES`] (STOMP allows several frames in one message, and
 /// stompjs reads them), so a client that fell behind costs one write, not
 /// one per frame; nothing is kept buffered once written.
-async fn write_loop(mut sink: SplitSink<WebSocket, WsMessage>, link: Arc<ClientLink>) {
+///
+/// Every write to the socket is bounded by `write_timeout`: a client that
+/// stops reading (zero window) is found and its session ended
+/// ([`ClientLink::stall`]), which releases its broker resources. With no
+/// heart-beat negotiated, an idle writer sends a WebSocket ping every
+/// `ping_every` (the reader closes a client that answers nothing).
+async fn write_loop(
+    mut sink: SplitSink<WebSocket, WsMessage>,
+    link: Arc<ClientLink>,
+    write_timeout: Duration,
+    ping_every: Option<Duration>,
+) {
     let metrics = crate::metrics::get();
     let mut heartbeat: Option<Duration> = None;
     let mut batch: VecDeque<Outbound> = VecDeque::new();
     let mut pending = Pending::default();
+    // One socket operation within the write timeout: `Err` ends the writer
+    // (the link is closed, or marked stalled on a timeout).
+    macro_rules! io {
+        ($op:expr) => {
+            match tokio::time::timeout(write_timeout, $op).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => {
+                    link.close();
+                    return;
+                }
+                Err(_) => {
+                    link.stall();
+                    return;
+                }
+            }
+        };
+    }
     loop {
-        match heartbeat {
+        match heartbeat.or(ping_every) {
             Some(every) => {
                 if tokio::time::timeout(every, link.take_all(&mut batch))
                     .await
                     .is_err()
                 {
-                    if sink
-                        .send(WsMessage::Text(Utf8Bytes::from_static("\n")))
-                        .await
-                        .is_err()
-                    {
-                        link.close();
-                        return;
+                    if heartbeat.is_some() {
+                        io!(sink.send(WsMessage::Text(Utf8Bytes::from_static("\n"))));
+                    } else {
+                        io!(sink.send(WsMessage::Ping(bytes::Bytes::new())));
                     }
                     continue;
                 }
@@ -615,10 +717,7 @@ async fn write_loop(mut sink: SplitSink<WebSocket, WsMessage>, link: Arc<ClientL
                 Outbound::Frame { bytes, binary } => {
                     if let Some(message) = pending.add(&bytes, binary) {
                         metrics.bytes_out.increment(ws_len(&message));
-                        if sink.feed(message).await.is_err() {
-                            link.close();
-                            return;
-                        }
+                        io!(sink.feed(message));
                     }
                 }
                 Outbound::Broadcast {
@@ -631,29 +730,25 @@ async fn write_loop(mut sink: SplitSink<WebSocket, WsMessage>, link: Arc<ClientL
                     let parts = [&prefix[..], ack, &message.tail(escaping)[..]];
                     if let Some(message) = pending.add_parts(&parts, message.binary) {
                         metrics.bytes_out.increment(ws_len(&message));
-                        if sink.feed(message).await.is_err() {
-                            link.close();
-                            return;
-                        }
+                        io!(sink.feed(message));
                     }
                 }
             }
         }
         if let Some(message) = pending.take() {
             metrics.bytes_out.increment(ws_len(&message));
-            if sink.feed(message).await.is_err() {
-                link.close();
-                return;
-            }
+            io!(sink.feed(message));
         }
         if batch.capacity() > 64 {
             batch = VecDeque::new();
         }
-        if sink.flush().await.is_err() || close {
-            if close {
+        io!(sink.flush());
+        if close {
+            let _ = tokio::time::timeout(write_timeout, async {
                 let _ = sink.send(WsMessage::Close(None)).await;
                 let _ = sink.close().await;
-            }
+            })
+            .await;
             link.close();
             return;
         }
@@ -738,6 +833,8 @@ mod tests {
             last_read: Instant::now(),
             closing: false,
             confirms: FuturesOrdered::new(),
+            codec_limit_before_connect: 65536,
+            max_pending_receipts: 16,
         };
         assert!(size(&conn.execute(Vec::new())) <= 512);
         assert!(size(&conn.receive(&[])) <= 1024);

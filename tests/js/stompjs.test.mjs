@@ -428,8 +428,9 @@ test('a JWT in the CONNECT passcode identifies the user: /user/ queue receives',
     const name = `inbox-${RUN_ID}`;
     // Only an authenticated session has a /user/ queue.
     await subscribeWithReceipt(client, `/user/queue/${name}`, inbox.push);
-    // What a backend publishes to the user exchange with key <user>.<name>.
-    client.publish({ destination: `/exchange/stompgate.user/${JWT_USER}.${name}`, body: 'for you' });
+    // Lands where a backend publishes (the user exchange, key <user>.<name>);
+    // the exchange itself is reachable only through /user/ forms.
+    client.publish({ destination: `/user/${JWT_USER}/queue/${name}`, body: 'for you' });
     const message = await inbox.next('the /user/ MESSAGE');
     assert.equal(message.body, 'for you');
   }),
@@ -443,7 +444,7 @@ test('a JWT in the access_token query parameter works too', { timeout: TEST_TIME
     });
     const inbox = new Inbox('query user queue');
     await subscribeWithReceipt(client, `/user/queue/q-${RUN_ID}`, inbox.push);
-    client.publish({ destination: `/exchange/stompgate.user/${JWT_USER}.q-${RUN_ID}`, body: 'via query' });
+    client.publish({ destination: `/user/${JWT_USER}/queue/q-${RUN_ID}`, body: 'via query' });
     assert.equal((await inbox.next('the /user/ MESSAGE')).body, 'via query');
   }),
 );
