@@ -425,17 +425,31 @@ impl SessionBroker {
     pub async fn publish(&mut self, req: &PublishRequest) -> Result<PublisherConfirm, BridgeError> {
         if let Destination::Queue { name } = &req.destination {
             if !self.declared.contains(name) {
-                let declared = self
+                // Passively first: a queue that exists (whatever its
+                // arguments) is all a SEND needs; declared when missing.
+                let passive = QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                };
+                let exists = self
                     .plane
-                    .check_queue(
-                        name,
-                        QueueDeclareOptions {
-                            durable: true,
-                            ..QueueDeclareOptions::default()
-                        },
-                        FieldTable::default(),
-                    )
-                    .await;
+                    .check_queue(name, passive, FieldTable::default())
+                    .await
+                    .is_ok();
+                let declared = if exists {
+                    Ok(())
+                } else {
+                    self.plane
+                        .check_queue(
+                            name,
+                            QueueDeclareOptions {
+                                durable: true,
+                                ..QueueDeclareOptions::default()
+                            },
+                            FieldTable::default(),
+                        )
+                        .await
+                };
                 match declared {
                     Ok(()) => {}
                     // The queue exists with other arguments: it is there,

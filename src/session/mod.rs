@@ -530,8 +530,8 @@ impl Session {
     /// else would let a client make a backend answer into any queue.
     fn check_reply_to(&self, value: &str) -> Result<ReplyTo, Refusal> {
         let refused = || {
-            Refusal::new(format!(
-                "access refused: reply-to '{}' is not a reply queue of this session",
+            access_refused(&format!(
+                "reply-to '{}' is not a reply queue of this session",
                 value.chars().take(100).collect::<String>()
             ))
         };
@@ -724,8 +724,8 @@ impl Session {
             .as_deref()
             .is_some_and(|q| q.starts_with(DURABLE_QUEUE_PREFIX) || q.starts_with("amq."))
         {
-            return Err(Refusal::new(format!(
-                "access refused: x-queue-name may not start with {DURABLE_QUEUE_PREFIX} or amq."
+            return Err(access_refused(&format!(
+                "x-queue-name may not start with {DURABLE_QUEUE_PREFIX} or amq."
             )));
         }
         if durable && queue_name.is_none() && destination.is_broadcast() {

@@ -757,7 +757,7 @@ fn reply_to_must_be_a_place_the_session_reads() {
             &mut session,
             send_frame("/queue/rpc").with_header("reply-to", value),
         );
-        assert_refused(&session, &out, "access refused: reply-to");
+        assert_refused(&session, &out, "is not a reply queue of this session");
     }
 }
 
@@ -765,11 +765,11 @@ fn reply_to_must_be_a_place_the_session_reads() {
 fn send_to_a_reply_queue_not_handed_to_the_session_is_refused() {
     let mut session = connect("1.2");
     let out = handle(&mut session, send_frame("/reply-queue/payments.commands"));
-    assert_refused(&session, &out, "access refused");
+    assert_refused(&session, &out, "access_refused");
     let mut session = connect("1.2");
     hand_reply_queue(&mut session, "amq.gen-1");
     let out = handle(&mut session, send_frame("/reply-queue/amq.gen-2"));
-    assert_refused(&session, &out, "access refused");
+    assert_refused(&session, &out, "access_refused");
 }
 
 #[test]
@@ -831,7 +831,7 @@ fn durable_queues_cannot_be_named_by_clients() {
     ] {
         let mut session = connect_with(naming_config(), "1.2");
         let out = handle(&mut session, frame);
-        assert_refused(&session, &out, "access refused");
+        assert_refused(&session, &out, "access_refused");
     }
     // Without rules, x-queue-name is refused altogether.
     let mut session = connect("1.2");
