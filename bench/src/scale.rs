@@ -87,7 +87,8 @@ pub struct ScaleConfig {
 pub struct BrokerSide {
     pub node: String,
     /// Connections of the server (stompgate: named `stompgate-<pid>-*`;
-    /// Web-STOMP: every connection of the private node).
+    /// Web-STOMP: every connection of the private node, network ones and
+    /// the direct ones its sessions open, which only list_channels shows).
     pub connections: usize,
     /// Channels on those connections (`list_channels`).
     pub channels: usize,
@@ -292,6 +293,26 @@ async fn run_against(
         ..ScaleReport::default()
     };
     let gateway_pid = (cfg.target == ScaleTarget::Stompgate).then_some(pid);
+    // The user exchange must exist before anything binds to it (Web-STOMP
+    // does not declare it; the gateway does, identically). On a connection
+    // of its own, closed before the broker is measured.
+    {
+        let (connection, channel) = amqp_publisher(amqp_url).await?;
+        let declared = channel
+            .exchange_declare(
+                USER_EXCHANGE.into(),
+                lapin::ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await;
+        let _ = channel.close(200, "bye".into()).await;
+        let _ = connection.close(200, "bye".into()).await;
+        declared.map_err(|e| format!("declaring exchange {USER_EXCHANGE}: {e}"))?;
+    }
     report.broker_before = broker_side(node, gateway_pid, &queue_name).await.ok();
     report.rss_before_kib = rss_kib(pid);
 
@@ -402,22 +423,6 @@ async fn run_against(
 
     // Sends, user pushes and queue messages.
     let (publisher, channel) = amqp_publisher(amqp_url).await?;
-    let user_ex_result = channel
-        .exchange_declare(
-            USER_EXCHANGE.into(),
-            lapin::ExchangeKind::Topic,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await;
-    if let Err(e) = user_ex_result {
-        report
-            .failures
-            .push(format!("declaring exchange {USER_EXCHANGE}: {e}"));
-    }
     let expected: u64 = live as u64
         + (0..n)
             .filter(|&i| role(i, cfg).user && shared.slots[i].state.load(Ordering::Relaxed) == LIVE)
@@ -477,6 +482,9 @@ async fn run_against(
             .failures
             .push(format!("{nacks} AMQP publishes not confirmed"));
     }
+    // The publisher is not part of the server's figures.
+    let _ = channel.close(200, "bye".into()).await;
+    let _ = publisher.close(200, "bye".into()).await;
     let deadline = sent_at + cfg.deliver_timeout;
     let mut last_print = Instant::now();
     loop {
@@ -552,11 +560,13 @@ async fn run_against(
             abort.abort();
         }
     }
-    let _ = channel
-        .queue_delete(queue_name.as_str().into(), QueueDeleteOptions::default())
-        .await;
-    let _ = channel.close(200, "bye".into()).await;
-    let _ = publisher.close(200, "bye".into()).await;
+    if let Ok((connection, channel)) = amqp_publisher(amqp_url).await {
+        let _ = channel
+            .queue_delete(queue_name.as_str().into(), QueueDeleteOptions::default())
+            .await;
+        let _ = channel.close(200, "bye".into()).await;
+        let _ = connection.close(200, "bye".into()).await;
+    }
 
     report.check(cfg);
     Ok(report)
@@ -990,6 +1000,14 @@ async fn broker_side(
         .lines()
         .filter(|l| prefix.is_none() || pids.contains(l.trim()))
         .count();
+    if prefix.is_none() {
+        // Web-STOMP's connections are direct (in-VM) ones, which
+        // list_connections does not show: count their channels' owners.
+        for line in channels.lines() {
+            pids.insert(line.trim().to_owned());
+        }
+        side.connections = pids.len();
+    }
     let queues = ctl(
         "rabbitmqctl",
         node,
