@@ -3,13 +3,17 @@
 # gateway, then runs every scenario tiny against a gateway it spawns on the
 # machine's broker (127.0.0.1:5672):
 #   fanout 200 subscribers for 3 s at max rate, idle 200 sessions,
-#   send 20 sessions for 3 s.
+#   send 20 sessions for 3 s;
+# then `scale` tiny: 300 sessions on a topic each, 30 of them users on
+# /user/queue/scale, 20 consuming one /queue, each SENDing once.
 # Exits non-zero on any loss, duplicate, failed or dropped session or
-# missing receipt (never on speed).
+# missing receipt, misrouted message, or a gateway holding more AMQP
+# channels or queues than its configuration allows (never on speed).
 #
 #   scripts/bench-smoke.sh                      # debug builds
 #   BENCH_PROFILE=release scripts/bench-smoke.sh
 #   scripts/bench-smoke.sh --subscribers 500    # extra args go to `smoke`
+#   BENCH_SCALE_ARGS="--sessions 1000" scripts/bench-smoke.sh   # to `scale`
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -35,6 +39,14 @@ cargo build "${build_flags[@]}" --bin stompgate
 # One socket per session on each side; the gateway inherits this limit.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-exec timeout 300 "target/$PROFILE/stompgate-bench" smoke \
+OUT="${BENCH_OUT_DIR:-bench-results}"
+timeout 300 "target/$PROFILE/stompgate-bench" smoke \
     --gateway-bin "target/$PROFILE/stompgate" \
-    --out-dir "${BENCH_OUT_DIR:-bench-results}" "$@"
+    --out-dir "$OUT" "$@"
+
+# shellcheck disable=SC2086 # word splitting of BENCH_SCALE_ARGS is wanted
+timeout 120 "target/$PROFILE/stompgate-bench" scale \
+    --gateway-bin "target/$PROFILE/stompgate" \
+    --sessions 300 --users 30 --queue-consumers 20 \
+    --setup-timeout 20s --deliver-timeout 20s \
+    --out-dir "$OUT/scale" ${BENCH_SCALE_ARGS:-}

@@ -9,6 +9,9 @@
 //! - `ceiling`: a minimal STOMP-over-WS broadcast server, the upper bound.
 //! - `compare`: fanout against stompgate, RabbitMQ Web-STOMP and the ceiling;
 //!   table, JSON and SVG.
+//! - `scale`: N sessions with a topic of their own, U users on `/user/`,
+//!   Q queue consumers; exact delivery checks, broker channels/queues/memory,
+//!   stompgate's channel bound asserted (or against Web-STOMP).
 //! - `smoke`: tiny runs of everything against a gateway; non-zero exit on
 //!   loss or duplicates.
 //!
@@ -20,6 +23,7 @@ mod compare;
 mod fanout;
 mod idle;
 mod publish;
+mod scale;
 mod send;
 mod servers;
 mod sessions;
@@ -70,6 +74,11 @@ enum Cmd {
     /// Tiny runs of fanout, idle and send against a gateway; exits non-zero
     /// on loss, duplicates, failed sessions or missing receipts.
     Smoke(SmokeArgs),
+    /// N sessions, each on a topic of its own, U of them users on
+    /// `/user/queue/scale`, Q consuming one `/queue`: every delivery checked,
+    /// broker channels/queues/memory printed, the gateway's channel bound
+    /// asserted (non-zero exit on loss, duplicates, misrouting, bound).
+    Scale(ScaleArgs),
     /// Draws the SVG plot of a `compare` results JSON again.
     Plot(PlotArgs),
     /// (internal) one process's share of `idle --procs K`.
@@ -325,6 +334,76 @@ struct SmokeArgs {
     out_dir: PathBuf,
 }
 
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ScaleTargetArg {
+    /// stompgate (target/release/stompgate) on the machine's broker.
+    Stompgate,
+    /// RabbitMQ's Web-STOMP on a private node (scripts/private-rabbitmq.sh).
+    Webstomp,
+}
+
+#[derive(Debug, Args)]
+struct ScaleArgs {
+    #[arg(long, value_enum, default_value = "stompgate")]
+    target: ScaleTargetArg,
+    /// Sessions in all, each subscribed to /topic/scale.<run>.<i>.
+    #[arg(long, default_value_t = 15_000)]
+    sessions: usize,
+    /// Sessions that are distinct users (logins u<i>) also subscribed to
+    /// /user/queue/scale (Web-STOMP: /exchange/stompgate.user/u<i>.scale).
+    #[arg(long, default_value_t = 1_000)]
+    users: usize,
+    /// Sessions also consuming /queue/scale.<run> (one message each).
+    #[arg(long, default_value_t = 200)]
+    queue_consumers: usize,
+    /// The gateway binary to spawn.
+    #[arg(long, default_value = "target/release/stompgate")]
+    gateway_bin: PathBuf,
+    /// Configuration file for the gateway [default: one written with guest
+    /// and the users, and the [amqp] sizes below]; its [amqp] sizes must
+    /// match the ones given here.
+    #[arg(long)]
+    gateway_config: Option<PathBuf>,
+    /// The machine's broker, for stompgate.
+    #[arg(long, default_value = "amqp://127.0.0.1:5672/%2f")]
+    amqp: String,
+    /// amqp.plane_queues of the gateway (and the number of queues it must own).
+    #[arg(long, default_value_t = 4)]
+    plane_queues: usize,
+    #[arg(long, default_value_t = 4)]
+    publish_channels: usize,
+    #[arg(long, default_value_t = 8)]
+    consumer_channels: usize,
+    /// Channels allowed above plane_queues*2 + publish + consumer + 1.
+    #[arg(long, default_value_t = 2)]
+    channel_slack: usize,
+    #[arg(long, default_value = "scripts/private-rabbitmq.sh")]
+    rabbit_script: PathBuf,
+    /// Private node name for --target webstomp.
+    #[arg(long, default_value = "sg-scale")]
+    rabbit_name: String,
+    /// AMQP port of the private node; Web-STOMP, distribution and STOMP
+    /// ports are +10000, +20000 and +56000 (5710: 15710, 25710, 61710).
+    #[arg(long, default_value_t = 5710)]
+    rabbit_port: u16,
+    /// Where the gateway's configuration and log go.
+    #[arg(long, default_value = "bench-results")]
+    out_dir: PathBuf,
+    #[arg(long, default_value_t = 4)]
+    source_ips: usize,
+    /// Handshakes + CONNECT + SUBSCRIBEs in flight at once.
+    #[arg(long, default_value_t = 128)]
+    concurrency: usize,
+    /// Bound on one session's setup.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    setup_timeout: Duration,
+    /// Bound on all deliveries and SEND receipts after the sends.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    deliver_timeout: Duration,
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
 #[derive(Debug, Args)]
 struct PlotArgs {
     /// A results JSON written by `compare`.
@@ -405,6 +484,7 @@ async fn run(command: Cmd) -> ExitCode {
             }
         }
         Cmd::Compare(a) => compare_cmd(a).await,
+        Cmd::Scale(a) => scale_cmd(a).await,
         Cmd::Plot(a) => {
             let text = match std::fs::read_to_string(&a.json) {
                 Ok(t) => t,
@@ -647,5 +727,47 @@ async fn compare_cmd(a: CompareArgs) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => fail(e),
+    }
+}
+
+async fn scale_cmd(a: ScaleArgs) -> ExitCode {
+    check_fd_limit(a.sessions + 16);
+    let cfg = scale::ScaleConfig {
+        target: match a.target {
+            ScaleTargetArg::Stompgate => scale::ScaleTarget::Stompgate,
+            ScaleTargetArg::Webstomp => scale::ScaleTarget::Webstomp,
+        },
+        sessions: a.sessions,
+        users: a.users.min(a.sessions),
+        queue_consumers: a.queue_consumers.min(a.sessions),
+        gateway_bin: a.gateway_bin,
+        gateway_config: a.gateway_config,
+        amqp: a.amqp,
+        plane_queues: a.plane_queues,
+        publish_channels: a.publish_channels,
+        consumer_channels: a.consumer_channels,
+        channel_slack: a.channel_slack,
+        rabbit_script: a.rabbit_script,
+        rabbit_name: a.rabbit_name,
+        rabbit_env: scale::rabbit_env(a.rabbit_port),
+        out_dir: a.out_dir,
+        source_ips: a.source_ips,
+        concurrency: a.concurrency,
+        setup_timeout: a.setup_timeout,
+        deliver_timeout: a.deliver_timeout,
+    };
+    match scale::run_scale(&cfg).await {
+        Ok(report) => {
+            report.print();
+            if let Err(e) = write_json(a.json.as_deref(), &report) {
+                return fail(e);
+            }
+            if report.failures.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => fail(format!("scale: {e}")),
     }
 }

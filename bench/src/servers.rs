@@ -197,6 +197,16 @@ pub struct PrivateRabbit {
 
 impl PrivateRabbit {
     pub async fn start(script: &Path, name: &str) -> Result<PrivateRabbit, String> {
+        PrivateRabbit::start_with_env(script, name, &[]).await
+    }
+
+    /// `start`, with environment for the script (its ports:
+    /// `PRIVATE_RABBIT_AMQP_PORT` and the others it documents).
+    pub async fn start_with_env(
+        script: &Path,
+        name: &str,
+        env: &[(String, String)],
+    ) -> Result<PrivateRabbit, String> {
         eprintln!(
             "starting private RabbitMQ node {name}@localhost ({} start {name})",
             script.display()
@@ -206,6 +216,7 @@ impl PrivateRabbit {
             Command::new("bash")
                 .arg(script)
                 .args(["start", name])
+                .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
                 .stdin(Stdio::null())
                 .stderr(Stdio::inherit())
                 .kill_on_drop(true)
