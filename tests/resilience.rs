@@ -352,3 +352,85 @@ async fn sigterm_drains_sessions_over_the_window_and_exits_zero() {
     };
     assert!(exit.success(), "exit status {exit:?}");
 }
+
+/// Measurement (run by hand: `cargo test --release --test resilience --
+/// --ignored --nocapture rebind`): how long the plane takes to re-bind
+/// 15,000 distinct topic keys after its broker restarts. The binds are
+/// pipelined on each plane queue's control channel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn rebind_time_of_15000_keys_after_a_broker_restart() {
+    let keys_env = std::env::var("REBIND_KEYS")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    #[allow(non_snake_case)]
+    let KEYS: usize = keys_env.unwrap_or(15_000);
+    const PER_SESSION: usize = 250;
+    let _broker = PrivateBroker;
+    PrivateBroker::start(false);
+    let url = format!("amqp://127.0.0.1:{NODE_AMQP_PORT}/%2f");
+    let gw = start_gateway_unready(|c| c.amqp.url = url.clone()).await;
+    assert!(
+        gw.gateway
+            .bridge
+            .pool
+            .wait_ready(Duration::from_secs(30))
+            .await
+    );
+    let prefix = unique("rebind");
+    let started = Instant::now();
+    let mut clients = Vec::new();
+    for s in 0..KEYS / PER_SESSION {
+        let (mut c, _) = StompClient::connect(&gw.ws_url(), "1.2").await;
+        for i in 0..PER_SESSION {
+            let mut f = Frame::new(Stomp::Subscribe)
+                .with_header("id", &format!("s{i}"))
+                .with_header("destination", &format!("/topic/{prefix}.{s}.{i}"));
+            if i == PER_SESSION - 1 {
+                f.push_header("receipt", "all");
+            }
+            c.send(&f).await;
+        }
+        c.expect(Stomp::Receipt).await;
+        clients.push(c);
+    }
+    let plane = &gw.gateway.bridge.plane;
+    assert_eq!(plane.bound(), KEYS);
+    println!(
+        "rebind: {KEYS} keys subscribed (first binds) in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    // Restart the broker (its data kept, as after a crash).
+    PrivateBroker::stop();
+    let down = Instant::now();
+    while gw.gateway.bridge.is_ready() {
+        assert!(down.elapsed() < Duration::from_secs(30));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    PrivateBroker::start(true);
+    let up = Instant::now();
+    assert!(
+        gw.gateway
+            .bridge
+            .pool
+            .wait_ready(Duration::from_secs(60))
+            .await
+    );
+    let connected = up.elapsed();
+    while plane.bound() < KEYS {
+        assert!(
+            up.elapsed() < Duration::from_secs(120),
+            "bound {}",
+            plane.bound()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let rebound = up.elapsed();
+    println!(
+        "rebind: broker back; connections up after {:.2} s, all {KEYS} keys re-bound after {:.2} s ({:.0} binds/s)",
+        connected.as_secs_f64(),
+        rebound.as_secs_f64(),
+        KEYS as f64 / (rebound - connected).as_secs_f64()
+    );
+    drop(clients);
+}
