@@ -7,10 +7,13 @@
 //!   turns frames into [`session::Action`]s for the layers around it;
 //! - [`transport`]: the WebSocket adapter that feeds bytes in and writes
 //!   frames out, with heart-beats and an outbound queue bounded per client;
-//! - [`bridge`]: the AMQP side: destinations, publishing with confirms,
-//!   queue consumers, and fan-out of broadcast messages to local subscribers;
+//! - [`bridge`]: the AMQP side: the replica's fixed *plane* of channels and
+//!   queues (broadcast subscriptions are bindings, routed to local
+//!   subscribers in the gateway with RabbitMQ's matching rules; shared
+//!   publishing and consumer channels), destinations, per-session state;
+//! - [`auth`]: who may connect (JWT, login list) and do what (rules);
 //! - [`server`]: the HTTP listener that ties it together (WebSocket upgrade,
-//!   `/healthz`, `/readyz`).
+//!   `/healthz`, `/readyz`, `/metrics`), with [`demo`]'s pages when enabled.
 
 pub mod auth;
 pub mod bridge;
