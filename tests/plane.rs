@@ -584,3 +584,71 @@ async fn durable_subscription_survives_unsubscribe_until_durable_unsubscribe() {
     );
     c.disconnect().await;
 }
+
+/// The gateway learns a user exchange's type (AMQP cannot be asked
+/// directly: see `Plane::probe_exchange_kind`) and routes as RabbitMQ does:
+/// direct by exact key, fanout to every binding; a headers exchange, which
+/// it cannot match, gets a queue of its own for the binding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_exchanges_are_routed_by_their_type() {
+    use lapin::options::{ExchangeDeclareOptions, ExchangeDeleteOptions};
+    let gw = start_gateway(|_| {}).await;
+    let conn = amqp().await;
+    let ch = confirm_channel(&conn).await;
+    let (direct, fanout, headers) = (unique("x-direct"), unique("x-fanout"), unique("x-headers"));
+    for (name, kind) in [
+        (&direct, lapin::ExchangeKind::Direct),
+        (&fanout, lapin::ExchangeKind::Fanout),
+        (&headers, lapin::ExchangeKind::Headers),
+    ] {
+        ch.exchange_declare(
+            name.as_str().into(),
+            kind,
+            ExchangeDeclareOptions {
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("declare exchange");
+    }
+    let (mut c, _) = StompClient::connect(&gw.ws_url(), "1.2").await;
+    c.subscribe("d1", &format!("/exchange/{direct}/k1"), &[])
+        .await;
+    c.subscribe("d2", &format!("/exchange/{direct}/k.*"), &[])
+        .await;
+    c.subscribe("f1", &format!("/exchange/{fanout}/a"), &[])
+        .await;
+    c.subscribe("f2", &format!("/exchange/{fanout}/b"), &[])
+        .await;
+    c.subscribe("h", &format!("/exchange/{headers}"), &[]).await;
+    // Direct: exact key only (`k.*` is no pattern there).
+    publish(&ch, &direct, "k1", b"d", BasicProperties::default()).await;
+    publish(&ch, &direct, "k.x", b"nobody", BasicProperties::default()).await;
+    // Fanout: every binding, whatever the key.
+    publish(&ch, &fanout, "zzz", b"f", BasicProperties::default()).await;
+    // Headers: through the binding's own queue.
+    publish(&ch, &headers, "", b"h", BasicProperties::default()).await;
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        let m = c.expect(Command::Message).await;
+        got.push(format!(
+            "{}={}",
+            m.header("subscription").expect("sub"),
+            body(&m)
+        ));
+    }
+    got.sort();
+    assert_eq!(got, vec!["d1=d", "f1=f", "f2=f", "h=h"]);
+    assert!(matches!(
+        c.recv_within(Duration::from_millis(500)).await,
+        Recv::Timeout
+    ));
+    c.disconnect().await;
+    for name in [&direct, &fanout, &headers] {
+        let _ = ch
+            .exchange_delete(name.as_str().into(), ExchangeDeleteOptions::default())
+            .await;
+    }
+}

@@ -419,6 +419,7 @@ impl Plane {
 
     /// Removes a local subscriber; the last one of a binding unbinds it.
     pub fn unsubscribe(&self, shard: &Arc<Shard>, binding: &Binding, session: u64, id: &str) {
+        let mut exchange_unused = false;
         let emptied = {
             let Ok(mut routes) = shard.routes.write() else {
                 return;
@@ -437,10 +438,15 @@ impl Plane {
                 table.remove(&binding.routing_key);
                 if table.is_empty() {
                     routes.remove(&binding.exchange);
+                    exchange_unused = true;
                 }
             }
             emptied
         };
+        // After the write lock is released: this reads every shard's table.
+        if exchange_unused {
+            self.forget_kind(&binding.exchange);
+        }
         if !emptied {
             return;
         }
@@ -458,6 +464,27 @@ impl Plane {
             shard.wake.notify_one();
         }
         self.publish_gauges();
+    }
+
+    /// Forgets the probed type of an exchange nobody here is bound to any
+    /// more (it may be deleted and declared again with another type); the
+    /// built-in and the gateway's own exchanges stay known.
+    fn forget_kind(&self, exchange: &str) {
+        if exchange.starts_with("amq.") || self.config.topic_exchanges.iter().any(|e| e == exchange)
+        {
+            return;
+        }
+        let still_bound = self.shards.iter().any(|s| {
+            s.routes
+                .read()
+                .map(|r| r.contains_key(exchange))
+                .unwrap_or(true)
+        });
+        if !still_bound {
+            if let Ok(mut kinds) = self.kinds.lock() {
+                kinds.remove(exchange);
+            }
+        }
     }
 
     /// How the gateway routes messages of `exchange`: asked of the broker
