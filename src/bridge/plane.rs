@@ -941,8 +941,9 @@ impl Plane {
         };
         let mut message: Option<Arc<SharedMessage>> = None;
         let mut recipients = 0u64;
-        let data = delivery.data;
-        let encode = |message: &mut Option<Arc<SharedMessage>>| -> Arc<SharedMessage> {
+        // The body moves into the encoded message (once, on the first match).
+        let mut data = Some(delivery.data);
+        let mut encode = |message: &mut Option<Arc<SharedMessage>>| -> Arc<SharedMessage> {
             Arc::clone(message.get_or_insert_with(|| {
                 let seq = self.seq.fetch_add(1, Ordering::Relaxed);
                 let headers = stomp_headers_from_amqp(
@@ -954,7 +955,7 @@ impl Plane {
                 Arc::new(SharedMessage::encode(
                     seq,
                     &headers,
-                    &Bytes::from(data.clone()),
+                    &Bytes::from(data.take().unwrap_or_default()),
                 ))
             }))
         };
