@@ -11,9 +11,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use common::*;
 use futures_util::{SinkExt, StreamExt};
-use lapin::options::{
-    BasicConsumeOptions, BasicGetOptions, QueueDeclareOptions, QueueDeleteOptions,
-};
+use lapin::options::{BasicConsumeOptions, BasicGetOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::BasicProperties;
 use stompgate::config::{Config, RuleConfig, UserConfig};
@@ -23,10 +21,6 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
 // ---- helpers -------------------------------------------------------------------
-
-fn body(frame: &Frame) -> String {
-    String::from_utf8_lossy(&frame.body).into_owned()
-}
 
 /// Login/passcode users `names` (passcode = name), anonymous access off.
 fn users(config: &mut Config, names: &[&str]) {
@@ -62,34 +56,6 @@ async fn login(gw: &TestGateway, user: &str) -> StompClient {
         )
         .await;
     client
-}
-
-async fn delete_queue(queue: &str) {
-    let conn = amqp().await;
-    let ch = conn.create_channel().await.expect("channel");
-    let _ = ch
-        .queue_delete(queue.into(), QueueDeleteOptions::default())
-        .await;
-    let _ = conn.close(200, "done".into()).await;
-}
-
-/// Messages ready in `queue` (passive declare).
-async fn ready(queue: &str) -> u32 {
-    let conn = amqp().await;
-    let ch = conn.create_channel().await.expect("channel");
-    let q = ch
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("queue exists");
-    let _ = conn.close(200, "done".into()).await;
-    q.message_count()
 }
 
 fn send(destination: &str, text: &str) -> Frame {

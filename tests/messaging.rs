@@ -165,18 +165,6 @@ async fn fill_queue(queue: &str, n: usize) {
     }
 }
 
-async fn delete_queue(queue: &str) {
-    let conn = amqp().await;
-    let ch = conn.create_channel().await.expect("channel");
-    let _ = ch
-        .queue_delete(queue.into(), lapin::options::QueueDeleteOptions::default())
-        .await;
-}
-
-fn body(frame: &Frame) -> String {
-    String::from_utf8_lossy(&frame.body).into_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_individual_ack_and_nack_follow_the_broker() {
     let gw = start_gateway(|_| {}).await;

@@ -9,14 +9,9 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use common::*;
-use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use lapin::BasicProperties;
 use stompgate::stomp::{Command, Frame};
-
-fn body(f: &Frame) -> String {
-    String::from_utf8_lossy(&f.body).into_owned()
-}
 
 /// Waits (bounded) until the plane has established all its queues.
 async fn plane_queues(gw: &TestGateway) -> Vec<String> {
@@ -33,29 +28,6 @@ async fn plane_queues(gw: &TestGateway) -> Vec<String> {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// Messages ready in `queue`, asked passively.
-async fn ready(queue: &str) -> u32 {
-    let conn = amqp().await;
-    let ch = conn.create_channel().await.expect("channel");
-    ch.queue_declare(
-        queue.into(),
-        QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .expect("queue exists")
-    .message_count()
-}
-
-async fn delete_queue(queue: &str) {
-    let conn = amqp().await;
-    let ch = conn.create_channel().await.expect("channel");
-    let _ = ch.queue_delete(queue.into(), Default::default()).await;
 }
 
 /// 10,000 subscribe + unsubscribe cycles over 100 topics: the replica's

@@ -573,10 +573,6 @@ impl Peer {
     }
 }
 
-fn body(frame: &Frame) -> String {
-    String::from_utf8_lossy(&frame.body).into_owned()
-}
-
 /// Runs a test body under the lock and the time budget.
 async fn bounded<F: std::future::Future<Output = ()>>(name: &str, test: F) {
     let _serial = SERIAL.lock().await;

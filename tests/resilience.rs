@@ -90,10 +90,6 @@ async fn wait_until<F: std::future::Future<Output = bool>>(
     None
 }
 
-fn body(frame: &Frame) -> String {
-    String::from_utf8_lossy(&frame.body).into_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_outage_is_survived_without_losing_what_the_broker_accepted() {
     let _broker = PrivateBroker;

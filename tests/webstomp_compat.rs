@@ -20,10 +20,6 @@ fn send_frame(destination: &str, body: &str) -> Frame {
         .with_body(body.to_owned())
 }
 
-fn body(frame: &Frame) -> String {
-    String::from_utf8_lossy(&frame.body).into_owned()
-}
-
 // ---- item 1: heart-beats ------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -514,23 +514,8 @@ impl Plane {
         &self,
         exchange: &str,
     ) -> Result<Option<ExchangeKind>, BridgeError> {
+        self.exchange_exists(exchange).await?;
         let name = short("exchange name", exchange)?;
-        self.on_check(|ch| {
-            let name = name.clone();
-            async move {
-                ch.exchange_declare(
-                    name,
-                    lapin::ExchangeKind::Topic,
-                    ExchangeDeclareOptions {
-                        passive: true,
-                        ..Default::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await
-            }
-        })
-        .await?;
         let active = self
             .on_check(|ch| {
                 let name = name.clone();
@@ -592,6 +577,25 @@ impl Plane {
         result
     }
 
+    /// A passive declare of `exchange` on the check channel: refused
+    /// (`NOT_FOUND`) when it does not exist.
+    async fn exchange_exists(&self, exchange: &str) -> Result<(), BridgeError> {
+        let name = short("exchange name", exchange)?;
+        self.on_check(|ch| async move {
+            ch.exchange_declare(
+                name,
+                lapin::ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+        })
+        .await
+    }
+
     /// Checks (at most every few seconds) that `exchange` exists, so that a
     /// publish to a missing one is refused here rather than by closing a
     /// shared publishing channel.
@@ -607,20 +611,7 @@ impl Plane {
                 return Ok(());
             }
         }
-        let name = short("exchange name", exchange)?;
-        self.on_check(|ch| async move {
-            ch.exchange_declare(
-                name,
-                lapin::ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-        })
-        .await?;
+        self.exchange_exists(exchange).await?;
         if let Ok(mut seen) = self.exchanges_seen.lock() {
             if seen.len() > 10_000 {
                 seen.retain(|_, t| t.elapsed() < EXCHANGE_TTL);

@@ -543,3 +543,37 @@ impl Drop for PrivateNode {
             .output();
     }
 }
+
+/// A frame's body as text.
+pub fn body(frame: &Frame) -> String {
+    String::from_utf8_lossy(&frame.body).into_owned()
+}
+
+/// Deletes `queue` on the test broker (ignoring errors).
+pub async fn delete_queue(queue: &str) {
+    let conn = amqp().await;
+    let ch = conn.create_channel().await.expect("channel");
+    let _ = ch
+        .queue_delete(queue.into(), lapin::options::QueueDeleteOptions::default())
+        .await;
+    let _ = conn.close(200, "done".into()).await;
+}
+
+/// Messages ready in `queue` (passive declare; the queue must exist).
+pub async fn ready(queue: &str) -> u32 {
+    let conn = amqp().await;
+    let ch = conn.create_channel().await.expect("channel");
+    let q = ch
+        .queue_declare(
+            queue.into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .expect("queue exists");
+    let _ = conn.close(200, "done".into()).await;
+    q.message_count()
+}
