@@ -2,8 +2,9 @@
 //! frames built from a small vocabulary (commands, destinations, headers and
 //! values that mean something to the session, plus arbitrary text, put
 //! through the codec so that they hold only what a client can send), raw
-//! bytes decoded the way the transport does, broker deliveries, broker and
-//! protocol errors, consumer restarts and token expiry.
+//! bytes decoded the way the transport does, broker deliveries, publisher
+//! confirms, broker and protocol errors, consumer restarts, and time passing
+//! on the session's clock (token expiry, heart-beat and connect deadlines).
 //!
 //! Invariants checked after every step:
 //! * no panic;
@@ -14,8 +15,9 @@
 //! * every ERROR has a `message` header, non-empty (unless the caller of
 //!   `protocol_error`/`broker_error` passed an empty text) and on one line
 //!   (no LF, no CR);
-//! * `Action::Receipt` (and an ERROR's `receipt-id`) only in answer to
-//!   `handle(frame)`, at most one per call, equal to that frame's `receipt`;
+//! * `Action::Receipt` (and an ERROR's `receipt-id`) only for a receipt a
+//!   handled frame asked for and that was not answered yet, each once; a
+//!   receipt owed behind unconfirmed publishes comes with a later confirm;
 //! * `Established` at most once, only for CONNECT/STOMP, with CONNECTED;
 //! * `Ack`/`Nack` only for a (subscription, tag) that `deliver` delivered;
 //! * `Subscribe` never reuses an active id, `Unsubscribe` only names an
@@ -28,6 +30,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use arbitrary::Arbitrary;
 use bytes::{Bytes, BytesMut};
@@ -228,7 +231,11 @@ enum Op {
         sub: Name,
         generation: u8,
     },
-    TokenExpired,
+    /// The broker confirms the oldest unconfirmed publish.
+    Confirm,
+    /// Time passes on the session's clock (seconds), then the driver calls
+    /// `handle_timeout` as it would when `poll_timeout` is reached.
+    Advance(u16),
 }
 
 #[derive(Debug, Arbitrary)]
@@ -424,9 +431,10 @@ struct Model {
     message_ids: Vec<String>,
     /// Receipt ids handed out by `Op::Typical`.
     receipts: u32,
-    /// Receipts of SENDs buffered in a transaction: their RECEIPT (and
-    /// their publish) comes with the COMMIT, after the broker's confirm.
-    deferred: HashSet<String>,
+    /// Receipts asked for by handled frames and not answered yet.
+    owed: HashSet<String>,
+    /// The session's clock.
+    now: Instant,
     /// The transport's codec and input buffer, for `Op::Wire`.
     codec: StompCodec,
     buf: BytesMut,
@@ -490,15 +498,17 @@ impl Model {
             max_headers: config.limits.max_headers,
             max_header_line: config.limits.max_header_line,
         };
+        let now = Instant::now();
         Model {
-            session: Session::new(config.clone(), "fuzz-session".into()),
+            session: Session::new(config.clone(), "fuzz-session".into(), now, 1_700_000_000),
+            now,
             config,
             closed: false,
             errors: 0,
             established: false,
             delivered: HashSet::new(),
             active: HashSet::new(),
-            deferred: HashSet::new(),
+            owed: HashSet::new(),
             message_ids: Vec::new(),
             receipts: 0,
             codec: StompCodec::new(limits),
@@ -526,11 +536,9 @@ impl Model {
             Cause::Frame(f) => f.header("receipt").map(|r| r.into_owned()),
             _ => None,
         };
-        let transactional_send = matches!(
-            cause,
-            Cause::Frame(f) if f.command == Command::Send && f.header("transaction").is_some()
-        );
-        let mut receipts = 0;
+        if let Some(r) = &receipt {
+            self.owed.insert(r.clone());
+        }
         for (i, action) in out.iter().enumerate() {
             match action {
                 Action::Close => {
@@ -571,14 +579,10 @@ impl Model {
                         "Established without CONNECTED: {out:?}"
                     );
                 }
-                Action::Receipt(r) if self.deferred.remove(r) => {}
                 Action::Receipt(r) => {
-                    receipts += 1;
-                    assert!(receipts <= 1, "two receipts for one frame: {out:?}");
-                    assert_eq!(
-                        Some(r.as_str()),
-                        receipt.as_deref(),
-                        "receipt not asked for by the frame handled"
+                    assert!(
+                        self.owed.remove(r),
+                        "receipt {r:?} not asked for, or answered twice: {out:?}"
                     );
                 }
                 Action::Ack {
@@ -611,25 +615,14 @@ impl Model {
                         "publish to a temp queue: {req:?}"
                     );
                     if let Some(r) = &req.receipt {
-                        if !self.deferred.contains(r) {
-                            assert_eq!(Some(r.as_str()), receipt.as_deref());
-                        }
+                        assert!(self.owed.contains(r), "publish names receipt {r:?}");
                     }
                 }
-                Action::Expiry(_) => {}
                 #[allow(unreachable_patterns)]
                 _ => {}
             }
         }
-        if !matches!(cause, Cause::Frame(_)) {
-            assert_eq!(receipts, 0);
-        }
         assert_eq!(self.session.is_closed(), self.closed, "is_closed disagrees");
-        if transactional_send && receipts == 0 && !self.closed {
-            if let Some(r) = receipt {
-                self.deferred.insert(r);
-            }
-        }
     }
 
     fn check_error(&mut self, frame: &Frame, cause: &Cause<'_>, receipt: Option<&str>) {
@@ -646,9 +639,10 @@ impl Model {
             "ERROR message on several lines: {message:?}"
         );
         if let Some(id) = frame.header("receipt-id") {
-            if !self.deferred.contains(id.as_ref()) {
-                assert_eq!(Some(id.as_ref()), receipt, "ERROR receipt-id not asked for");
-            }
+            assert!(
+                self.owed.contains(id.as_ref()) || Some(id.as_ref()) == receipt,
+                "ERROR receipt-id not asked for"
+            );
         }
     }
 
@@ -732,10 +726,24 @@ impl Model {
         );
     }
 
-    fn token_expired(&mut self) {
+    fn confirm(&mut self) {
         let mut out = Vec::new();
-        self.session.token_expired(&mut out);
+        self.session.publish_confirmed(self.now, &mut out);
         self.check(Cause::Other, &out);
+    }
+
+    fn advance(&mut self, seconds: u16) {
+        self.now += Duration::from_secs(u64::from(seconds));
+        let mut out = Vec::new();
+        self.session.handle_timeout(self.now, &mut out);
+        if self.closed {
+            assert!(out.is_empty(), "actions after Close: {out:?}");
+            return;
+        }
+        self.check(Cause::Other, &out);
+        if let Some(at) = self.session.poll_timeout() {
+            assert!(at > self.now, "a deadline that handle_timeout left due");
+        }
     }
 
     fn restart(&mut self, sub: &str, generation: u64) {
@@ -912,7 +920,8 @@ fuzz_target!(|input: Input| {
                 let sub = sub.text(&model);
                 model.restart(&sub, u64::from(*generation % 4))
             }
-            Op::TokenExpired => model.token_expired(),
+            Op::Confirm => model.confirm(),
+            Op::Advance(seconds) => model.advance(*seconds),
         }
     }
 });

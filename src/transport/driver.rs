@@ -132,6 +132,7 @@ where
         limit_before_connect: limits.max_frame_bytes_before_connect,
         cut_off: false,
         reported: false,
+        drain: ctx.drain.clone(),
     };
     let mut drain_seen = false;
     let outcome = loop {
@@ -262,6 +263,8 @@ struct Driver<B> {
     cut_off: bool,
     /// The close reason's metric was counted.
     reported: bool,
+    /// The gateway's drain signal (also while waiting for outbound room).
+    drain: CancellationToken,
 }
 
 impl<B: BrokerSession> Driver<B> {
@@ -541,6 +544,7 @@ impl<B: BrokerSession> Driver<B> {
                 }
             }
             () = link.overflowed() => self.cut_off = true,
+            () = self.drain.cancelled() => self.cut_off = true,
             () = sleep_until_some(deadline) => {
                 // A deadline passed with the client not reading: its ERROR
                 // could not be delivered either.

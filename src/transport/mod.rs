@@ -2,7 +2,7 @@
 //! fallbacks would be further adapters around the same session.
 
 pub mod coalesce;
-pub mod listener;
 pub mod driver;
+pub mod listener;
 pub mod outbound;
 pub mod websocket;
