@@ -14,7 +14,7 @@ use futures_util::{SinkExt, StreamExt};
 use lapin::options::{BasicConsumeOptions, BasicGetOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::BasicProperties;
-use stompgate::config::{Config, RuleConfig, UserConfig};
+use stompgate::config::{Config, UserConfig};
 use stompgate::stomp::{encode_frame, Command, Escaping, Frame};
 use tokio::net::TcpSocket;
 use tokio::time::Instant;
@@ -32,14 +32,6 @@ fn users(config: &mut Config, names: &[&str]) {
             passcode: (*n).to_owned(),
         })
         .collect();
-}
-
-fn rule(verbs: &[&str], destination: &str, queue_arguments: &[&str]) -> RuleConfig {
-    RuleConfig {
-        verbs: verbs.iter().map(|v| v.to_string()).collect(),
-        destination: destination.to_owned(),
-        queue_arguments: queue_arguments.iter().map(|v| v.to_string()).collect(),
-    }
 }
 
 /// A STOMP 1.2 session logged in as `user` (passcode = user).
@@ -65,10 +57,7 @@ fn send(destination: &str, text: &str) -> Frame {
 }
 
 fn consumers_of(queue: &str) -> Option<u64> {
-    list_queues()
-        .into_iter()
-        .find(|(name, _)| name == queue)
-        .map(|(_, c)| c)
+    queue_stat(queue, "consumers")
 }
 
 /// Resident memory of this process (gateway included), in KiB.
@@ -502,12 +491,7 @@ async fn writer_ends_with_its_session_and_frees_the_socket() {
 const SECRET: &str = "hardening-secret-0123456789";
 
 fn jwt(claims: serde_json::Value) -> String {
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .expect("encode")
+    jwt_hs256(SECRET, claims)
 }
 
 fn unix_now() -> f64 {

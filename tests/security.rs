@@ -168,28 +168,6 @@ async fn open(
     }
 }
 
-/// GET /metrics over a fresh plain HTTP/1.1 connection.
-async fn metrics_text(addr: std::net::SocketAddr) -> String {
-    let exchange = async {
-        let mut stream = TcpStream::connect(addr).await.expect("connect");
-        stream
-            .write_all(
-                format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
-                    .as_bytes(),
-            )
-            .await
-            .expect("write");
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).await.expect("read");
-        String::from_utf8_lossy(&response).into_owned()
-    };
-    let response = timeout(Duration::from_secs(10), exchange)
-        .await
-        .expect("GET /metrics timed out");
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    response
-}
-
 /// `stompgate_rejected_total{reason="<reason>"}` in a /metrics text (0 if absent).
 fn rejected(text: &str, reason: &str) -> f64 {
     let series = format!("stompgate_rejected_total{{reason=\"{reason}\"}} ");
