@@ -667,6 +667,50 @@ async fn pre_connect_messages_are_bounded_and_prefetch_is_capped() {
     delete_queue(&queue).await;
 }
 
+/// `n` SENDs to `destination`, each asking for receipt `<prefix><i>`, in one
+/// WebSocket message: the gateway handles them in one go, before any of
+/// their publisher confirms is taken in, so their receipts all wait at once.
+fn sends_with_receipts(destination: &str, prefix: &str, n: usize) -> BytesMut {
+    let mut batch = BytesMut::new();
+    for i in 0..n {
+        let frame =
+            send(destination, &format!("m{i}")).with_header("receipt", &format!("{prefix}{i}"));
+        encode_frame(&frame, Escaping::V12, &mut batch);
+    }
+    batch
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipts_waiting_for_confirms_are_bounded() {
+    const LIMIT: usize = 4;
+    let gw = start_gateway(|c| c.limits.max_pending_receipts = LIMIT).await;
+    let destination = format!("/topic/{}", unique("receipts"));
+
+    // Below the limit: every receipt arrives, in order, batch after batch
+    // (what was confirmed no longer counts).
+    let (mut c, _) = StompClient::connect(&gw.ws_url(), "1.2").await;
+    for round in 0..3 {
+        let prefix = format!("ok{round}-");
+        c.send_bytes(sends_with_receipts(&destination, &prefix, 2), false)
+            .await;
+        for i in 0..2 {
+            let receipt = c.expect(Command::Receipt).await;
+            assert_eq!(
+                receipt.header("receipt-id").as_deref(),
+                Some(format!("{prefix}{i}").as_str())
+            );
+        }
+    }
+    c.disconnect().await;
+
+    // Beyond it: ERROR naming the limit, no receipt, then the close.
+    let (mut c, _) = StompClient::connect(&gw.ws_url(), "1.2").await;
+    c.send_bytes(sends_with_receipts(&destination, "r", 10), false)
+        .await;
+    c.expect_error(&format!("too many receipts pending (limit {LIMIT})"))
+        .await;
+}
+
 // ---- 11. operations -----------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
