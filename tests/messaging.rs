@@ -141,18 +141,9 @@ async fn send_is_consumed_over_amqp_with_headers_and_receipt() {
 
 /// Publishes `n` messages "m0".."m{n-1}" to queue `queue` over AMQP.
 async fn fill_queue(queue: &str, n: usize) {
+    declare_durable_queue(queue).await;
     let conn = amqp().await;
     let ch = confirm_channel(&conn).await;
-    ch.queue_declare(
-        queue.into(),
-        QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .expect("declare");
     for i in 0..n {
         publish(
             &ch,

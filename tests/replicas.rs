@@ -21,8 +21,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
+use lapin::options::BasicPublishOptions;
 use lapin::BasicProperties;
 use stompgate::stomp::{Command, Frame};
 use tokio::sync::{mpsc, watch, Semaphore};
@@ -476,24 +475,6 @@ async fn broadcast_through_haproxy_reaches_every_client_exactly_once() {
 const SHARED_CLIENTS: usize = 30;
 const SHARED_MESSAGES: usize = 300;
 
-/// Declares `queue` durable as `/queue/<name>` does, so that it exists
-/// before the first subscriber.
-async fn declare_durable(queue: &str) {
-    let conn = amqp().await;
-    let ch = conn.create_channel().await.expect("channel");
-    ch.queue_declare(
-        queue.into(),
-        QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .expect("declare queue");
-    let _ = conn.close(200, "done".into()).await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queue_messages_are_shared_across_replicas_without_loss_or_duplicates() {
     bounded("queue_messages_shared", async {
@@ -502,7 +483,7 @@ async fn queue_messages_are_shared_across_replicas_without_loss_or_duplicates() 
         let haproxy = start_haproxy(&replicas, &dir.0).await;
         let queue = unique("shared");
         let _cleanup = QueueCleanup(queue.clone());
-        declare_durable(&queue).await;
+        declare_durable_queue(&queue).await;
 
         let (ready_tx, mut ready_rx) = mpsc::channel::<()>(SHARED_CLIENTS);
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -856,7 +837,7 @@ async fn replica_loss_loses_nothing_acked() {
         let haproxy = start_haproxy(&replicas, &dir.0).await;
         let queue = unique("loss");
         let _cleanup = QueueCleanup(queue.clone());
-        declare_durable(&queue).await;
+        declare_durable_queue(&queue).await;
 
         let progress = Arc::new(Progress {
             base: Instant::now(),

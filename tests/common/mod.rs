@@ -149,12 +149,21 @@ impl StompClient {
         .await
         .map_err(|_| "handshake timed out".to_owned())?
         .map_err(|e| format!("handshake: {e}"))?;
+        Ok(StompClient::from_websocket(ws, &response))
+    }
+
+    /// A client over a WebSocket opened by the caller (TLS, a chosen local
+    /// address, ...); `response` is the handshake's.
+    pub fn from_websocket(
+        ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+        response: &tokio_tungstenite::tungstenite::handshake::client::Response,
+    ) -> StompClient {
         let protocol = response
             .headers()
             .get("Sec-WebSocket-Protocol")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        Ok(StompClient {
+        StompClient {
             ws,
             codec: StompCodec::new(FrameLimits {
                 max_frame_bytes: 64 * 1024 * 1024,
@@ -166,7 +175,7 @@ impl StompClient {
             text_messages: 0,
             binary_messages: 0,
             protocol,
-        })
+        }
     }
 
     /// Opens and sends CONNECT for `accept_version` (e.g. "1.2"), returning CONNECTED.
@@ -194,6 +203,12 @@ impl StompClient {
             )),
             other => Err(format!("expected CONNECTED, got {other:?}")),
         }
+    }
+
+    /// Sends a STOMP 1.2 CONNECT (no credentials, no heart-beats) on an
+    /// open WebSocket and expects CONNECTED.
+    pub async fn stomp_connect(&mut self) -> Frame {
+        self.connect_with(connect_frame("1.2")).await
     }
 
     /// Sends a CONNECT frame and expects CONNECTED.
@@ -461,6 +476,54 @@ impl Drop for QueueCleanup {
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .status();
+    }
+}
+
+/// Declares `queue` durable, as `/queue/<name>` does, so that it exists
+/// before the first subscriber.
+pub async fn declare_durable_queue(queue: &str) {
+    let options = lapin::options::QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    declare_queue(queue, options, "declare queue").await;
+}
+
+/// `queue.declare` with `options` on a connection of its own; `what` says
+/// what failed.
+async fn declare_queue(
+    queue: &str,
+    options: lapin::options::QueueDeclareOptions,
+    what: &str,
+) -> lapin::Queue {
+    let conn = amqp().await;
+    let ch = conn.create_channel().await.expect("channel");
+    let declared = ch
+        .queue_declare(queue.into(), options, lapin::types::FieldTable::default())
+        .await
+        .expect(what);
+    let _ = conn.close(200, "done".into()).await;
+    declared
+}
+
+/// Sends SIGKILL to process `pid`, which must exist.
+pub fn sigkill(pid: u32) {
+    let status = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill -KILL {pid}");
+}
+
+/// Waits (bounded by `timeout`) until process `pid` is gone.
+pub fn wait_gone(pid: u32, timeout: Duration) {
+    let deadline = std::time::Instant::now() + timeout;
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pid {pid} still there after {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -779,19 +842,11 @@ pub async fn delete_queue(queue: &str) {
 
 /// Messages ready in `queue` (passive declare; the queue must exist).
 pub async fn ready(queue: &str) -> u32 {
-    let conn = amqp().await;
-    let ch = conn.create_channel().await.expect("channel");
-    let q = ch
-        .queue_declare(
-            queue.into(),
-            lapin::options::QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            lapin::types::FieldTable::default(),
-        )
+    let options = lapin::options::QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    declare_queue(queue, options, "queue exists")
         .await
-        .expect("queue exists");
-    let _ = conn.close(200, "done".into()).await;
-    q.message_count()
+        .message_count()
 }
