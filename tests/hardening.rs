@@ -886,42 +886,6 @@ async fn half_open_connection_without_heartbeats_is_closed_by_pings() {
 
 // ---- 11. amqps:// to a TLS-enabled RabbitMQ node ------------------------------------
 
-/// The private node `sg-tls` (scripts/private-rabbitmq.sh), stopped on drop.
-struct PrivateNode {
-    env: Vec<(String, String)>,
-}
-
-impl PrivateNode {
-    fn script() -> std::path::PathBuf {
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/private-rabbitmq.sh")
-    }
-
-    fn start(env: Vec<(String, String)>) -> PrivateNode {
-        let node = PrivateNode { env };
-        // A node left by an interrupted run.
-        node.run("stop");
-        let out = node.run("start");
-        assert!(out.status.success(), "private node did not start: {out:?}");
-        node
-    }
-
-    fn run(&self, command: &str) -> std::process::Output {
-        std::process::Command::new("bash")
-            .arg(Self::script())
-            .args([command, "sg-tls"])
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdin(std::process::Stdio::null())
-            .output()
-            .expect("run scripts/private-rabbitmq.sh")
-    }
-}
-
-impl Drop for PrivateNode {
-    fn drop(&mut self) {
-        let _ = self.run("stop");
-    }
-}
-
 fn rabbitmq_installed() -> bool {
     std::path::Path::new("/usr/lib/rabbitmq/bin/rabbitmq-server").exists()
         || std::process::Command::new("sh")
@@ -955,22 +919,19 @@ async fn amqps_to_a_tls_rabbitmq_node() {
     std::fs::write(dir.join("cert.pem"), cert.pem()).expect("write");
     std::fs::write(dir.join("key.pem"), key.serialize_pem()).expect("write");
 
-    let env: Vec<(String, String)> = [
-        ("PRIVATE_RABBIT_AMQP_PORT", "5690"),
-        ("PRIVATE_RABBIT_TLS_PORT", "5691"),
-        ("PRIVATE_RABBIT_WEB_STOMP_PORT", "5692"),
-        ("PRIVATE_RABBIT_STOMP_PORT", "5693"),
-        ("PRIVATE_RABBIT_DIST_PORT", "25690"),
-        ("PRIVATE_RABBIT_NO_STOMP", "1"),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .chain([(
-        "PRIVATE_RABBIT_TLS_DIR".to_owned(),
-        dir.display().to_string(),
-    )])
-    .collect();
-    let node = PrivateNode::start(env);
+    let tls_dir = dir.display().to_string();
+    let node = PrivateNode::start_with(
+        "sg-tls",
+        5690,
+        &[
+            ("PRIVATE_RABBIT_TLS_PORT", "5691"),
+            ("PRIVATE_RABBIT_WEB_STOMP_PORT", "5692"),
+            ("PRIVATE_RABBIT_STOMP_PORT", "5693"),
+            ("PRIVATE_RABBIT_DIST_PORT", "25690"),
+            ("PRIVATE_RABBIT_NO_STOMP", "1"),
+            ("PRIVATE_RABBIT_TLS_DIR", tls_dir.as_str()),
+        ],
+    );
 
     // The gateway trusts our CA through SSL_CERT_FILE (rustls-native-certs).
     let ca_file = dir.join("ca.pem").display().to_string();
@@ -998,18 +959,7 @@ async fn amqps_to_a_tls_rabbitmq_node() {
     assert_eq!(m.command, Command::Message);
     assert_eq!(body(&m), "over TLS");
     // The node saw TLS connections, and only those, from the gateway.
-    let out = std::process::Command::new("rabbitmqctl")
-        .args([
-            "-n",
-            "sg-tls@localhost",
-            "list_connections",
-            "-q",
-            "--no-table-headers",
-            "ssl",
-        ])
-        .output()
-        .expect("rabbitmqctl");
-    let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+    let listing = node.ctl(&["list_connections", "-q", "--no-table-headers", "ssl"]);
     assert!(listing.lines().any(|l| l.trim() == "true"), "{listing}");
     assert!(listing.lines().all(|l| l.trim() != "false"), "{listing}");
     c.disconnect().await;

@@ -767,6 +767,18 @@ impl PrivateNode {
     /// Starts node `name` with AMQP on `amqp_port` (its other listeners on
     /// ports derived from it), waiting until it answers.
     pub fn start(name: &str, amqp_port: u16) -> PrivateNode {
+        PrivateNode::start_with(name, amqp_port, &[])
+    }
+
+    /// As [`PrivateNode::start`], with more of the script's settings in
+    /// `env` (they win over the derived ports: `PRIVATE_RABBIT_TLS_DIR`,
+    /// `PRIVATE_RABBIT_NO_STOMP`, ...). A node of that name left by an
+    /// interrupted run is stopped first.
+    pub fn start_with(name: &str, amqp_port: u16, env: &[(&str, &str)]) -> PrivateNode {
+        let _ = std::process::Command::new("bash")
+            .args(["scripts/private-rabbitmq.sh", "stop", name])
+            .stdin(std::process::Stdio::null())
+            .output();
         let out = std::process::Command::new("bash")
             .args(["scripts/private-rabbitmq.sh", "start", name])
             .env("PRIVATE_RABBIT_AMQP_PORT", amqp_port.to_string())
@@ -779,6 +791,7 @@ impl PrivateNode {
                 "PRIVATE_RABBIT_STOMP_PORT",
                 (amqp_port + 56_000).to_string(),
             )
+            .envs(env.iter().copied())
             .stdin(std::process::Stdio::null())
             .output()
             .expect("run scripts/private-rabbitmq.sh");
