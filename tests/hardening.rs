@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use common::*;
 use futures_util::{SinkExt, StreamExt};
-use lapin::options::{BasicConsumeOptions, BasicGetOptions, QueueDeclareOptions};
+use lapin::options::{BasicGetOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::BasicProperties;
 use stompgate::config::{Config, UserConfig};
@@ -372,18 +372,7 @@ async fn stalled_reader_is_closed_and_its_unacked_messages_redelivered() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_during = rss_kib();
     // Another consumer: nothing for it while the stalled client holds them all.
-    let mut other = ch
-        .basic_consume(
-            queue.as_str().into(),
-            "other".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..BasicConsumeOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("consume");
+    let mut other = consume_no_ack(&ch, &queue, "other").await;
     let mut received = 0;
     let deadline = published + Duration::from_millis(stall_ms + 8_000);
     while received < count {

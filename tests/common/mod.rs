@@ -429,6 +429,22 @@ pub async fn publish(ch: &Channel, exchange: &str, key: &str, body: &[u8], props
     .expect("confirm");
 }
 
+/// An AMQP consumer on `queue` (tag `tag`, empty for a broker-named one)
+/// that acknowledges nothing: `no_ack`, as a backend that only reads.
+pub async fn consume_no_ack(ch: &Channel, queue: &str, tag: &str) -> lapin::Consumer {
+    ch.basic_consume(
+        queue.into(),
+        tag.into(),
+        lapin::options::BasicConsumeOptions {
+            no_ack: true,
+            ..Default::default()
+        },
+        lapin::types::FieldTable::default(),
+    )
+    .await
+    .expect("consume")
+}
+
 /// `rabbitmqctl <what> -q --no-table-headers <columns>` on the test broker,
 /// which must succeed: one row a line, the columns split at tabs (a
 /// column may be empty, e.g. the default exchange's name).
