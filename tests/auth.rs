@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::*;
 use lapin::BasicProperties;
-use stompgate::config::{JwtConfig, RuleConfig};
+use stompgate::config::JwtConfig;
 use stompgate::stomp::{Command, Frame};
 
 const SECRET: &str = "auth-test-secret-0123456789";
@@ -21,12 +21,7 @@ fn now() -> u64 {
 }
 
 fn token(claims: serde_json::Value) -> String {
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .expect("encode")
+    jwt_hs256(SECRET, claims)
 }
 
 fn merchant_token(merchant: u32, ttl: u64) -> String {
@@ -35,14 +30,6 @@ fn merchant_token(merchant: u32, ttl: u64) -> String {
         "merchant_id": merchant,
         "exp": now() + ttl,
     }))
-}
-
-fn rule(verbs: &[&str], destination: &str) -> RuleConfig {
-    RuleConfig {
-        verbs: verbs.iter().map(|v| v.to_string()).collect(),
-        destination: destination.into(),
-        queue_arguments: Vec::new(),
-    }
 }
 
 /// A gateway that requires a JWT and allows each merchant its own topic.
@@ -54,7 +41,7 @@ async fn merchant_gateway(prefix: &str) -> TestGateway {
             hs256_secret: Some(SECRET.into()),
             ..Default::default()
         });
-        c.auth.rules = vec![rule(&["subscribe", "send"], &pattern)];
+        c.auth.rules = vec![rule(&["subscribe", "send"], &pattern, &[])];
     })
     .await
 }

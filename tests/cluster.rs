@@ -136,31 +136,14 @@ fn node_of(text: &str) -> Option<usize> {
     (0..AMQP_PORTS.len()).find(|&i| text.contains(&node_name(i)))
 }
 
-fn sigkill(pid: u32) {
-    let status = Command::new("kill")
-        .args(["-KILL", &pid.to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success(), "kill -KILL {pid}");
-}
-
 /// A STOMP session, retried while the gateway refuses (bounded).
 async fn connect(url: &str) -> StompClient {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let mut client = StompClient::open(url, &["v12.stomp"]).await;
-        client
-            .send(
-                &Frame::new(Stomp::Connect)
-                    .with_header("accept-version", "1.2")
-                    .with_header("host", "/")
-                    .with_header("heart-beat", "0,0"),
-            )
-            .await;
-        match client.recv_within(Duration::from_secs(5)).await {
-            Recv::Frame(f) if f.command == Stomp::Connected => return client,
-            other => {
-                assert!(Instant::now() < deadline, "no STOMP session: {other:?}");
+        match StompClient::try_connect(url, Duration::from_secs(5)).await {
+            Ok(client) => return client,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "no STOMP session: {e}");
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }

@@ -25,13 +25,16 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
 use tokio::process::Command;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use common::try_http_get;
 use stompgate::config::Config;
+
+mod common;
 
 #[path = "../examples/demo-backend/backend.rs"]
 #[allow(dead_code)]
@@ -55,29 +58,19 @@ fn random_hex(bytes: usize) -> String {
 }
 
 /// One HTTP/1.1 GET: (status, headers and body as text).
-async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    let mut stream = TcpStream::connect(addr).await?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await?;
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let status = text
-        .lines()
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("bad response: {text:.200}")))?;
-    Ok((status, text))
+async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
+    let response = try_http_get(addr, path, Duration::from_secs(10)).await?;
+    let text = format!("{}\r\n\r\n{}", response.head, response.body);
+    Ok((response.status, text))
 }
 
 async fn wait_ready(addr: SocketAddr) {
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
-        if let Ok(Ok((200, _))) =
-            tokio::time::timeout(Duration::from_secs(2), http_get(addr, "/readyz")).await
-        {
-            return;
+        if let Ok(response) = try_http_get(addr, "/readyz", Duration::from_secs(2)).await {
+            if response.status == 200 {
+                return;
+            }
         }
         assert!(
             Instant::now() < deadline,

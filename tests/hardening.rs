@@ -11,10 +11,10 @@ use std::time::Duration;
 use bytes::BytesMut;
 use common::*;
 use futures_util::{SinkExt, StreamExt};
-use lapin::options::{BasicConsumeOptions, BasicGetOptions, QueueDeclareOptions};
+use lapin::options::{BasicGetOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::BasicProperties;
-use stompgate::config::{Config, RuleConfig, UserConfig};
+use stompgate::config::{Config, UserConfig};
 use stompgate::stomp::{encode_frame, Command, Escaping, Frame};
 use tokio::net::TcpSocket;
 use tokio::time::Instant;
@@ -32,14 +32,6 @@ fn users(config: &mut Config, names: &[&str]) {
             passcode: (*n).to_owned(),
         })
         .collect();
-}
-
-fn rule(verbs: &[&str], destination: &str, queue_arguments: &[&str]) -> RuleConfig {
-    RuleConfig {
-        verbs: verbs.iter().map(|v| v.to_string()).collect(),
-        destination: destination.to_owned(),
-        queue_arguments: queue_arguments.iter().map(|v| v.to_string()).collect(),
-    }
 }
 
 /// A STOMP 1.2 session logged in as `user` (passcode = user).
@@ -65,10 +57,7 @@ fn send(destination: &str, text: &str) -> Frame {
 }
 
 fn consumers_of(queue: &str) -> Option<u64> {
-    list_queues()
-        .into_iter()
-        .find(|(name, _)| name == queue)
-        .map(|(_, c)| c)
+    queue_stat(queue, "consumers")
 }
 
 /// Resident memory of this process (gateway included), in KiB.
@@ -383,18 +372,7 @@ async fn stalled_reader_is_closed_and_its_unacked_messages_redelivered() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_during = rss_kib();
     // Another consumer: nothing for it while the stalled client holds them all.
-    let mut other = ch
-        .basic_consume(
-            queue.as_str().into(),
-            "other".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..BasicConsumeOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("consume");
+    let mut other = consume_no_ack(&ch, &queue, "other").await;
     let mut received = 0;
     let deadline = published + Duration::from_millis(stall_ms + 8_000);
     while received < count {
@@ -502,12 +480,7 @@ async fn writer_ends_with_its_session_and_frees_the_socket() {
 const SECRET: &str = "hardening-secret-0123456789";
 
 fn jwt(claims: serde_json::Value) -> String {
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .expect("encode")
+    jwt_hs256(SECRET, claims)
 }
 
 fn unix_now() -> f64 {
@@ -681,6 +654,50 @@ async fn pre_connect_messages_are_bounded_and_prefetch_is_capped() {
     );
     c.disconnect().await;
     delete_queue(&queue).await;
+}
+
+/// `n` SENDs to `destination`, each asking for receipt `<prefix><i>`, in one
+/// WebSocket message: the gateway handles them in one go, before any of
+/// their publisher confirms is taken in, so their receipts all wait at once.
+fn sends_with_receipts(destination: &str, prefix: &str, n: usize) -> BytesMut {
+    let mut batch = BytesMut::new();
+    for i in 0..n {
+        let frame =
+            send(destination, &format!("m{i}")).with_header("receipt", &format!("{prefix}{i}"));
+        encode_frame(&frame, Escaping::V12, &mut batch);
+    }
+    batch
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipts_waiting_for_confirms_are_bounded() {
+    const LIMIT: usize = 4;
+    let gw = start_gateway(|c| c.limits.max_pending_receipts = LIMIT).await;
+    let destination = format!("/topic/{}", unique("receipts"));
+
+    // Below the limit: every receipt arrives, in order, batch after batch
+    // (what was confirmed no longer counts).
+    let (mut c, _) = StompClient::connect(&gw.ws_url(), "1.2").await;
+    for round in 0..3 {
+        let prefix = format!("ok{round}-");
+        c.send_bytes(sends_with_receipts(&destination, &prefix, 2), false)
+            .await;
+        for i in 0..2 {
+            let receipt = c.expect(Command::Receipt).await;
+            assert_eq!(
+                receipt.header("receipt-id").as_deref(),
+                Some(format!("{prefix}{i}").as_str())
+            );
+        }
+    }
+    c.disconnect().await;
+
+    // Beyond it: ERROR naming the limit, no receipt, then the close.
+    let (mut c, _) = StompClient::connect(&gw.ws_url(), "1.2").await;
+    c.send_bytes(sends_with_receipts(&destination, "r", 10), false)
+        .await;
+    c.expect_error(&format!("too many receipts pending (limit {LIMIT})"))
+        .await;
 }
 
 // ---- 11. operations -----------------------------------------------------------------
@@ -858,42 +875,6 @@ async fn half_open_connection_without_heartbeats_is_closed_by_pings() {
 
 // ---- 11. amqps:// to a TLS-enabled RabbitMQ node ------------------------------------
 
-/// The private node `sg-tls` (scripts/private-rabbitmq.sh), stopped on drop.
-struct PrivateNode {
-    env: Vec<(String, String)>,
-}
-
-impl PrivateNode {
-    fn script() -> std::path::PathBuf {
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/private-rabbitmq.sh")
-    }
-
-    fn start(env: Vec<(String, String)>) -> PrivateNode {
-        let node = PrivateNode { env };
-        // A node left by an interrupted run.
-        node.run("stop");
-        let out = node.run("start");
-        assert!(out.status.success(), "private node did not start: {out:?}");
-        node
-    }
-
-    fn run(&self, command: &str) -> std::process::Output {
-        std::process::Command::new("bash")
-            .arg(Self::script())
-            .args([command, "sg-tls"])
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdin(std::process::Stdio::null())
-            .output()
-            .expect("run scripts/private-rabbitmq.sh")
-    }
-}
-
-impl Drop for PrivateNode {
-    fn drop(&mut self) {
-        let _ = self.run("stop");
-    }
-}
-
 fn rabbitmq_installed() -> bool {
     std::path::Path::new("/usr/lib/rabbitmq/bin/rabbitmq-server").exists()
         || std::process::Command::new("sh")
@@ -927,22 +908,19 @@ async fn amqps_to_a_tls_rabbitmq_node() {
     std::fs::write(dir.join("cert.pem"), cert.pem()).expect("write");
     std::fs::write(dir.join("key.pem"), key.serialize_pem()).expect("write");
 
-    let env: Vec<(String, String)> = [
-        ("PRIVATE_RABBIT_AMQP_PORT", "5690"),
-        ("PRIVATE_RABBIT_TLS_PORT", "5691"),
-        ("PRIVATE_RABBIT_WEB_STOMP_PORT", "5692"),
-        ("PRIVATE_RABBIT_STOMP_PORT", "5693"),
-        ("PRIVATE_RABBIT_DIST_PORT", "25690"),
-        ("PRIVATE_RABBIT_NO_STOMP", "1"),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .chain([(
-        "PRIVATE_RABBIT_TLS_DIR".to_owned(),
-        dir.display().to_string(),
-    )])
-    .collect();
-    let node = PrivateNode::start(env);
+    let tls_dir = dir.display().to_string();
+    let node = PrivateNode::start_with(
+        "sg-tls",
+        5690,
+        &[
+            ("PRIVATE_RABBIT_TLS_PORT", "5691"),
+            ("PRIVATE_RABBIT_WEB_STOMP_PORT", "5692"),
+            ("PRIVATE_RABBIT_STOMP_PORT", "5693"),
+            ("PRIVATE_RABBIT_DIST_PORT", "25690"),
+            ("PRIVATE_RABBIT_NO_STOMP", "1"),
+            ("PRIVATE_RABBIT_TLS_DIR", tls_dir.as_str()),
+        ],
+    );
 
     // The gateway trusts our CA through SSL_CERT_FILE (rustls-native-certs).
     let ca_file = dir.join("ca.pem").display().to_string();
@@ -970,18 +948,7 @@ async fn amqps_to_a_tls_rabbitmq_node() {
     assert_eq!(m.command, Command::Message);
     assert_eq!(body(&m), "over TLS");
     // The node saw TLS connections, and only those, from the gateway.
-    let out = std::process::Command::new("rabbitmqctl")
-        .args([
-            "-n",
-            "sg-tls@localhost",
-            "list_connections",
-            "-q",
-            "--no-table-headers",
-            "ssl",
-        ])
-        .output()
-        .expect("rabbitmqctl");
-    let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+    let listing = node.ctl(&["list_connections", "-q", "--no-table-headers", "ssl"]);
     assert!(listing.lines().any(|l| l.trim() == "true"), "{listing}");
     assert!(listing.lines().all(|l| l.trim() != "false"), "{listing}");
     c.disconnect().await;

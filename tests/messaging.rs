@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use futures_util::StreamExt;
-use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::BasicProperties;
 use stompgate::stomp::{Command, Frame};
@@ -88,18 +88,7 @@ async fn send_is_consumed_over_amqp_with_headers_and_receipt() {
     )
     .await
     .expect("bind");
-    let mut consumer = ch
-        .basic_consume(
-            queue.name().clone(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("consume");
+    let mut consumer = consume_no_ack(&ch, queue.name().as_str(), "").await;
 
     let (mut client, _) = StompClient::connect(&gw.ws_url(), "1.2").await;
     client
@@ -141,18 +130,9 @@ async fn send_is_consumed_over_amqp_with_headers_and_receipt() {
 
 /// Publishes `n` messages "m0".."m{n-1}" to queue `queue` over AMQP.
 async fn fill_queue(queue: &str, n: usize) {
+    declare_durable_queue(queue).await;
     let conn = amqp().await;
     let ch = confirm_channel(&conn).await;
-    ch.queue_declare(
-        queue.into(),
-        QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .expect("declare");
     for i in 0..n {
         publish(
             &ch,
@@ -418,18 +398,7 @@ async fn temp_queue_request_reply_with_an_amqp_backend() {
     )
     .await
     .expect("declare");
-    let mut consumer = ch
-        .basic_consume(
-            requests.as_str().into(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("consume");
+    let mut consumer = consume_no_ack(&ch, &requests, "").await;
     let backend = tokio::spawn(async move {
         let delivery = tokio::time::timeout(Duration::from_secs(10), consumer.next())
             .await

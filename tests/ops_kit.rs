@@ -16,7 +16,6 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use common::*;
 use lapin::BasicProperties;
@@ -25,7 +24,6 @@ use serde_json::Value as Json;
 use serde_norway::Value as Yaml;
 use stompgate::config::Config;
 use stompgate::stomp::{Command, Frame};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 // ---- files -------------------------------------------------------------------
 
@@ -252,64 +250,6 @@ impl Exported {
         self.samples
             .iter()
             .any(|(n, l, _)| n == name && l.contains(label))
-    }
-}
-
-// ---- HTTP --------------------------------------------------------------------
-
-/// GET `path` over a fresh HTTP/1.1 connection: (status, body).
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: */*\r\nConnection: close\r\n\r\n"
-        );
-        stream
-            .write_all(request.as_bytes())
-            .await
-            .expect("write request");
-        let mut response = Vec::new();
-        stream
-            .read_to_end(&mut response)
-            .await
-            .expect("read response");
-        response
-    };
-    let response = tokio::time::timeout(Duration::from_secs(10), exchange)
-        .await
-        .unwrap_or_else(|_| panic!("GET {path}: no response within 10 s"));
-    let response = String::from_utf8(response).expect("UTF-8 response");
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("GET {path}: no end of headers in {response:?}"));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("GET {path}: bad status line in {head:?}"));
-    let chunked = head.lines().any(|l| {
-        l.to_ascii_lowercase()
-            .starts_with("transfer-encoding: chunked")
-    });
-    let body = if chunked {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
-    (status, body)
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    loop {
-        let (size, rest) = body.split_once("\r\n").expect("chunk size line");
-        let size = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16)
-            .expect("chunk size");
-        if size == 0 {
-            return out;
-        }
-        out.push_str(&rest[..size]);
-        body = &rest[size + 2..];
     }
 }
 

@@ -21,19 +21,10 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
-use futures_util::{SinkExt, StreamExt};
-use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
+use lapin::options::BasicPublishOptions;
 use lapin::BasicProperties;
-use stompgate::stomp::{encode_frame, Command, Escaping, Frame, FrameLimits, Inbound, StompCodec};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use stompgate::stomp::{Command, Frame};
 use tokio::sync::{mpsc, watch, Semaphore};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-use tokio_util::codec::Decoder;
 
 use common::*;
 
@@ -107,30 +98,6 @@ impl Drop for ScratchDir {
             eprintln!("replicas: configs and logs kept in {}", self.0.display());
         }
     }
-}
-
-/// Deletes a RabbitMQ queue when dropped (with `rabbitmqctl`, so that it
-/// also runs when the test panics).
-struct QueueCleanup(String);
-
-impl Drop for QueueCleanup {
-    fn drop(&mut self) {
-        let _ = Process::new("rabbitmqctl")
-            .args(["delete_queue", "-q", &self.0])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-/// A port that was free a moment ago (bound to 127.0.0.1:0, then released).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind 127.0.0.1:0")
-        .local_addr()
-        .expect("local addr")
-        .port()
 }
 
 fn tail(path: &Path) -> String {
@@ -222,9 +189,9 @@ async fn wait_http_ready(
         if let Some(status) = process.exited() {
             return Err(format!("{} exited with {status}", process.name));
         }
-        let last = match http_get(addr, path).await {
-            Ok((200, _)) => return Ok(()),
-            Ok((code, _)) => format!("HTTP {code}"),
+        let last = match try_http_get(addr, path, Duration::from_secs(3)).await {
+            Ok(response) if response.status == 200 => return Ok(()),
+            Ok(response) => format!("HTTP {}", response.status),
             Err(e) => e,
         };
         if Instant::now() >= deadline {
@@ -344,79 +311,6 @@ async fn start_haproxy(replicas: &[Replica], dir: &Path) -> Haproxy {
 // ---------------------------------------------------------------------------
 // HTTP and metrics
 
-/// One `GET path` over HTTP/1.1 (Connection: close), bounded by 3 s:
-/// (status, body).
-async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
-    let exchange = async {
-        let mut stream = TcpStream::connect(addr)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-        stream
-            .write_all(request.as_bytes())
-            .await
-            .map_err(|e| format!("write: {e}"))?;
-        let mut response = Vec::new();
-        stream
-            .read_to_end(&mut response)
-            .await
-            .map_err(|e| format!("read: {e}"))?;
-        Ok::<_, String>(response)
-    };
-    let response = tokio::time::timeout(Duration::from_secs(3), exchange)
-        .await
-        .map_err(|_| "no response within 3 s".to_owned())??;
-    let text = String::from_utf8_lossy(&response);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| format!("incomplete response: {text:?}"))?;
-    let status = head
-        .lines()
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("bad status line in {head:?}"))?;
-    let chunked = head.lines().any(|l| {
-        let l = l.to_ascii_lowercase();
-        l.starts_with("transfer-encoding:") && l.contains("chunked")
-    });
-    let body = if chunked {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
-    Ok((status, body))
-}
-
-fn dechunk(mut rest: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, after)) = rest.split_once("\r\n") {
-        let size =
-            usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16).unwrap_or(0);
-        if size == 0 || after.len() < size {
-            break;
-        }
-        out.push_str(&after[..size]);
-        rest = after[size..].trim_start_matches("\r\n");
-    }
-    out
-}
-
-/// The value of one series (e.g. `stompgate_connections` or
-/// `stompgate_messages_delivered_total{kind="queue"}`) of this process.
-async fn metric(addr: SocketAddr, series: &str) -> f64 {
-    let (status, text) = http_get(addr, "/metrics")
-        .await
-        .unwrap_or_else(|e| panic!("GET /metrics on {addr}: {e}"));
-    assert_eq!(status, 200, "GET /metrics on {addr}");
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.rsplit_once(' '))
-        .find(|(name, _)| name.trim() == series)
-        .and_then(|(_, value)| value.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
 async fn metric_per_replica(replicas: &[Replica], series: &str) -> Vec<f64> {
     let mut values = Vec::new();
     for r in replicas {
@@ -425,153 +319,8 @@ async fn metric_per_replica(replicas: &[Replica], series: &str) -> Vec<f64> {
     values
 }
 
-/// Distinct queues bound to `amq.topic` with routing key `key`.
-fn queues_bound_to_topic(key: &str) -> Vec<String> {
-    let out = Process::new("rabbitmqctl")
-        .args([
-            "list_bindings",
-            "-q",
-            "--no-table-headers",
-            "source_name",
-            "routing_key",
-            "destination_name",
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .expect("rabbitmqctl (scripts/ensure-rabbitmq.sh)");
-    assert!(out.status.success(), "rabbitmqctl list_bindings: {out:?}");
-    let mut queues: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|line| {
-            let mut cols = line.split('\t');
-            let (source, routing_key, destination) = (cols.next()?, cols.next()?, cols.next()?);
-            (source == "amq.topic" && routing_key == key).then(|| destination.to_owned())
-        })
-        .collect();
-    queues.sort();
-    queues.dedup();
-    queues
-}
-
 // ---------------------------------------------------------------------------
-// A STOMP client whose failures are values (connections are expected to die)
-
-struct Peer {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
-    codec: StompCodec,
-    buf: BytesMut,
-}
-
-impl Peer {
-    /// WebSocket handshake and STOMP 1.2 CONNECT, each bounded by 3 s.
-    async fn connect(url: &str) -> Result<Peer, String> {
-        let mut request = url.into_client_request().map_err(|e| e.to_string())?;
-        request.headers_mut().insert(
-            "Sec-WebSocket-Protocol",
-            "v12.stomp".parse().expect("header value"),
-        );
-        let (ws, _) = tokio::time::timeout(
-            Duration::from_secs(3),
-            tokio_tungstenite::connect_async(request),
-        )
-        .await
-        .map_err(|_| "handshake timed out".to_owned())?
-        .map_err(|e| format!("handshake: {e}"))?;
-        let mut peer = Peer {
-            ws,
-            codec: StompCodec::new(FrameLimits {
-                max_frame_bytes: 16 * 1024 * 1024,
-                max_headers: 1000,
-                max_header_line: 1024 * 1024,
-            }),
-            buf: BytesMut::new(),
-        };
-        peer.codec.set_escaping(Escaping::V12);
-        peer.send(
-            &Frame::new(Command::Connect)
-                .with_header("accept-version", "1.2")
-                .with_header("host", "/")
-                .with_header("heart-beat", "0,0"),
-        )
-        .await?;
-        match peer.recv_within(Duration::from_secs(3)).await {
-            Recv::Frame(f) if f.command == Command::Connected => Ok(peer),
-            Recv::Frame(f) => Err(format!(
-                "expected CONNECTED, got {} {:?}",
-                f.command,
-                f.header("message")
-            )),
-            other => Err(format!("expected CONNECTED, got {other:?}")),
-        }
-    }
-
-    async fn send(&mut self, frame: &Frame) -> Result<(), String> {
-        let mut buf = BytesMut::new();
-        encode_frame(frame, Escaping::V12, &mut buf);
-        let text = String::from_utf8(buf.to_vec()).map_err(|e| e.to_string())?;
-        tokio::time::timeout(
-            Duration::from_secs(3),
-            self.ws.send(Message::Text(text.into())),
-        )
-        .await
-        .map_err(|_| "send timed out".to_owned())?
-        .map_err(|e| format!("send: {e}"))
-    }
-
-    /// The next frame (heart-beats skipped), `Closed`, or `Timeout`.
-    async fn recv_within(&mut self, timeout: Duration) -> Recv {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            match self.codec.decode(&mut self.buf) {
-                Ok(Some(Inbound::Frame(frame))) => return Recv::Frame(frame),
-                Ok(Some(Inbound::Heartbeat)) => continue,
-                Ok(None) => {}
-                Err(e) => panic!("client could not decode server output: {e}"),
-            }
-            match tokio::time::timeout_at(deadline, self.ws.next()).await {
-                Err(_) => return Recv::Timeout,
-                Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))) => {
-                    return Recv::Closed
-                }
-                Ok(Some(Ok(Message::Text(t)))) => self.buf.extend_from_slice(t.as_bytes()),
-                Ok(Some(Ok(Message::Binary(b)))) => self.buf.extend_from_slice(&b),
-                Ok(Some(Ok(_))) => {}
-            }
-        }
-    }
-
-    /// SUBSCRIBE with a receipt; MESSAGE frames that arrive before the
-    /// receipt are returned for the caller to handle.
-    async fn subscribe(
-        &mut self,
-        destination: &str,
-        extra: &[(&str, &str)],
-    ) -> Result<Vec<Frame>, String> {
-        let mut frame = Frame::new(Command::Subscribe)
-            .with_header("id", "q")
-            .with_header("destination", destination)
-            .with_header("receipt", "sub");
-        for (n, v) in extra {
-            frame.push_header(n, v);
-        }
-        self.send(&frame).await?;
-        let mut early = Vec::new();
-        loop {
-            match self.recv_within(Duration::from_secs(3)).await {
-                Recv::Frame(f) if f.command == Command::Receipt => return Ok(early),
-                Recv::Frame(f) if f.command == Command::Message => early.push(f),
-                Recv::Frame(f) => {
-                    return Err(format!(
-                        "SUBSCRIBE answered with {} {:?}",
-                        f.command,
-                        f.header("message")
-                    ))
-                }
-                other => return Err(format!("SUBSCRIBE answered with {other:?}")),
-            }
-        }
-    }
-}
+// One test at a time
 
 /// Runs a test body under the lock and the time budget.
 async fn bounded<F: std::future::Future<Output = ()>>(name: &str, test: F) {
@@ -680,7 +429,7 @@ async fn broadcast_through_haproxy_reaches_every_client_exactly_once() {
             "one binding per replica for the topic"
         );
         // RabbitMQ holds one queue per replica for the topic, not one per client.
-        let bound = queues_bound_to_topic(&topic);
+        let bound = queues_bound("amq.topic", &topic);
         assert_eq!(
             bound.len(),
             replicas.len(),
@@ -726,24 +475,6 @@ async fn broadcast_through_haproxy_reaches_every_client_exactly_once() {
 const SHARED_CLIENTS: usize = 30;
 const SHARED_MESSAGES: usize = 300;
 
-/// Declares `queue` durable as `/queue/<name>` does, so that it exists
-/// before the first subscriber.
-async fn declare_durable(queue: &str) {
-    let conn = amqp().await;
-    let ch = conn.create_channel().await.expect("channel");
-    ch.queue_declare(
-        queue.into(),
-        QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .expect("declare queue");
-    let _ = conn.close(200, "done".into()).await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queue_messages_are_shared_across_replicas_without_loss_or_duplicates() {
     bounded("queue_messages_shared", async {
@@ -752,7 +483,7 @@ async fn queue_messages_are_shared_across_replicas_without_loss_or_duplicates() 
         let haproxy = start_haproxy(&replicas, &dir.0).await;
         let queue = unique("shared");
         let _cleanup = QueueCleanup(queue.clone());
-        declare_durable(&queue).await;
+        declare_durable_queue(&queue).await;
 
         let (ready_tx, mut ready_rx) = mpsc::channel::<()>(SHARED_CLIENTS);
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -915,12 +646,21 @@ struct ConsumerLog {
     errors: Vec<String>,
 }
 
-async fn connect_and_subscribe(url: &str, destination: &str) -> Result<(Peer, Vec<Frame>), String> {
-    let mut peer = Peer::connect(url).await?;
+/// Bound on each step of a loss consumer's connection (handshake, CONNECT,
+/// SUBSCRIBE, a send): its connections are expected to die.
+const STEP_TIMEOUT: Duration = Duration::from_secs(3);
+
+async fn connect_and_subscribe(
+    url: &str,
+    destination: &str,
+) -> Result<(StompClient, Vec<Frame>), String> {
+    let mut peer = StompClient::try_connect(url, STEP_TIMEOUT).await?;
     let early = peer
-        .subscribe(
+        .try_subscribe(
+            "q",
             destination,
             &[("ack", "client-individual"), ("prefetch-count", "5")],
+            STEP_TIMEOUT,
         )
         .await?;
     Ok((peer, early))
@@ -952,8 +692,8 @@ async fn loss_consumer(
                 None => {
                     if *stop.borrow_and_update() {
                         // DISCONNECT's receipt: every ACK before it was handled.
-                        peer.send(&Frame::new(Command::Disconnect).with_header("receipt", "bye"))
-                            .await?;
+                        let bye = Frame::new(Command::Disconnect).with_header("receipt", "bye");
+                        peer.try_send(&bye, STEP_TIMEOUT).await?;
                         loop {
                             match peer.recv_within(Duration::from_secs(5)).await {
                                 Recv::Frame(f) if f.command == Command::Receipt => {
@@ -1006,7 +746,7 @@ async fn loss_consumer(
                     if acks_sent.is_multiple_of(RECEIPT_EVERY) {
                         ack.push_header("receipt", &format!("ack-{acks_sent}"));
                     }
-                    if let Err(e) = peer.send(&ack).await {
+                    if let Err(e) = peer.try_send(&ack, STEP_TIMEOUT).await {
                         log.errors.push(e);
                         break;
                     }
@@ -1063,25 +803,7 @@ struct LossStats {
 async fn wait_queue_empty(queue: &str) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let out = Process::new("rabbitmqctl")
-            .args([
-                "list_queues",
-                "-q",
-                "--no-table-headers",
-                "name",
-                "messages",
-            ])
-            .stdin(Stdio::null())
-            .output()
-            .expect("rabbitmqctl");
-        assert!(out.status.success(), "rabbitmqctl list_queues: {out:?}");
-        let held = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .find_map(|line| {
-                let mut cols = line.split_whitespace();
-                (cols.next()? == queue).then(|| cols.next()?.parse::<u64>().ok())?
-            })
-            .expect("the queue is listed");
+        let held = queue_stat(queue, "messages").expect("the queue is listed");
         if held == 0 || Instant::now() >= deadline {
             return held;
         }
@@ -1115,7 +837,7 @@ async fn replica_loss_loses_nothing_acked() {
         let haproxy = start_haproxy(&replicas, &dir.0).await;
         let queue = unique("loss");
         let _cleanup = QueueCleanup(queue.clone());
-        declare_durable(&queue).await;
+        declare_durable_queue(&queue).await;
 
         let progress = Arc::new(Progress {
             base: Instant::now(),
@@ -1218,10 +940,7 @@ async fn replica_loss_loses_nothing_acked() {
         // RabbitMQ sees the 30 consumers again (the dead replica's are gone).
         let consumers_deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            let now = list_queues()
-                .into_iter()
-                .find(|(name, _)| *name == queue)
-                .map(|(_, consumers)| consumers);
+            let now = queue_stat(&queue, "consumers");
             if now == Some(LOSS_CLIENTS as u64) {
                 break;
             }

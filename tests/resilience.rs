@@ -62,20 +62,6 @@ impl Drop for PrivateBroker {
     }
 }
 
-/// SIGKILL, then wait (bounded) until the process is gone.
-fn sigkill(pid: u32) {
-    let status = Command::new("kill")
-        .args(["-KILL", &pid.to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
-        assert!(Instant::now() < deadline, "pid {pid} survived SIGKILL");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 async fn wait_until<F: std::future::Future<Output = bool>>(
     timeout: Duration,
     mut check: impl FnMut() -> F,
@@ -157,6 +143,7 @@ async fn broker_outage_is_survived_without_losing_what_the_broker_accepted() {
 
     // The broker dies.
     sigkill(pid);
+    wait_gone(pid, Duration::from_secs(10));
     let killed = Instant::now();
     let not_ready = wait_until(Duration::from_secs(10), || async {
         http_status(gateway.port, "/readyz").await == Some(503)

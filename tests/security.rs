@@ -9,111 +9,18 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
 use common::*;
-use futures_util::{SinkExt, StreamExt};
 use lapin::BasicProperties;
-use stompgate::stomp::{encode_frame, Command, Escaping, Frame, FrameLimits, Inbound, StompCodec};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use stompgate::stomp::Command;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::{timeout, Instant};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::client::Request;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use tokio_tungstenite::{Connector, WebSocketStream};
-use tokio_util::codec::Decoder;
+use tokio_tungstenite::tungstenite::Error as WsError;
+use tokio_tungstenite::Connector;
 
 // ---- helpers -------------------------------------------------------------------
-
-/// A bare STOMP client over any WebSocket stream (TLS or a socket bound to
-/// a chosen local address), for what tests/common's client cannot open.
-struct Raw<S> {
-    ws: WebSocketStream<S>,
-    codec: StompCodec,
-    buf: BytesMut,
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> Raw<S> {
-    fn new(ws: WebSocketStream<S>) -> Raw<S> {
-        let mut codec = StompCodec::new(FrameLimits {
-            max_frame_bytes: 1024 * 1024,
-            max_headers: 100,
-            max_header_line: 64 * 1024,
-        });
-        codec.set_escaping(Escaping::V12);
-        Raw {
-            ws,
-            codec,
-            buf: BytesMut::new(),
-        }
-    }
-
-    async fn send(&mut self, frame: &Frame) {
-        let mut buf = BytesMut::new();
-        encode_frame(frame, Escaping::V12, &mut buf);
-        let text = String::from_utf8(buf.to_vec()).expect("UTF-8 frame");
-        self.ws
-            .send(Message::Text(text.into()))
-            .await
-            .expect("ws send");
-    }
-
-    /// The next frame (heart-beats skipped) within 10 s.
-    async fn recv(&mut self) -> Frame {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            match self.codec.decode(&mut self.buf) {
-                Ok(Some(Inbound::Frame(frame))) => return frame,
-                Ok(Some(Inbound::Heartbeat)) => continue,
-                Ok(None) => {}
-                Err(e) => panic!("undecodable server output: {e}"),
-            }
-            match tokio::time::timeout_at(deadline, self.ws.next()).await {
-                Err(_) => panic!("no frame within 10 s"),
-                Ok(None) | Ok(Some(Err(_))) => panic!("connection closed"),
-                Ok(Some(Ok(Message::Text(t)))) => self.buf.extend_from_slice(t.as_bytes()),
-                Ok(Some(Ok(Message::Binary(b)))) => self.buf.extend_from_slice(&b),
-                Ok(Some(Ok(Message::Close(_)))) => panic!("connection closed"),
-                Ok(Some(Ok(_))) => {}
-            }
-        }
-    }
-
-    async fn expect(&mut self, command: Command) -> Frame {
-        let frame = self.recv().await;
-        assert_eq!(
-            frame.command,
-            command,
-            "expected {command}, got {} {:?}",
-            frame.command,
-            String::from_utf8_lossy(&frame.body)
-        );
-        frame
-    }
-
-    async fn connect(&mut self) {
-        self.send(
-            &Frame::new(Command::Connect)
-                .with_header("accept-version", "1.2")
-                .with_header("host", "/")
-                .with_header("heart-beat", "0,0"),
-        )
-        .await;
-        self.expect(Command::Connected).await;
-    }
-
-    async fn subscribe(&mut self, id: &str, destination: &str) {
-        self.send(
-            &Frame::new(Command::Subscribe)
-                .with_header("id", id)
-                .with_header("destination", destination)
-                .with_header("receipt", "sub"),
-        )
-        .await;
-        let receipt = self.expect(Command::Receipt).await;
-        assert_eq!(receipt.header("receipt-id").as_deref(), Some("sub"));
-    }
-}
 
 /// The handshake request for `url`, with `Origin: origin` when given.
 fn request(url: &str, origin: Option<&str>) -> Request {
@@ -132,10 +39,7 @@ fn request(url: &str, origin: Option<&str>) -> Request {
 
 /// Opens a WebSocket; `Ok` with a STOMP client, or `Err` with the HTTP
 /// status and body of a refused handshake.
-async fn open(
-    url: &str,
-    origin: Option<&str>,
-) -> Result<Raw<tokio_tungstenite::MaybeTlsStream<TcpStream>>, (u16, String)> {
+async fn open(url: &str, origin: Option<&str>) -> Result<StompClient, (u16, String)> {
     let result = timeout(
         Duration::from_secs(5),
         tokio_tungstenite::connect_async(request(url, origin)),
@@ -145,7 +49,7 @@ async fn open(
     match result {
         Ok((ws, response)) => {
             assert_eq!(response.status().as_u16(), 101);
-            Ok(Raw::new(ws))
+            Ok(StompClient::from_websocket(ws, &response))
         }
         Err(WsError::Http(response)) => {
             let body = response
@@ -166,28 +70,6 @@ async fn open(
         }
         Err(e) => panic!("handshake failed otherwise: {e}"),
     }
-}
-
-/// GET /metrics over a fresh plain HTTP/1.1 connection.
-async fn metrics_text(addr: std::net::SocketAddr) -> String {
-    let exchange = async {
-        let mut stream = TcpStream::connect(addr).await.expect("connect");
-        stream
-            .write_all(
-                format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
-                    .as_bytes(),
-            )
-            .await
-            .expect("write");
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).await.expect("read");
-        String::from_utf8_lossy(&response).into_owned()
-    };
-    let response = timeout(Duration::from_secs(10), exchange)
-        .await
-        .expect("GET /metrics timed out");
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    response
 }
 
 /// `stompgate_rejected_total{reason="<reason>"}` in a /metrics text (0 if absent).
@@ -245,12 +127,12 @@ async fn origin_allow_list() {
     let mut allowed = open(&gw.ws_url(), Some("https://app.example"))
         .await
         .expect("the listed Origin is accepted");
-    allowed.connect().await;
+    allowed.stomp_connect().await;
 
     let mut no_origin = open(&gw.ws_url(), None)
         .await
         .expect("no Origin (non-browser client) is accepted");
-    no_origin.connect().await;
+    no_origin.stomp_connect().await;
 
     let after = rejected(&metrics_text(gw.addr).await, "origin");
     assert!(
@@ -265,7 +147,7 @@ async fn any_origin_when_the_list_is_empty() {
     let mut client = open(&gw.ws_url(), Some("https://anywhere.example"))
         .await
         .expect("accepted");
-    client.connect().await;
+    client.stomp_connect().await;
 }
 
 // ---- connection limits ---------------------------------------------------------
@@ -298,7 +180,7 @@ async fn gateway_wide_connection_limit() {
             Err(other) => panic!("no slot freed after a close: {other:?}"),
         }
     };
-    third.connect().await;
+    third.stomp_connect().await;
     assert_eq!(gw.gateway.admitted(), 2);
 }
 
@@ -324,14 +206,17 @@ async fn per_address_connection_limit() {
         .expect("connect from 127.0.0.2");
     let (ws, response) = timeout(
         Duration::from_secs(5),
-        tokio_tungstenite::client_async(request(&gw.ws_url(), None), stream),
+        tokio_tungstenite::client_async(
+            request(&gw.ws_url(), None),
+            tokio_tungstenite::MaybeTlsStream::Plain(stream),
+        ),
     )
     .await
     .expect("handshake timed out")
     .expect("127.0.0.2 is admitted");
     assert_eq!(response.status().as_u16(), 101);
-    let mut other = Raw::new(ws);
-    other.connect().await;
+    let mut other = StompClient::from_websocket(ws, &response);
+    other.stomp_connect().await;
 
     let after = rejected(&metrics_text(gw.addr).await, "per_ip");
     assert!(after - before >= 1.0, "per_ip {before} -> {after}");
@@ -439,10 +324,10 @@ async fn tls_end_to_end() {
     .expect("TLS handshake timed out")
     .expect("wss:// handshake");
     assert_eq!(response.status().as_u16(), 101);
-    let mut client = Raw::new(ws);
-    client.connect().await;
+    let mut client = StompClient::from_websocket(ws, &response);
+    client.stomp_connect().await;
     let topic = unique("tls-topic");
-    client.subscribe("t", &format!("/topic/{topic}")).await;
+    client.subscribe("t", &format!("/topic/{topic}"), &[]).await;
 
     let conn = amqp().await;
     let ch = confirm_channel(&conn).await;

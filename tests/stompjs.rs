@@ -11,9 +11,12 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::AsyncReadExt;
 use tokio::process::Command;
+
+use common::try_http_get;
+
+mod common;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// HS256 key of the JWT tests.
@@ -69,27 +72,6 @@ async fn check_node(dir: &Path) -> String {
     version
 }
 
-/// One HTTP/1.1 GET; returns the status code.
-async fn http_get_status(addr: std::net::SocketAddr, path: &str) -> std::io::Result<u16> {
-    let mut stream = TcpStream::connect(addr).await?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await?;
-    let head = String::from_utf8_lossy(&response);
-    let status_line = head.lines().next().unwrap_or_default();
-    status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .ok_or_else(|| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("bad HTTP status line: {status_line:?}"),
-            )
-        })
-}
-
 /// Polls `/readyz` until it answers 200 (the AMQP connection is up).
 async fn wait_ready(
     addr: std::net::SocketAddr,
@@ -102,11 +84,10 @@ async fn wait_ready(
             !server.is_finished(),
             "the gateway stopped before it was ready (last /readyz: {last})"
         );
-        match tokio::time::timeout(Duration::from_secs(2), http_get_status(addr, "/readyz")).await {
-            Ok(Ok(200)) => return,
-            Ok(Ok(code)) => last = format!("HTTP {code}"),
-            Ok(Err(e)) => last = format!("error: {e}"),
-            Err(_) => last = "no response within 2 s".to_owned(),
+        match try_http_get(addr, "/readyz", Duration::from_secs(2)).await {
+            Ok(response) if response.status == 200 => return,
+            Ok(response) => last = format!("HTTP {}", response.status),
+            Err(e) => last = format!("error: {e}"),
         }
         assert!(
             tokio::time::Instant::now() < deadline,

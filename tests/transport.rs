@@ -13,8 +13,6 @@ use futures_util::{SinkExt, StreamExt};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::BasicProperties;
 use stompgate::stomp::{encode_frame, Command, Escaping, Frame};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
 /// Publishes `body` to `amq.topic` with routing key `key` over a fresh AMQP
@@ -522,37 +520,6 @@ async fn binary_body_arrives_in_binary_message_and_utf8_in_text() {
 }
 
 // ---- health endpoints --------------------------------------------------------
-
-/// A plain HTTP/1.1 GET; returns the status code and the body.
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    let exchange = async {
-        let mut stream = TcpStream::connect(addr).await.expect("connect");
-        stream
-            .write_all(
-                format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
-                    .as_bytes(),
-            )
-            .await
-            .expect("write");
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).await.expect("read");
-        response
-    };
-    let response = tokio::time::timeout(Duration::from_secs(5), exchange)
-        .await
-        .expect("HTTP response within 5 s");
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status line in {text:?}"));
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_readiness_when_the_broker_is_up() {

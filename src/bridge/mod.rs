@@ -1,6 +1,19 @@
 //! The AMQP side of the gateway: destinations, publishing, consumers and the
 //! fan-out of broadcast messages to local subscribers, all through one
 //! fixed-size plane of channels and queues per replica ([`plane`]).
+//!
+//! Two conventions hold for the whole crate and live here because this
+//! module has most of the code they concern:
+//!
+//! - **Reconnecting**: every loop that waits before trying the broker again
+//!   (the pool's connections, the plane's shards, a session's `/queue`
+//!   consumers) waits with one [`Backoff`]: capped, exponential, jittered.
+//! - **Poisoned locks**: every `std::sync::Mutex`/`RwLock` is taken with
+//!   `.lock().unwrap_or_else(PoisonError::into_inner)` (likewise `read()`,
+//!   `write()`). A lock is poisoned only when a thread panicked while holding
+//!   it; the critical sections are short updates of maps and sets whose data
+//!   stay usable, so the lock is taken anyway rather than panicking again, or
+//!   skipping the work (a route never removed, a waiter never answered).
 
 pub mod fanout;
 pub mod matcher;
@@ -32,8 +45,6 @@ pub enum BridgeError {
     Invalid(String),
     #[error("publish was rejected by the broker")]
     Nacked,
-    #[error("internal lock poisoned")]
-    Poisoned,
 }
 
 /// Capped exponential backoff with jitter, for every reconnect loop of the

@@ -29,7 +29,7 @@
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -152,17 +152,13 @@ impl Shard {
     fn wants(&self, binding: &Binding) -> bool {
         self.routes
             .read()
-            .map(|r| {
-                r.get(&binding.exchange)
-                    .is_some_and(|e| e.contains(&binding.routing_key))
-            })
-            .unwrap_or(false)
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&binding.exchange)
+            .is_some_and(|e| e.contains(&binding.routing_key))
     }
 
     fn all_wanted(&self) -> Vec<Binding> {
-        let Ok(routes) = self.routes.read() else {
-            return Vec::new();
-        };
+        let routes = self.routes.read().unwrap_or_else(PoisonError::into_inner);
         let mut out = Vec::new();
         for (exchange, table) in routes.iter() {
             for key in table.keys() {
@@ -179,8 +175,10 @@ impl Shard {
     fn keys(&self) -> usize {
         self.routes
             .read()
-            .map(|r| r.values().map(|e| e.len()).sum())
-            .unwrap_or(0)
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .map(|e| e.len())
+            .sum()
     }
 }
 
@@ -260,7 +258,13 @@ impl Plane {
     pub fn bound(&self) -> usize {
         self.shards
             .iter()
-            .map(|s| s.state.lock().map(|st| st.bound.len()).unwrap_or(0))
+            .map(|s| {
+                s.state
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .bound
+                    .len()
+            })
             .sum()
     }
 
@@ -272,8 +276,10 @@ impl Plane {
             .filter_map(|s| {
                 s.state
                     .lock()
-                    .ok()
-                    .and_then(|st| st.link.as_ref().map(|l| l.queue.clone()))
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .link
+                    .as_ref()
+                    .map(|l| l.queue.clone())
             })
             .collect()
     }
@@ -290,7 +296,11 @@ impl Plane {
 
     /// Distinct bindings this replica wants on the broker (all shards).
     pub fn bindings(&self) -> usize {
-        let dedicated = self.dedicated.lock().map(|d| d.len()).unwrap_or(0);
+        let dedicated = self
+            .dedicated
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len();
         self.shards.iter().map(|s| s.keys()).sum::<usize>() + dedicated
     }
 
@@ -303,16 +313,24 @@ impl Plane {
                 .unwrap_or(true) as usize
         };
         let shards = |s: &Arc<Shard>| {
-            s.state
+            if s.state
                 .lock()
-                .map(|st| if st.link.is_some() { 2 } else { 0 })
-                .unwrap_or(0)
+                .unwrap_or_else(PoisonError::into_inner)
+                .link
+                .is_some()
+            {
+                2
+            } else {
+                0
+            }
         };
         let dedicated: usize = self
             .dedicated
             .lock()
-            .map(|d| d.values().map(shards).sum())
-            .unwrap_or(0);
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .map(shards)
+            .sum();
         self.shards.iter().map(shards).sum::<usize>()
             + dedicated
             + self.publishers.iter().map(live).sum::<usize>()
@@ -327,9 +345,19 @@ impl Plane {
         let bound: usize = self
             .shards
             .iter()
-            .map(|s| s.state.lock().map(|st| st.bound.len()).unwrap_or(0))
+            .map(|s| {
+                s.state
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .bound
+                    .len()
+            })
             .sum();
-        let dedicated = self.dedicated.lock().map(|d| d.len()).unwrap_or(0);
+        let dedicated = self
+            .dedicated
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len();
         metrics.amqp_bindings.set((bound + dedicated) as f64);
         metrics
             .amqp_broadcast_queues
@@ -357,7 +385,10 @@ impl Plane {
                 Arc::clone(&self.shards[(h.finish() as usize) % self.shards.len()])
             }
             None => {
-                let mut dedicated = self.dedicated.lock().map_err(|_| BridgeError::Poisoned)?;
+                let mut dedicated = self
+                    .dedicated
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
                 match dedicated.get(&binding) {
                     Some(s) => Arc::clone(s),
                     None => {
@@ -371,7 +402,7 @@ impl Plane {
         };
         let route_kind = kind.unwrap_or(ExchangeKind::Fanout);
         {
-            let mut routes = shard.routes.write().map_err(|_| BridgeError::Poisoned)?;
+            let mut routes = shard.routes.write().unwrap_or_else(PoisonError::into_inner);
             routes
                 .entry(binding.exchange.clone())
                 .or_insert_with(|| ExchangeRoutes::new(route_kind))
@@ -380,7 +411,7 @@ impl Plane {
                 .push(subscriber);
         }
         let wait = {
-            let mut state = shard.state.lock().map_err(|_| BridgeError::Poisoned)?;
+            let mut state = shard.state.lock().unwrap_or_else(PoisonError::into_inner);
             if state.bound.contains(&binding)
                 && !state.dirty.contains(&binding)
                 && !state.inflight.contains(&binding)
@@ -421,9 +452,7 @@ impl Plane {
     pub fn unsubscribe(&self, shard: &Arc<Shard>, binding: &Binding, session: u64, id: &str) {
         let mut exchange_unused = false;
         let emptied = {
-            let Ok(mut routes) = shard.routes.write() else {
-                return;
-            };
+            let mut routes = shard.routes.write().unwrap_or_else(PoisonError::into_inner);
             let Some(table) = routes.get_mut(&binding.exchange) else {
                 return;
             };
@@ -452,15 +481,22 @@ impl Plane {
         }
         if let Some(dedicated) = &shard.dedicated {
             // A dedicated queue goes with its last subscriber.
-            if let Ok(mut map) = self.dedicated.lock() {
-                if map.get(dedicated).is_some_and(|s| Arc::ptr_eq(s, shard)) {
-                    map.remove(dedicated);
-                }
+            let mut map = self
+                .dedicated
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if map.get(dedicated).is_some_and(|s| Arc::ptr_eq(s, shard)) {
+                map.remove(dedicated);
             }
+            drop(map);
             shard.stop.cancel();
-        } else if let Ok(mut state) = shard.state.lock() {
-            state.dirty.insert(binding.clone());
-            drop(state);
+        } else {
+            shard
+                .state
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .dirty
+                .insert(binding.clone());
             shard.wake.notify_one();
         }
         self.publish_gauges();
@@ -477,13 +513,14 @@ impl Plane {
         let still_bound = self.shards.iter().any(|s| {
             s.routes
                 .read()
-                .map(|r| r.contains_key(exchange))
-                .unwrap_or(true)
+                .unwrap_or_else(PoisonError::into_inner)
+                .contains_key(exchange)
         });
         if !still_bound {
-            if let Ok(mut kinds) = self.kinds.lock() {
-                kinds.remove(exchange);
-            }
+            self.kinds
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(exchange);
         }
     }
 
@@ -493,15 +530,16 @@ impl Plane {
         if let Some(kind) = self
             .kinds
             .lock()
-            .map_err(|_| BridgeError::Poisoned)?
+            .unwrap_or_else(PoisonError::into_inner)
             .get(exchange)
         {
             return Ok(*kind);
         }
         let kind = self.probe_exchange_kind(exchange).await?;
-        if let Ok(mut kinds) = self.kinds.lock() {
-            kinds.insert(exchange.to_owned(), kind);
-        }
+        self.kinds
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(exchange.to_owned(), kind);
         Ok(kind)
     }
 
@@ -603,21 +641,24 @@ impl Plane {
         if exchange.is_empty() || exchange.starts_with("amq.") {
             return Ok(());
         }
-        if let Ok(seen) = self.exchanges_seen.lock() {
-            if seen
-                .get(exchange)
-                .is_some_and(|t| t.elapsed() < EXCHANGE_TTL)
-            {
-                return Ok(());
-            }
+        if self
+            .exchanges_seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(exchange)
+            .is_some_and(|t| t.elapsed() < EXCHANGE_TTL)
+        {
+            return Ok(());
         }
         self.exchange_exists(exchange).await?;
-        if let Ok(mut seen) = self.exchanges_seen.lock() {
-            if seen.len() > 10_000 {
-                seen.retain(|_, t| t.elapsed() < EXCHANGE_TTL);
-            }
-            seen.insert(exchange.to_owned(), Instant::now());
+        let mut seen = self
+            .exchanges_seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if seen.len() > 10_000 {
+            seen.retain(|_, t| t.elapsed() < EXCHANGE_TTL);
         }
+        seen.insert(exchange.to_owned(), Instant::now());
         Ok(())
     }
 
@@ -743,9 +784,7 @@ impl Plane {
                 Ok((consumer_channel, consumer, link)) => {
                     backoff.reset();
                     {
-                        let Ok(mut state) = shard.state.lock() else {
-                            return;
-                        };
+                        let mut state = shard.state.lock().unwrap_or_else(PoisonError::into_inner);
                         state.bound.clear();
                         state.link = Some(link.clone());
                         let wanted = shard.all_wanted();
@@ -759,10 +798,11 @@ impl Plane {
                     self.consume_shard(&shard, &consumer_channel, consumer, &link)
                         .await;
                     // The control channel may have been replaced meanwhile.
-                    let current = shard.state.lock().ok().and_then(|mut state| {
+                    let current = {
+                        let mut state = shard.state.lock().unwrap_or_else(PoisonError::into_inner);
                         state.bound.clear();
                         state.link.take()
-                    });
+                    };
                     let stopped = shard.stop.is_cancelled();
                     if stopped {
                         let _ = tokio::time::timeout(
@@ -927,9 +967,7 @@ impl Plane {
     /// once; nothing per recipient is allocated.
     fn route(&self, shard: &Shard, delivery: lapin::message::Delivery) {
         let metrics = crate::metrics::get();
-        let Ok(routes) = shard.routes.read() else {
-            return;
-        };
+        let routes = shard.routes.read().unwrap_or_else(PoisonError::into_inner);
         let mut message: Option<Arc<SharedMessage>> = None;
         let mut recipients = 0u64;
         // The body moves into the encoded message (once, on the first match).
@@ -998,7 +1036,8 @@ impl Plane {
         loop {
             // Intake: start what is dirty and not already in flight.
             let mut settled = Vec::new();
-            if let Ok(mut state) = shard.state.lock() {
+            {
+                let mut state = shard.state.lock().unwrap_or_else(PoisonError::into_inner);
                 if let Some(link) = state.link.clone() {
                     let room = BIND_BATCH.saturating_sub(ops.len());
                     let take: Vec<Binding> = state
@@ -1043,9 +1082,12 @@ impl Plane {
                 }
                 _ = shard.wake.notified() => {}
                 Some((binding, bind, queue, result)) = ops.next(), if !ops.is_empty() => {
-                    if let Ok(mut state) = shard.state.lock() {
-                        state.inflight.remove(&binding);
-                    }
+                    shard
+                        .state
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .inflight
+                        .remove(&binding);
                     match result {
                         Ok(()) => self.settle(&shard, &binding, Ok(()), bind),
                         Err(error) => failed.push((binding, bind, queue, error)),
@@ -1062,7 +1104,12 @@ impl Plane {
     /// with it: retry each failed operation on a fresh channel, one at a
     /// time, so that only the binding the broker refuses is refused.
     async fn retry_failed(&self, shard: &Shard, failed: Vec<(Binding, bool, String, BridgeError)>) {
-        let link = shard.state.lock().ok().and_then(|s| s.link.clone());
+        let link = shard
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .link
+            .clone();
         let Some(link) = link else {
             // The shard is being re-established: it re-binds everything.
             return;
@@ -1100,27 +1147,32 @@ impl Plane {
                 control = c;
             }
         }
-        if let Ok(mut state) = shard.state.lock() {
-            if let Some(l) = state.link.as_mut() {
-                if l.queue == link.queue {
-                    l.control = control;
-                }
+        if let Some(l) = shard
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .link
+            .as_mut()
+        {
+            if l.queue == link.queue {
+                l.control = control;
             }
         }
         shard.wake.notify_one();
     }
 
     fn requeue(&self, shard: &Shard, bindings: impl Iterator<Item = Binding>) {
-        if let Ok(mut state) = shard.state.lock() {
-            state.dirty.extend(bindings);
-        }
+        shard
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .dirty
+            .extend(bindings);
     }
 
     /// Records a binding's broker state and answers its waiters.
     fn settle(&self, shard: &Shard, binding: &Binding, result: Result<(), String>, bound: bool) {
-        let Ok(mut state) = shard.state.lock() else {
-            return;
-        };
+        let mut state = shard.state.lock().unwrap_or_else(PoisonError::into_inner);
         if result.is_ok() {
             if bound {
                 state.bound.insert(binding.clone());
@@ -1140,11 +1192,15 @@ impl Plane {
     }
 
     fn fail_waiters(&self, shard: &Shard, why: &str) {
-        if let Ok(mut state) = shard.state.lock() {
-            for (_, waiters) in state.waiters.drain() {
-                for w in waiters {
-                    let _ = w.send(Err(why.to_owned()));
-                }
+        for (_, waiters) in shard
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .waiters
+            .drain()
+        {
+            for w in waiters {
+                let _ = w.send(Err(why.to_owned()));
             }
         }
     }

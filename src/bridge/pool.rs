@@ -3,22 +3,22 @@
 //! A lapin connection costs an I/O loop and two large buffers, so the gateway
 //! opens a few (`amqp.connections`) and spreads channels over them instead of
 //! opening one per browser. When a connection is lost the supervisor
-//! reconnects with capped exponential backoff and jitter; the gateway reports
-//! not ready (`/readyz`) until every connection is back.
+//! reconnects with the bridge's [`Backoff`] (capped, exponential, with
+//! jitter); the gateway reports not ready (`/readyz`) until every connection
+//! is back.
 //!
 //! With a cluster (`amqp.urls`), connection `i` starts on node `i mod n` and
 //! moves to the next node whenever its node is lost or refuses it, so a dead
 //! node's connections come back on the others.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use lapin::{Channel, Connection, ConnectionProperties};
-use rand::Rng;
 use tokio::sync::Notify;
 
-use super::BridgeError;
+use super::{Backoff, BridgeError};
 
 /// The AMQP connections of one gateway process.
 #[derive(Debug)]
@@ -56,8 +56,9 @@ impl Pool {
     pub fn is_ready(&self) -> bool {
         self.slots.iter().all(|slot| {
             slot.read()
-                .map(|c| c.as_ref().is_some_and(|c| c.status().connected()))
-                .unwrap_or(false)
+                .unwrap_or_else(PoisonError::into_inner)
+                .as_ref()
+                .is_some_and(|c| c.status().connected())
         })
     }
 
@@ -66,8 +67,9 @@ impl Pool {
     pub fn is_blocked(&self) -> bool {
         self.slots.iter().any(|slot| {
             slot.read()
-                .map(|c| c.as_ref().is_some_and(|c| c.status().blocked()))
-                .unwrap_or(false)
+                .unwrap_or_else(PoisonError::into_inner)
+                .as_ref()
+                .is_some_and(|c| c.status().blocked())
         })
     }
 
@@ -91,8 +93,8 @@ impl Pool {
         (0..n).find_map(|i| {
             self.slots[(hint + i) % n]
                 .read()
-                .ok()
-                .and_then(|c| c.clone())
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone()
                 .filter(|c| c.status().connected())
         })
     }
@@ -112,8 +114,9 @@ impl Pool {
             .iter()
             .filter(|slot| {
                 slot.read()
-                    .map(|c| c.as_ref().is_some_and(|c| c.status().connected()))
-                    .unwrap_or(false)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .as_ref()
+                    .is_some_and(|c| c.status().connected())
             })
             .count();
         crate::metrics::get().amqp_connections_up.set(up as f64);
@@ -142,11 +145,10 @@ impl Pool {
     }
 
     async fn supervise(&self, index: usize) {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new();
         let mut first = true;
         // Which node this connection tries next (cluster: one after another).
         let mut node = index;
-        const MAX_BACKOFF: Duration = Duration::from_secs(2);
         loop {
             let props = ConnectionProperties::default()
                 .with_connection_name(format!("stompgate-{}-{index}", std::process::id()).into());
@@ -159,16 +161,16 @@ impl Pool {
                         tracing::warn!(%error, "declaring the gateway's exchanges failed");
                     }
                     let conn = Arc::new(conn);
-                    if let Ok(mut slot) = self.slots[index].write() {
-                        *slot = Some(Arc::clone(&conn));
-                    }
+                    *self.slots[index]
+                        .write()
+                        .unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&conn));
                     self.connected.notify_waiters();
                     self.publish_state();
                     if !first {
                         crate::metrics::get().amqp_reconnects.increment(1);
                     }
                     first = false;
-                    backoff = Duration::from_millis(100);
+                    backoff.reset();
                     // Stay on this node while it is up.
                     node -= 1;
                     while conn.status().connected() {
@@ -176,18 +178,16 @@ impl Pool {
                     }
                     tracing::warn!(connection = index, "AMQP connection lost");
                     node += 1;
-                    if let Ok(mut slot) = self.slots[index].write() {
-                        *slot = None;
-                    }
+                    *self.slots[index]
+                        .write()
+                        .unwrap_or_else(PoisonError::into_inner) = None;
                     self.publish_state();
                 }
                 Err(error) => {
                     tracing::warn!(connection = index, %error, "AMQP connect failed");
                 }
             }
-            let jitter = rand::rng().random_range(0.5..1.5);
-            tokio::time::sleep(backoff.mul_f64(jitter)).await;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
+            backoff.sleep().await;
         }
     }
 }

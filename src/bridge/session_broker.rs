@@ -21,7 +21,7 @@
 //! dead channel are recognised by their generation and dropped.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use futures_util::StreamExt;
 use lapin::options::{
@@ -403,7 +403,7 @@ impl SessionBroker {
         multiple: bool,
     ) -> Option<(Channel, Vec<u64>)> {
         let own = self.own.get(subscription)?;
-        let mut tracker = own.tracker.lock().ok()?;
+        let mut tracker = own.tracker.lock().unwrap_or_else(PoisonError::into_inner);
         if (tag >> GENERATION_SHIFT) & GENERATION_MASK != tracker.generation & GENERATION_MASK {
             return None;
         }
@@ -548,9 +548,9 @@ async fn settle(
 /// Cancels a consumer and requeues what its session had not settled; what
 /// still arrives for it is requeued by its forwarding task.
 async fn release(own: &OwnConsumer) {
-    let (channel, tag) = match own.tracker.lock() {
-        Ok(t) => (t.channel.clone(), t.consumer_tag.clone()),
-        Err(_) => return,
+    let (channel, tag) = {
+        let t = own.tracker.lock().unwrap_or_else(PoisonError::into_inner);
+        (t.channel.clone(), t.consumer_tag.clone())
     };
     if channel.status().connected() {
         let _ = tokio::time::timeout(
@@ -559,12 +559,10 @@ async fn release(own: &OwnConsumer) {
         )
         .await;
     }
-    let tags = match own.tracker.lock() {
-        Ok(mut t) => {
-            t.closing = true;
-            std::mem::take(&mut t.unacked)
-        }
-        Err(_) => return,
+    let tags = {
+        let mut t = own.tracker.lock().unwrap_or_else(PoisonError::into_inner);
+        t.closing = true;
+        std::mem::take(&mut t.unacked)
     };
     for t in tags {
         let options = BasicNackOptions {
@@ -714,15 +712,13 @@ async fn run_consumer(
             match consumer.next().await {
                 Some(Ok(delivery)) => {
                     let raw = delivery.delivery_tag;
-                    let (forward, generation, channel) = match tracker.lock() {
-                        Ok(mut t) => {
-                            let forward = !t.closing && !session_gone;
-                            if forward {
-                                t.unacked.insert(raw);
-                            }
-                            (forward, t.generation, t.channel.clone())
+                    let (forward, generation, channel) = {
+                        let mut t = tracker.lock().unwrap_or_else(PoisonError::into_inner);
+                        let forward = !t.closing && !session_gone;
+                        if forward {
+                            t.unacked.insert(raw);
                         }
-                        Err(_) => return,
+                        (forward, t.generation, t.channel.clone())
                     };
                     if !forward {
                         // Never handed to the session: requeue it here.
@@ -752,18 +748,21 @@ async fn run_consumer(
                         // what the session never saw (unless its close did).
                         if !session_gone {
                             session_gone = true;
-                            let tag = tracker.lock().map(|t| t.consumer_tag.clone()).ok();
-                            if let Some(tag) = tag {
-                                let _ = channel
-                                    .basic_cancel(
-                                        tag.as_str().into(),
-                                        BasicCancelOptions::default(),
-                                    )
-                                    .await;
-                            }
+                            let tag = tracker
+                                .lock()
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .consumer_tag
+                                .clone();
+                            let _ = channel
+                                .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+                                .await;
                         }
-                        let mine = tracker.lock().map(|mut t| t.unacked.remove(&raw));
-                        if mine.unwrap_or(false) {
+                        let mine = tracker
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .unacked
+                            .remove(&raw);
+                        if mine {
                             let options = BasicNackOptions {
                                 multiple: false,
                                 requeue: true,
@@ -776,27 +775,34 @@ async fn run_consumer(
                 None => break "consumer cancelled by the broker".to_owned(),
             }
         };
-        if session_gone || tracker.lock().map(|t| t.closing).unwrap_or(true) {
+        if session_gone
+            || tracker
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .closing
+        {
             return;
         }
         tracing::debug!(subscription = %spec.id, %reason, "queue consumer lost");
         let mut backoff = Backoff::new();
         loop {
             backoff.sleep().await;
-            if tracker.lock().map(|t| t.closing).unwrap_or(true) {
+            if tracker
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .closing
+            {
                 return;
             }
             match open_consumer(&plane, &spec).await {
                 Ok((channel, next, queue)) => {
-                    let generation = match tracker.lock() {
-                        Ok(mut t) => {
-                            t.generation += 1;
-                            t.channel = channel;
-                            t.consumer_tag = next.tag().as_str().to_owned();
-                            t.unacked.clear();
-                            t.generation
-                        }
-                        Err(_) => return,
+                    let generation = {
+                        let mut t = tracker.lock().unwrap_or_else(PoisonError::into_inner);
+                        t.generation += 1;
+                        t.channel = channel;
+                        t.consumer_tag = next.tag().as_str().to_owned();
+                        t.unacked.clear();
+                        t.generation
                     };
                     consumer = next;
                     let restarted = Inbound::Restarted {

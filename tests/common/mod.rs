@@ -105,10 +105,33 @@ pub struct StompClient {
     pub protocol: Option<String>,
 }
 
+/// The protocols [`StompClient::connect`] offers.
+const STOMP_PROTOCOLS: [&str; 3] = ["v12.stomp", "v11.stomp", "v10.stomp"];
+
+/// A STOMP 1.2 CONNECT without credentials or heart-beats.
+fn connect_frame(accept_version: &str) -> Frame {
+    Frame::new(Command::Connect)
+        .with_header("accept-version", accept_version)
+        .with_header("host", "/")
+        .with_header("heart-beat", "0,0")
+}
+
 impl StompClient {
     /// Opens the WebSocket, offering `protocols` (none when empty).
     pub async fn open(url: &str, protocols: &[&str]) -> StompClient {
-        let mut request = url.into_client_request().expect("request");
+        StompClient::try_open(url, protocols, Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// As [`StompClient::open`], for tests in which connections are expected
+    /// to fail: the handshake is bounded by `timeout`, a failure is a value.
+    pub async fn try_open(
+        url: &str,
+        protocols: &[&str],
+        timeout: Duration,
+    ) -> Result<StompClient, String> {
+        let mut request = url.into_client_request().map_err(|e| e.to_string())?;
         if !protocols.is_empty() {
             request.headers_mut().insert(
                 "Sec-WebSocket-Protocol",
@@ -120,12 +143,21 @@ impl StompClient {
             .max_message_size(None)
             .max_frame_size(None);
         let (ws, response) = tokio::time::timeout(
-            Duration::from_secs(5),
+            timeout,
             tokio_tungstenite::connect_async_with_config(request, Some(config), false),
         )
         .await
-        .expect("handshake timed out")
-        .expect("handshake");
+        .map_err(|_| "handshake timed out".to_owned())?
+        .map_err(|e| format!("handshake: {e}"))?;
+        Ok(StompClient::from_websocket(ws, &response))
+    }
+
+    /// A client over a WebSocket opened by the caller (TLS, a chosen local
+    /// address, ...); `response` is the handshake's.
+    pub fn from_websocket(
+        ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+        response: &tokio_tungstenite::tungstenite::handshake::client::Response,
+    ) -> StompClient {
         let protocol = response
             .headers()
             .get("Sec-WebSocket-Protocol")
@@ -148,35 +180,70 @@ impl StompClient {
 
     /// Opens and sends CONNECT for `accept_version` (e.g. "1.2"), returning CONNECTED.
     pub async fn connect(url: &str, accept_version: &str) -> (StompClient, Frame) {
-        let mut client = StompClient::open(url, &["v12.stomp", "v11.stomp", "v10.stomp"]).await;
-        let frame = client
-            .connect_with(
-                Frame::new(Command::Connect)
-                    .with_header("accept-version", accept_version)
-                    .with_header("host", "/")
-                    .with_header("heart-beat", "0,0"),
-            )
-            .await;
+        let mut client = StompClient::open(url, &STOMP_PROTOCOLS).await;
+        let frame = client.connect_with(connect_frame(accept_version)).await;
         (client, frame)
+    }
+
+    /// As [`StompClient::connect`] for STOMP 1.2, with the handshake, the
+    /// CONNECT and the wait for CONNECTED each bounded by `timeout`, and a
+    /// failure returned rather than a panic.
+    pub async fn try_connect(url: &str, timeout: Duration) -> Result<StompClient, String> {
+        let mut client = StompClient::try_open(url, &STOMP_PROTOCOLS, timeout).await?;
+        client.try_send(&connect_frame("1.2"), timeout).await?;
+        match client.recv_within(timeout).await {
+            Recv::Frame(f) if f.command == Command::Connected => {
+                client.set_version(&f);
+                Ok(client)
+            }
+            Recv::Frame(f) => Err(format!(
+                "expected CONNECTED, got {} {:?}",
+                f.command,
+                f.header("message")
+            )),
+            other => Err(format!("expected CONNECTED, got {other:?}")),
+        }
+    }
+
+    /// Sends a STOMP 1.2 CONNECT (no credentials, no heart-beats) on an
+    /// open WebSocket and expects CONNECTED.
+    pub async fn stomp_connect(&mut self) -> Frame {
+        self.connect_with(connect_frame("1.2")).await
     }
 
     /// Sends a CONNECT frame and expects CONNECTED.
     pub async fn connect_with(&mut self, frame: Frame) -> Frame {
         self.send(&frame).await;
         let connected = self.expect(Command::Connected).await;
+        self.set_version(&connected);
+        connected
+    }
+
+    /// Escapes and decodes headers as the version `connected` names.
+    fn set_version(&mut self, connected: &Frame) {
         self.escaping = match connected.header("version").as_deref() {
             Some("1.0") | None => Escaping::None,
             Some("1.1") => Escaping::V11,
             _ => Escaping::V12,
         };
         self.codec.set_escaping(self.escaping);
-        connected
     }
 
     pub async fn send(&mut self, frame: &Frame) {
         let mut buf = BytesMut::new();
         encode_frame(frame, self.escaping, &mut buf);
         self.send_bytes(buf.freeze(), false).await;
+    }
+
+    /// Sends `frame` (text), bounded by `timeout`; a failure is a value.
+    pub async fn try_send(&mut self, frame: &Frame, timeout: Duration) -> Result<(), String> {
+        let mut buf = BytesMut::new();
+        encode_frame(frame, self.escaping, &mut buf);
+        let text = String::from_utf8(buf.to_vec()).map_err(|e| e.to_string())?;
+        tokio::time::timeout(timeout, self.ws.send(Message::Text(text.into())))
+            .await
+            .map_err(|_| "send timed out".to_owned())?
+            .map_err(|e| format!("send: {e}"))
     }
 
     /// Sends raw bytes in one WebSocket message (text unless `binary`).
@@ -273,19 +340,41 @@ impl StompClient {
 
     /// SUBSCRIBE with a receipt, waiting for it.
     pub async fn subscribe(&mut self, id: &str, destination: &str, extra: &[(&str, &str)]) {
-        let mut frame = Frame::new(Command::Subscribe)
-            .with_header("id", id)
-            .with_header("destination", destination)
-            .with_header("receipt", &format!("sub-{id}"));
-        for (n, v) in extra {
-            frame.push_header(n, v);
-        }
-        self.send(&frame).await;
+        self.send(&subscribe_frame(id, destination, extra)).await;
         let receipt = self.expect(Command::Receipt).await;
         assert_eq!(
             receipt.header("receipt-id").as_deref(),
             Some(format!("sub-{id}").as_str())
         );
+    }
+
+    /// As [`StompClient::subscribe`], with each wait bounded by `timeout` and
+    /// a failure returned; MESSAGE frames that arrive before the receipt
+    /// are returned for the caller to handle.
+    pub async fn try_subscribe(
+        &mut self,
+        id: &str,
+        destination: &str,
+        extra: &[(&str, &str)],
+        timeout: Duration,
+    ) -> Result<Vec<Frame>, String> {
+        self.try_send(&subscribe_frame(id, destination, extra), timeout)
+            .await?;
+        let mut early = Vec::new();
+        loop {
+            match self.recv_within(timeout).await {
+                Recv::Frame(f) if f.command == Command::Receipt => return Ok(early),
+                Recv::Frame(f) if f.command == Command::Message => early.push(f),
+                Recv::Frame(f) => {
+                    return Err(format!(
+                        "SUBSCRIBE answered with {} {:?}",
+                        f.command,
+                        f.header("message")
+                    ))
+                }
+                other => return Err(format!("SUBSCRIBE answered with {other:?}")),
+            }
+        }
     }
 
     pub async fn disconnect(mut self) {
@@ -295,6 +384,18 @@ impl StompClient {
         assert_eq!(receipt.header("receipt-id").as_deref(), Some("bye"));
         self.expect_closed().await;
     }
+}
+
+/// SUBSCRIBE `id` to `destination` with receipt `sub-<id>` and `extra` headers.
+fn subscribe_frame(id: &str, destination: &str, extra: &[(&str, &str)]) -> Frame {
+    let mut frame = Frame::new(Command::Subscribe)
+        .with_header("id", id)
+        .with_header("destination", destination)
+        .with_header("receipt", &format!("sub-{id}"));
+    for (n, v) in extra {
+        frame.push_header(n, v);
+    }
+    frame
 }
 
 /// An AMQP connection to the test broker.
@@ -328,28 +429,118 @@ pub async fn publish(ch: &Channel, exchange: &str, key: &str, body: &[u8], props
     .expect("confirm");
 }
 
-/// `rabbitmqctl list_queues name consumers`, as (name, consumers).
-pub fn list_queues() -> Vec<(String, u64)> {
+/// An AMQP consumer on `queue` (tag `tag`, empty for a broker-named one)
+/// that acknowledges nothing: `no_ack`, as a backend that only reads.
+pub async fn consume_no_ack(ch: &Channel, queue: &str, tag: &str) -> lapin::Consumer {
+    ch.basic_consume(
+        queue.into(),
+        tag.into(),
+        lapin::options::BasicConsumeOptions {
+            no_ack: true,
+            ..Default::default()
+        },
+        lapin::types::FieldTable::default(),
+    )
+    .await
+    .expect("consume")
+}
+
+/// `rabbitmqctl <what> -q --no-table-headers <columns>` on the test broker,
+/// which must succeed: one row a line, the columns split at tabs (a
+/// column may be empty, e.g. the default exchange's name).
+pub fn rabbitmqctl_list(what: &str, columns: &[&str]) -> Vec<Vec<String>> {
     let out = std::process::Command::new("rabbitmqctl")
-        .args([
-            "list_queues",
-            "-q",
-            "--no-table-headers",
-            "name",
-            "consumers",
-        ])
+        .args([what, "-q", "--no-table-headers"])
+        .args(columns)
+        .stdin(std::process::Stdio::null())
         .output()
         .expect("rabbitmqctl (install rabbitmq-server: scripts/ensure-rabbitmq.sh)");
-    assert!(out.status.success(), "rabbitmqctl failed: {out:?}");
+    assert!(out.status.success(), "rabbitmqctl {what} failed: {out:?}");
     String::from_utf8_lossy(&out.stdout)
         .lines()
-        .filter_map(|line| {
-            let mut parts = line.split_whitespace();
-            let name = parts.next()?.to_owned();
-            let consumers = parts.next()?.parse().ok()?;
-            Some((name, consumers))
-        })
+        .map(|line| line.split('\t').map(str::to_owned).collect::<Vec<_>>())
+        .filter(|row| row.len() == columns.len())
         .collect()
+}
+
+/// `rabbitmqctl list_queues name consumers`, as (name, consumers).
+pub fn list_queues() -> Vec<(String, u64)> {
+    rabbitmqctl_list("list_queues", &["name", "consumers"])
+        .into_iter()
+        .filter_map(|row| Some((row[0].clone(), row[1].trim().parse().ok()?)))
+        .collect()
+}
+
+/// One numeric column of `rabbitmqctl list_queues` (`consumers`,
+/// `messages`, ...) for `queue`; `None` when the queue is not listed.
+pub fn queue_stat(queue: &str, column: &str) -> Option<u64> {
+    rabbitmqctl_list("list_queues", &["name", column])
+        .into_iter()
+        .find(|row| row[0] == queue)
+        .and_then(|row| row[1].trim().parse().ok())
+}
+
+/// Deletes a queue when dropped (with `rabbitmqctl`, so that it also runs
+/// when the test panics, outside any runtime).
+pub struct QueueCleanup(pub String);
+
+impl Drop for QueueCleanup {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("rabbitmqctl")
+            .args(["delete_queue", "-q", &self.0])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+/// Declares `queue` durable, as `/queue/<name>` does, so that it exists
+/// before the first subscriber.
+pub async fn declare_durable_queue(queue: &str) {
+    let options = lapin::options::QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    declare_queue(queue, options, "declare queue").await;
+}
+
+/// `queue.declare` with `options` on a connection of its own; `what` says
+/// what failed.
+async fn declare_queue(
+    queue: &str,
+    options: lapin::options::QueueDeclareOptions,
+    what: &str,
+) -> lapin::Queue {
+    let conn = amqp().await;
+    let ch = conn.create_channel().await.expect("channel");
+    let declared = ch
+        .queue_declare(queue.into(), options, lapin::types::FieldTable::default())
+        .await
+        .expect(what);
+    let _ = conn.close(200, "done".into()).await;
+    declared
+}
+
+/// Sends SIGKILL to process `pid`, which must exist.
+pub fn sigkill(pid: u32) {
+    let status = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill -KILL {pid}");
+}
+
+/// Waits (bounded by `timeout`) until process `pid` is gone.
+pub fn wait_gone(pid: u32, timeout: Duration) {
+    let deadline = std::time::Instant::now() + timeout;
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pid {pid} still there after {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// A gateway process, killed when dropped.
@@ -407,6 +598,7 @@ impl Drop for GatewayProcess {
     }
 }
 
+/// A port that was free a moment ago (bound to 127.0.0.1:0, then released).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -414,63 +606,168 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
-/// Status code of `GET path`, or `None` when nothing answers.
-pub async fn http_status(port: u16, path: &str) -> Option<u16> {
+/// An HTTP response: status, head (status line and headers) and body
+/// (de-chunked).
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+}
+
+/// One `GET path` over a fresh HTTP/1.1 connection (`Connection: close`),
+/// bounded by `timeout`; what went wrong otherwise.
+pub async fn try_http_get(
+    addr: std::net::SocketAddr,
+    path: &str,
+    timeout: Duration,
+) -> Result<HttpResponse, String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::time::timeout(
-        Duration::from_secs(2),
-        tokio::net::TcpStream::connect(("127.0.0.1", port)),
-    )
-    .await
-    .ok()?
-    .ok()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut buf))
+    let exchange = async {
+        let mut stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+        );
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+        let mut response = Vec::new();
+        stream
+            .read_to_end(&mut response)
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        Ok::<_, String>(response)
+    };
+    let response = tokio::time::timeout(timeout, exchange)
         .await
-        .ok()?
-        .ok()?;
-    let text = String::from_utf8_lossy(&buf);
-    text.split_whitespace().nth(1)?.parse().ok()
+        .map_err(|_| format!("GET {path}: no response within {timeout:?}"))??;
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("GET {path}: incomplete response {text:?}"))?;
+    let status = head
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("GET {path}: bad status line in {head:?}"))?;
+    let chunked = head.lines().any(|l| {
+        let l = l.to_ascii_lowercase();
+        l.starts_with("transfer-encoding:") && l.contains("chunked")
+    });
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    Ok(HttpResponse {
+        status,
+        head: head.to_owned(),
+        body,
+    })
+}
+
+fn dechunk(mut rest: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let size =
+            usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16).unwrap_or(0);
+        if size == 0 || after.len() < size {
+            break;
+        }
+        out.push_str(&after[..size]);
+        rest = after[size..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// `GET path` within 10 s, which must answer: (status, body).
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let response = try_http_get(addr, path, Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    (response.status, response.body)
+}
+
+/// Status code of `GET path` on 127.0.0.1:`port`, or `None` when nothing
+/// answers within 2 s.
+pub async fn http_status(port: u16, path: &str) -> Option<u16> {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    try_http_get(addr, path, Duration::from_secs(2))
+        .await
+        .ok()
+        .map(|r| r.status)
+}
+
+/// The text of `GET /metrics`, which must answer 200.
+pub async fn metrics_text(addr: std::net::SocketAddr) -> String {
+    let (status, text) = http_get(addr, "/metrics").await;
+    assert_eq!(status, 200, "GET /metrics on {addr}: {text}");
+    text
+}
+
+/// The value of one series (e.g. `stompgate_connections` or
+/// `stompgate_messages_delivered_total{kind="queue"}`) in /metrics; 0 when
+/// absent.
+pub async fn metric(addr: std::net::SocketAddr, series: &str) -> f64 {
+    metrics_text(addr)
+        .await
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .find(|(name, _)| name.trim() == series)
+        .and_then(|(_, value)| value.trim().parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// `rabbitmqctl list_bindings` as (source exchange, routing key, destination).
 pub fn list_bindings() -> Vec<(String, String, String)> {
-    let out = std::process::Command::new("rabbitmqctl")
-        .args([
-            "list_bindings",
-            "-q",
-            "--no-table-headers",
-            "source_name",
-            "routing_key",
-            "destination_name",
-        ])
-        .output()
-        .expect("rabbitmqctl");
-    assert!(out.status.success(), "rabbitmqctl failed: {out:?}");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|line| {
-            let parts: Vec<&str> = line.split('\t').collect();
-            (parts.len() == 3).then(|| {
-                (
-                    parts[0].to_owned(),
-                    parts[1].to_owned(),
-                    parts[2].to_owned(),
-                )
-            })
-        })
-        .collect()
+    rabbitmqctl_list(
+        "list_bindings",
+        &["source_name", "routing_key", "destination_name"],
+    )
+    .into_iter()
+    .map(|row| (row[0].clone(), row[1].clone(), row[2].clone()))
+    .collect()
 }
 
-/// Queues bound to `exchange` with `key`.
+/// The distinct queues bound to `exchange` with `key`, sorted.
 pub fn queues_bound(exchange: &str, key: &str) -> Vec<String> {
-    list_bindings()
+    let mut queues: Vec<String> = list_bindings()
         .into_iter()
         .filter(|(source, k, _)| source == exchange && k == key)
         .map(|(_, _, queue)| queue)
-        .collect()
+        .collect();
+    queues.sort();
+    queues.dedup();
+    queues
+}
+
+/// An HS256 JWT with `claims`, signed with `secret`.
+pub fn jwt_hs256(secret: &str, claims: serde_json::Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("encode")
+}
+
+/// An authorization rule: `verbs` on `destination`, with the queue
+/// arguments it allows.
+pub fn rule(
+    verbs: &[&str],
+    destination: &str,
+    queue_arguments: &[&str],
+) -> stompgate::config::RuleConfig {
+    stompgate::config::RuleConfig {
+        verbs: verbs.iter().map(|v| v.to_string()).collect(),
+        destination: destination.to_owned(),
+        queue_arguments: queue_arguments.iter().map(|v| v.to_string()).collect(),
+    }
 }
 
 /// A private RabbitMQ node of the test's own (scripts/private-rabbitmq.sh),
@@ -486,6 +783,18 @@ impl PrivateNode {
     /// Starts node `name` with AMQP on `amqp_port` (its other listeners on
     /// ports derived from it), waiting until it answers.
     pub fn start(name: &str, amqp_port: u16) -> PrivateNode {
+        PrivateNode::start_with(name, amqp_port, &[])
+    }
+
+    /// As [`PrivateNode::start`], with more of the script's settings in
+    /// `env` (they win over the derived ports: `PRIVATE_RABBIT_TLS_DIR`,
+    /// `PRIVATE_RABBIT_NO_STOMP`, ...). A node of that name left by an
+    /// interrupted run is stopped first.
+    pub fn start_with(name: &str, amqp_port: u16, env: &[(&str, &str)]) -> PrivateNode {
+        let _ = std::process::Command::new("bash")
+            .args(["scripts/private-rabbitmq.sh", "stop", name])
+            .stdin(std::process::Stdio::null())
+            .output();
         let out = std::process::Command::new("bash")
             .args(["scripts/private-rabbitmq.sh", "start", name])
             .env("PRIVATE_RABBIT_AMQP_PORT", amqp_port.to_string())
@@ -498,6 +807,7 @@ impl PrivateNode {
                 "PRIVATE_RABBIT_STOMP_PORT",
                 (amqp_port + 56_000).to_string(),
             )
+            .envs(env.iter().copied())
             .stdin(std::process::Stdio::null())
             .output()
             .expect("run scripts/private-rabbitmq.sh");
@@ -561,19 +871,11 @@ pub async fn delete_queue(queue: &str) {
 
 /// Messages ready in `queue` (passive declare; the queue must exist).
 pub async fn ready(queue: &str) -> u32 {
-    let conn = amqp().await;
-    let ch = conn.create_channel().await.expect("channel");
-    let q = ch
-        .queue_declare(
-            queue.into(),
-            lapin::options::QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            lapin::types::FieldTable::default(),
-        )
+    let options = lapin::options::QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    declare_queue(queue, options, "queue exists")
         .await
-        .expect("queue exists");
-    let _ = conn.close(200, "done".into()).await;
-    q.message_count()
+        .message_count()
 }
