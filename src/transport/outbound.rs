@@ -19,7 +19,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 use tokio::sync::Notify;
@@ -120,6 +120,12 @@ impl ClientLink {
         })
     }
 
+    /// The queue; a panic elsewhere while it was held leaves it usable
+    /// (the crate's one rule for poisoned locks: take the data anyway).
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn fits(&self, queue: &Queue, size: usize) -> bool {
         queue.items.len() < self.capacity
             && (queue.items.is_empty() || queue.bytes.saturating_add(size) <= self.max_bytes)
@@ -138,9 +144,7 @@ impl ClientLink {
         loop {
             let room = self.room.notified();
             {
-                let Ok(mut queue) = self.queue.lock() else {
-                    return false;
-                };
+                let mut queue = self.lock();
                 if queue.closed {
                     return false;
                 }
@@ -163,9 +167,7 @@ impl ClientLink {
     /// Offers a broadcast entry without waiting; applies the slow-client
     /// policy when the queue is full.
     pub fn offer(&self, item: Outbound) {
-        let Ok(mut queue) = self.queue.lock() else {
-            return;
-        };
+        let mut queue = self.lock();
         if queue.closed {
             return;
         }
@@ -194,7 +196,8 @@ impl ClientLink {
     pub async fn take_all(&self, batch: &mut VecDeque<Outbound>) {
         loop {
             let ready = self.ready.notified();
-            if let Ok(mut queue) = self.queue.lock() {
+            {
+                let mut queue = self.lock();
                 if !queue.items.is_empty() {
                     std::mem::swap(&mut queue.items, batch);
                     crate::metrics::get()
@@ -211,7 +214,8 @@ impl ClientLink {
 
     /// The writer is gone: wake and refuse every sender from now on.
     pub fn close(&self) {
-        if let Ok(mut queue) = self.queue.lock() {
+        {
+            let mut queue = self.lock();
             queue.closed = true;
             queue.items = VecDeque::new();
             crate::metrics::get()
@@ -327,7 +331,7 @@ mod tests {
     #[test]
     fn an_idle_queue_holds_no_allocation() {
         let link = ClientLink::new(1024, SlowClientPolicy::Drop);
-        let queue = link.queue.lock().expect("lock");
+        let queue = link.lock();
         assert_eq!(queue.items.capacity(), 0);
     }
 }
