@@ -27,11 +27,17 @@ pub struct Config {
     pub amqp: AmqpConfig,
     pub limits: Limits,
     pub heartbeat: HeartbeatConfig,
-    /// When set, CONNECT's `host` header must equal one of these (virtual
-    /// host selection is not done per session: the gateway uses the vhost of
-    /// its AMQP URL). Empty: `host` is ignored, as stomp.py sends the
-    /// machine's hostname there.
+    /// Other names CONNECT's `host` may give for the default virtual host
+    /// (the vhost of `amqp.url`), e.g. the gateway's own hostname. When set,
+    /// a CONNECT without `host` is refused (as before virtual hosts were
+    /// selected by `host`). A served vhost (`amqp.vhosts`) is always accepted.
     pub allowed_hosts: Vec<String>,
+    /// What a CONNECT whose `host` is neither a served vhost nor in
+    /// `allowed_hosts` gets: `refuse` (ERROR `Virtual host '<host>' access
+    /// denied`, as RabbitMQ's Web-STOMP) or `default` (the default vhost:
+    /// `host` ignored, as stompgate did before virtual hosts; only when
+    /// `allowed_hosts` is empty).
+    pub unknown_host: UnknownHost,
     /// On SIGTERM, sessions are closed at random moments spread over this
     /// window (ms), so that clients do not all reconnect at the same instant.
     pub drain_window_ms: u64,
@@ -225,7 +231,13 @@ pub struct AmqpConfig {
     /// `url` is ignored and connections are spread over these, moving to the
     /// others when a node goes away.
     pub urls: Vec<String>,
-    /// AMQP connections the gateway opens; channels are spread over them.
+    /// Virtual hosts served besides the one of `url` (the default, for a
+    /// CONNECT without `host`): CONNECT's `host` selects one of them. Each
+    /// gets its own connections and plane (opened on first use), so the
+    /// broker resources of a replica are fixed by this list.
+    pub vhosts: Vec<String>,
+    /// AMQP connections the gateway opens (per served vhost); channels are
+    /// spread over them.
     pub connections: usize,
     /// The replica's own broadcast queues: every `/topic`, `/exchange` and
     /// `/user/` subscription is a binding of one of these (chosen by a hash
@@ -252,6 +264,14 @@ pub struct AmqpConfig {
     /// Largest `prefetch-count` a SUBSCRIBE may ask for; a larger one is
     /// capped to this (what the gateway may hold per subscription).
     pub max_prefetch: u16,
+}
+
+/// See [`Config::unknown_host`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownHost {
+    Refuse,
+    Default,
 }
 
 /// Bounds on what one client may make the gateway hold.
@@ -330,6 +350,7 @@ impl Default for Config {
             limits: Limits::default(),
             heartbeat: HeartbeatConfig::default(),
             allowed_hosts: Vec::new(),
+            unknown_host: UnknownHost::Refuse,
             drain_window_ms: 5_000,
             auth: AuthConfig::default(),
             security: SecurityConfig::default(),
@@ -344,6 +365,7 @@ impl Default for AmqpConfig {
         AmqpConfig {
             url: "amqp://127.0.0.1:5672/%2f".to_owned(),
             urls: Vec::new(),
+            vhosts: Vec::new(),
             connections: 2,
             plane_queues: 4,
             plane_prefetch: 1000,
@@ -431,6 +453,7 @@ impl Config {
                 .list_separator(",")
                 .with_list_parse_key("allowed_hosts")
                 .with_list_parse_key("amqp.urls")
+                .with_list_parse_key("amqp.vhosts")
                 .with_list_parse_key("security.allowed_origins")
                 .with_list_parse_key("auth.jwt.audience")
                 .source(Some(vars.into_iter().collect())),
@@ -461,6 +484,15 @@ impl Config {
         ] {
             if value == 0 {
                 return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
+            }
+        }
+        for url in std::iter::once(&self.amqp.url).chain(&self.amqp.urls) {
+            if !self.amqp.vhosts.is_empty() {
+                crate::bridge::vhosts::url_for_vhost(url, "/").map_err(|e| {
+                    ConfigError::Invalid(format!(
+                        "amqp.vhosts needs URLs the gateway can parse: {e}"
+                    ))
+                })?;
             }
         }
         if self.limits.max_frame_bytes_before_connect > self.limits.max_frame_bytes {

@@ -30,7 +30,10 @@ use crate::transport::{listener, websocket};
 pub struct Gateway {
     pub config: Config,
     pub session_config: Arc<SessionConfig>,
+    /// The default vhost's bridge (the one `/readyz` judges).
     pub bridge: Arc<Bridge>,
+    /// The bridges of every served vhost (CONNECT's `host` selects one).
+    pub vhosts: Arc<crate::bridge::vhosts::Vhosts>,
     prometheus: Option<PrometheusHandle>,
     /// Cancelled when the graceful drain starts.
     pub draining: CancellationToken,
@@ -70,23 +73,28 @@ impl Gateway {
         } else {
             config.amqp.urls.clone()
         };
-        let bridge = Bridge::start(
-            urls,
-            config.amqp.connections,
-            vec![config.auth.user_exchange.clone()],
-            crate::bridge::plane::PlaneConfig {
-                shards: config.amqp.plane_queues,
-                prefetch: config.amqp.plane_prefetch,
-                publish_channels: config.amqp.publish_channels,
-                consumer_channels: config.amqp.consumer_channels,
-                timeout: std::time::Duration::from_millis(config.amqp.broker_timeout_ms),
-                topic_exchanges: Vec::new(),
+        let vhosts = crate::bridge::vhosts::Vhosts::start(
+            crate::bridge::vhosts::BridgeSpec {
+                urls,
+                connections: config.amqp.connections,
+                exchanges: vec![config.auth.user_exchange.clone()],
+                plane: crate::bridge::plane::PlaneConfig {
+                    shards: config.amqp.plane_queues,
+                    prefetch: config.amqp.plane_prefetch,
+                    publish_channels: config.amqp.publish_channels,
+                    consumer_channels: config.amqp.consumer_channels,
+                    timeout: std::time::Duration::from_millis(config.amqp.broker_timeout_ms),
+                    topic_exchanges: Vec::new(),
+                },
             },
+            &config.amqp.vhosts,
         );
+        let bridge = Arc::clone(vhosts.default_bridge());
         Ok(Arc::new(Gateway {
             session_config: Arc::new(session_config),
             config,
             bridge,
+            vhosts,
             prometheus,
             draining: CancellationToken::new(),
             connections: AtomicUsize::new(0),

@@ -23,7 +23,7 @@ pub use action::{AckMode, Action, Negotiated, PublishRequest, ReplyTo, Subscribe
 use crate::auth::user::UserDestination;
 use crate::auth::{Auth, Identity, Verb};
 use crate::bridge::destination::Destination;
-use crate::config::{HeartbeatConfig, Limits};
+use crate::config::{HeartbeatConfig, Limits, UnknownHost};
 use crate::stomp::{Command, Frame};
 
 /// Settings a session needs, taken from the gateway's configuration.
@@ -34,6 +34,12 @@ pub struct SessionConfig {
     pub limits: Limits,
     pub heartbeat: HeartbeatConfig,
     pub allowed_hosts: Vec<String>,
+    /// The vhost of a CONNECT without `host` (the AMQP URL's).
+    pub default_vhost: String,
+    /// Every vhost CONNECT's `host` may select, the default one included.
+    pub vhosts: Vec<String>,
+    /// What a `host` that is neither a served vhost nor allowed gets.
+    pub unknown_host: UnknownHost,
     pub default_prefetch: u16,
     pub auto_ack_prefetch: u16,
     /// Largest `prefetch-count` a SUBSCRIBE may ask for; larger is capped.
@@ -50,6 +56,9 @@ impl SessionConfig {
             limits: config.limits.clone(),
             heartbeat: config.heartbeat.clone(),
             allowed_hosts: config.allowed_hosts.clone(),
+            default_vhost: default_vhost(config),
+            vhosts: served_vhosts(config),
+            unknown_host: config.unknown_host,
             default_prefetch: config.amqp.default_prefetch,
             auto_ack_prefetch: config.amqp.auto_ack_prefetch,
             max_prefetch: config.amqp.max_prefetch,
@@ -62,10 +71,14 @@ impl Default for SessionConfig {
     /// The default limits with open access (anyone may do anything).
     fn default() -> Self {
         let config = crate::config::Config::default();
+        let (default_vhost, vhosts) = (default_vhost(&config), served_vhosts(&config));
         SessionConfig {
             server: format!("stompgate/{}", env!("CARGO_PKG_VERSION")),
             limits: config.limits,
             heartbeat: config.heartbeat,
+            default_vhost,
+            vhosts,
+            unknown_host: config.unknown_host,
             allowed_hosts: config.allowed_hosts,
             default_prefetch: config.amqp.default_prefetch,
             auto_ack_prefetch: config.amqp.auto_ack_prefetch,
@@ -73,6 +86,26 @@ impl Default for SessionConfig {
             auth: Auth::open(),
         }
     }
+}
+
+/// The vhost of the gateway's AMQP URL (the first node's, for a cluster).
+fn default_vhost(config: &crate::config::Config) -> String {
+    if config.amqp.urls.is_empty() {
+        crate::bridge::vhosts::default_vhost(std::slice::from_ref(&config.amqp.url))
+    } else {
+        crate::bridge::vhosts::default_vhost(&config.amqp.urls)
+    }
+}
+
+/// The default vhost and `amqp.vhosts`.
+fn served_vhosts(config: &crate::config::Config) -> Vec<String> {
+    let mut all = vec![default_vhost(config)];
+    for vhost in &config.amqp.vhosts {
+        if !all.contains(vhost) {
+            all.push(vhost.clone());
+        }
+    }
+    all
 }
 
 /// The reserved destination a client SENDs a fresh token to (in the body,
@@ -175,6 +208,8 @@ pub struct Session {
     /// session received (newest last): the only `/reply-queue/` names it
     /// may SEND to without a rule.
     reply_targets: std::collections::VecDeque<String>,
+    /// The virtual host CONNECT selected.
+    vhost: Option<String>,
 }
 
 impl Session {
@@ -197,6 +232,7 @@ impl Session {
             handshake_token: None,
             incarnations: 0,
             reply_targets: std::collections::VecDeque::new(),
+            vhost: None,
         }
     }
 
@@ -204,6 +240,11 @@ impl Session {
     /// `access_token`), used when CONNECT brings none.
     pub fn set_handshake_token(&mut self, token: Option<String>) {
         self.handshake_token = token;
+    }
+
+    /// The virtual host CONNECT selected, once connected.
+    pub fn vhost(&self) -> Option<&str> {
+        self.vhost.as_deref()
     }
 
     /// Who the session is, once connected.
@@ -376,21 +417,7 @@ impl Session {
                     Refusal::rabbit("Version mismatch", "Supported versions are 1.0,1.1,1.2\n")
                 })?,
         };
-        if !self.config.allowed_hosts.is_empty() {
-            let host = frame.header("host");
-            let allowed = host
-                .as_deref()
-                .is_some_and(|h| self.config.allowed_hosts.iter().any(|a| a == h));
-            if !allowed {
-                return Err(Refusal::rabbit(
-                    "Bad CONNECT",
-                    format!(
-                        "Virtual host '{}' access denied",
-                        host.as_deref().unwrap_or("")
-                    ),
-                ));
-            }
-        }
+        let vhost = self.select_vhost(frame.header("host").as_deref())?;
         // Read in 1.0 too, as RabbitMQ does (a 1.0 client that does not
         // know the header does not send it).
         let client_heartbeat = match frame.header("heart-beat") {
@@ -441,8 +468,36 @@ impl Session {
             out.push(Action::Expiry(identity.expires_at));
         }
         self.identity = Some(identity);
+        self.vhost = Some(vhost);
         out.push(Action::Send(connected));
         Ok(())
+    }
+
+    /// The vhost CONNECT's `host` selects, as RabbitMQ's STOMP plugin does
+    /// (none: the default one), within what the gateway serves.
+    fn select_vhost(&self, host: Option<&str>) -> Result<String, Refusal> {
+        let config = &self.config;
+        let refuse = |host: &str| {
+            Refusal::rabbit(
+                "Bad CONNECT",
+                format!("Virtual host '{host}' access denied"),
+            )
+        };
+        match host {
+            None if config.allowed_hosts.is_empty() => Ok(config.default_vhost.clone()),
+            None => Err(refuse("")),
+            Some(host) if config.vhosts.iter().any(|v| v == host) => Ok(host.to_owned()),
+            Some(host) if config.allowed_hosts.iter().any(|a| a == host) => {
+                Ok(config.default_vhost.clone())
+            }
+            Some(_)
+                if config.unknown_host == UnknownHost::Default
+                    && config.allowed_hosts.is_empty() =>
+            {
+                Ok(config.default_vhost.clone())
+            }
+            Some(host) => Err(refuse(host)),
+        }
     }
 
     /// SEND to [`TOKEN_REFRESH_DESTINATION`]: a fresh token for the same user.

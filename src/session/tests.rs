@@ -23,7 +23,7 @@ fn handle(session: &mut Session, frame: Frame) -> Vec<Action> {
 
 /// A CONNECT frame; `None` leaves out `accept-version` (STOMP 1.0).
 fn connect_frame(accept_version: Option<&str>) -> Frame {
-    let frame = Frame::new(Command::Connect).with_header("host", "some-machine");
+    let frame = Frame::new(Command::Connect).with_header("host", "/");
     match accept_version {
         Some(v) => frame.with_header("accept-version", v),
         None => frame,
@@ -266,7 +266,7 @@ fn stomp_command_connects_like_connect() {
     let mut session = new_session(SessionConfig::default());
     let frame = Frame::new(Command::Stomp)
         .with_header("accept-version", "1.2")
-        .with_header("host", "h");
+        .with_header("host", "/");
     let out = handle(&mut session, frame);
     assert!(session.is_connected());
     assert_eq!(session.version(), Some(Version::V1_2));
@@ -397,19 +397,55 @@ fn heart_beat_is_honoured_in_1_0_as_rabbitmq_does() {
     );
 }
 
-// ------------------------------------------------------------ allowed_hosts
+// ------------------------------------------------- vhosts and allowed_hosts
+
+fn connect_to(host: Option<&str>) -> Frame {
+    let frame = Frame::new(Command::Connect).with_header("accept-version", "1.2");
+    match host {
+        Some(host) => frame.with_header("host", host),
+        None => frame,
+    }
+}
 
 #[test]
-fn empty_allowed_hosts_accepts_any_host_or_none() {
-    for frame in [
-        connect_frame(Some("1.2")).with_header("host", "my-laptop.local"),
-        Frame::new(Command::Connect).with_header("accept-version", "1.2"),
-    ] {
-        let mut session = new_session(SessionConfig::default());
-        let out = handle(&mut session, frame);
-        assert!(error_message(&out).is_none(), "{out:?}");
-        assert!(session.is_connected());
+fn host_selects_a_served_vhost_and_none_is_the_default() {
+    let config = Arc::new(SessionConfig {
+        vhosts: vec!["/".into(), "shop".into()],
+        ..SessionConfig::default()
+    });
+    for (host, vhost) in [(None, "/"), (Some("/"), "/"), (Some("shop"), "shop")] {
+        let mut session = Session::new(Arc::clone(&config), "s".into());
+        let out = handle(&mut session, connect_to(host));
+        assert!(error_message(&out).is_none(), "{host:?}: {out:?}");
+        assert_eq!(session.vhost(), Some(vhost));
     }
+}
+
+#[test]
+fn an_unknown_host_is_refused_as_web_stomp_refuses_it() {
+    let mut session = new_session(SessionConfig::default());
+    let out = handle(&mut session, connect_to(Some("my-laptop.local")));
+    assert_refused(
+        &session,
+        &out,
+        "Virtual host 'my-laptop.local' access denied",
+    );
+    let Some(Action::Send(error)) = out.iter().find(|a| matches!(a, Action::Send(_))) else {
+        panic!("no ERROR: {out:?}");
+    };
+    assert_eq!(error.header("message").as_deref(), Some("Bad CONNECT"));
+}
+
+#[test]
+fn unknown_host_default_ignores_the_host() {
+    let config = SessionConfig {
+        unknown_host: crate::config::UnknownHost::Default,
+        ..SessionConfig::default()
+    };
+    let mut session = new_session(config);
+    let out = handle(&mut session, connect_to(Some("my-laptop.local")));
+    assert!(error_message(&out).is_none(), "{out:?}");
+    assert_eq!(session.vhost(), Some("/"));
 }
 
 #[test]
@@ -425,6 +461,7 @@ fn allowed_hosts_accepts_a_listed_host() {
     let out = handle(&mut session, frame);
     assert!(error_message(&out).is_none(), "{out:?}");
     assert!(session.is_connected());
+    assert_eq!(session.vhost(), Some("/"), "an alias of the default vhost");
 }
 
 #[test]

@@ -25,6 +25,7 @@ use tokio_util::codec::Decoder;
 
 use super::outbound::{ClientLink, Outbound};
 use crate::bridge::fanout::Subscriber;
+use crate::bridge::vhosts::Vhosts;
 use crate::bridge::{Inbound, SessionBroker};
 use crate::config::RateLimitPolicy;
 use crate::metrics::ErrorKind;
@@ -94,6 +95,8 @@ pub async fn run(socket: WebSocket, gateway: Arc<Gateway>, handshake: Handshake)
         confirms: FuturesOrdered::new(),
         codec_limit_before_connect: limits.max_frame_bytes_before_connect,
         max_pending_receipts: limits.max_pending_receipts,
+        vhosts: Arc::clone(&gateway.vhosts),
+        broker_timeout: Duration::from_millis(gateway.config.amqp.broker_timeout_ms),
     };
     let connect_deadline = Instant::now() + limits.connect_timeout();
     let connect_timeout_ms = limits.connect_timeout_ms;
@@ -312,6 +315,11 @@ struct Connection {
     codec_limit_before_connect: usize,
     /// `limits.max_pending_receipts`.
     max_pending_receipts: usize,
+    /// The vhosts' bridges (a session on another vhost than the default
+    /// one takes its broker state from there once CONNECT is accepted).
+    vhosts: Arc<Vhosts>,
+    /// `amqp.broker_timeout_ms`: bound on waiting for a vhost's plane.
+    broker_timeout: Duration,
 }
 
 impl Connection {
@@ -471,6 +479,17 @@ impl Connection {
                 self.link
                     .send(Outbound::SetHeartbeat(negotiated.send_every))
                     .await;
+                // CONNECT's `host` selected another vhost than the default
+                // one (whose broker state the session started with).
+                if let Some(vhost) = self.session.vhost() {
+                    if vhost != self.vhosts.default_vhost() {
+                        self.broker = self
+                            .vhosts
+                            .session(vhost, self.broker_timeout)
+                            .await
+                            .map_err(|e| (e.to_string(), None))?;
+                    }
+                }
             }
             Action::Send(frame) => self.write(&frame).await,
             Action::Expiry(at) => {
@@ -817,6 +836,15 @@ mod tests {
         }
         let pool = crate::bridge::pool::Pool::new(vec!["amqp://x".into()], 1, vec![]);
         let plane = crate::bridge::plane::Plane::start(pool, Default::default());
+        let vhosts = Vhosts::start(
+            crate::bridge::vhosts::BridgeSpec {
+                urls: vec!["amqp://x".into()],
+                connections: 1,
+                exchanges: Vec::new(),
+                plane: Default::default(),
+            },
+            &[],
+        );
         let link = ClientLink::new(8, crate::config::SlowClientPolicy::Drop);
         let mut conn = Connection {
             session: Session::new(Arc::new(Default::default()), "s".into()),
@@ -835,6 +863,8 @@ mod tests {
             confirms: FuturesOrdered::new(),
             codec_limit_before_connect: 65536,
             max_pending_receipts: 16,
+            vhosts,
+            broker_timeout: Duration::from_secs(1),
         };
         assert!(size(&conn.execute(Vec::new())) <= 512);
         assert!(size(&conn.receive(&[])) <= 1024);
