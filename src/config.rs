@@ -51,6 +51,13 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
+    /// Who checks credentials: `gateway` (the user list, JWTs, anonymous
+    /// access, as configured here) or `rabbitmq` (CONNECT's login and
+    /// passcode are checked by RabbitMQ, and the user's permissions there
+    /// are enforced on every SUBSCRIBE and SEND; see `[auth.rabbitmq]`).
+    pub mode: AuthMode,
+    /// Settings of `mode = "rabbitmq"`.
+    pub rabbitmq: RabbitAuthConfig,
     /// Let clients in without credentials. Off unless set: a gateway with
     /// no JWT keys, no users and this off refuses every CONNECT.
     pub anonymous: bool,
@@ -67,6 +74,62 @@ pub struct AuthConfig {
     /// with routing key `<U>.<name>` (U percent-encoded). Declared (durable)
     /// by the gateway.
     pub user_exchange: String,
+}
+
+/// See [`AuthConfig::mode`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    Gateway,
+    Rabbitmq,
+}
+
+/// `auth.mode = "rabbitmq"`: credentials checked by RabbitMQ (a short AMQP
+/// login), permissions read from its management API.
+#[derive(Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RabbitAuthConfig {
+    /// Base URL of the management API (`http://` only), reached with the
+    /// gateway's own credentials below.
+    pub management_url: String,
+    /// A management user that may read every user's permissions (tag
+    /// `administrator`).
+    pub management_user: String,
+    pub management_password: String,
+    /// How long a login result (good or bad) and a permission record are
+    /// used before RabbitMQ is asked again; a revoked permission takes
+    /// effect within this time.
+    pub cache_ttl_ms: u64,
+    /// Entries of each cache (logins, permission records not in use).
+    pub cache_max_entries: usize,
+    /// Bound on one login or one management API request.
+    pub timeout_ms: u64,
+}
+
+impl std::fmt::Debug for RabbitAuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RabbitAuthConfig")
+            .field("management_url", &self.management_url)
+            .field("management_user", &self.management_user)
+            .field("management_password", &"<hidden>")
+            .field("cache_ttl_ms", &self.cache_ttl_ms)
+            .field("cache_max_entries", &self.cache_max_entries)
+            .field("timeout_ms", &self.timeout_ms)
+            .finish()
+    }
+}
+
+impl Default for RabbitAuthConfig {
+    fn default() -> Self {
+        RabbitAuthConfig {
+            management_url: "http://127.0.0.1:15672".to_owned(),
+            management_user: "guest".to_owned(),
+            management_password: "guest".to_owned(),
+            cache_ttl_ms: 5_000,
+            cache_max_entries: 10_000,
+            timeout_ms: 5_000,
+        }
+    }
 }
 
 /// JWT keys and checks.
@@ -199,6 +262,8 @@ impl Default for DemoConfig {
 impl Default for AuthConfig {
     fn default() -> Self {
         AuthConfig {
+            mode: AuthMode::Gateway,
+            rabbitmq: RabbitAuthConfig::default(),
             anonymous: false,
             jwt: None,
             users: Vec::new(),
@@ -527,6 +592,19 @@ impl Config {
                         "auth.rules: unknown verb '{verb}' (subscribe or send)"
                     )));
                 }
+            }
+        }
+        if self.auth.mode == AuthMode::Rabbitmq {
+            if !self.auth.rabbitmq.management_url.starts_with("http://") {
+                return Err(ConfigError::Invalid(
+                    "auth.rabbitmq.management_url must be an http:// URL".into(),
+                ));
+            }
+            if self.auth.rabbitmq.cache_max_entries == 0 || self.auth.rabbitmq.timeout_ms == 0 {
+                return Err(ConfigError::Invalid(
+                    "auth.rabbitmq.cache_max_entries and auth.rabbitmq.timeout_ms must be at least 1"
+                        .into(),
+                ));
             }
         }
         if self.demo.enabled

@@ -34,6 +34,8 @@ pub struct Gateway {
     pub bridge: Arc<Bridge>,
     /// The bridges of every served vhost (CONNECT's `host` selects one).
     pub vhosts: Arc<crate::bridge::vhosts::Vhosts>,
+    /// `auth.mode = "rabbitmq"`: credentials and permissions from RabbitMQ.
+    pub rabbit_auth: Option<Arc<crate::auth::rabbit::RabbitAuth>>,
     prometheus: Option<PrometheusHandle>,
     /// Cancelled when the graceful drain starts.
     pub draining: CancellationToken,
@@ -73,6 +75,9 @@ impl Gateway {
         } else {
             config.amqp.urls.clone()
         };
+        let rabbit_auth = (config.auth.mode == crate::config::AuthMode::Rabbitmq).then(|| {
+            crate::auth::rabbit::RabbitAuth::start(config.auth.rabbitmq.clone(), urls.clone())
+        });
         let vhosts = crate::bridge::vhosts::Vhosts::start(
             crate::bridge::vhosts::BridgeSpec {
                 urls,
@@ -95,6 +100,7 @@ impl Gateway {
             config,
             bridge,
             vhosts,
+            rabbit_auth,
             prometheus,
             draining: CancellationToken::new(),
             connections: AtomicUsize::new(0),

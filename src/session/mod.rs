@@ -20,10 +20,12 @@ use bytes::Bytes;
 
 pub use action::{AckMode, Action, Negotiated, PublishRequest, ReplyTo, SubscribeRequest, Version};
 
+use crate::auth::permissions::{self, Operation};
+use crate::auth::rabbit::{AuthRequest, RabbitRefusal};
 use crate::auth::user::UserDestination;
 use crate::auth::{Auth, Identity, Verb};
 use crate::bridge::destination::Destination;
-use crate::config::{HeartbeatConfig, Limits, UnknownHost};
+use crate::config::{AuthMode, HeartbeatConfig, Limits, UnknownHost};
 use crate::stomp::{Command, Frame};
 
 /// Settings a session needs, taken from the gateway's configuration.
@@ -124,6 +126,9 @@ pub struct Message {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     AwaitingConnect,
+    /// CONNECT waits for RabbitMQ's answer ([`Action::Authenticate`]);
+    /// frames that come meanwhile are held until it is known.
+    Authenticating,
     Connected,
     Closed,
 }
@@ -210,7 +215,25 @@ pub struct Session {
     reply_targets: std::collections::VecDeque<String>,
     /// The virtual host CONNECT selected.
     vhost: Option<String>,
+    /// CONNECT awaiting RabbitMQ's answer.
+    pending_connect: Option<PendingConnect>,
+    /// Frames received while authenticating.
+    held: Vec<Frame>,
 }
+
+/// What CONNECT negotiated while RabbitMQ checks the credentials.
+#[derive(Debug)]
+struct PendingConnect {
+    version: Version,
+    client_heartbeat: (u64, u64),
+    vhost: String,
+    login: String,
+    receipt: Option<String>,
+}
+
+/// Frames a client may send between CONNECT and CONNECTED (while RabbitMQ
+/// checks its credentials) before it is refused.
+const MAX_HELD_FRAMES: usize = 64;
 
 impl Session {
     fn next_incarnation(&mut self) -> u64 {
@@ -233,6 +256,8 @@ impl Session {
             incarnations: 0,
             reply_targets: std::collections::VecDeque::new(),
             vhost: None,
+            pending_connect: None,
+            held: Vec::new(),
         }
     }
 
@@ -293,6 +318,16 @@ impl Session {
                 )),
             },
             Phase::Connected => self.dispatch(&frame, out),
+            Phase::Authenticating => {
+                if self.held.len() >= MAX_HELD_FRAMES {
+                    Err(Refusal::new(format!(
+                        "more than {MAX_HELD_FRAMES} frames before CONNECTED"
+                    )))
+                } else {
+                    self.held.push(detach(&frame));
+                    Ok(())
+                }
+            }
         };
         match result {
             Ok(()) => {}
@@ -427,6 +462,32 @@ impl Session {
             Some(value) => heartbeat::parse(&value)
                 .ok_or_else(|| Refusal::new(format!("malformed heart-beat header '{value}'")))?,
         };
+        if self.config.auth.mode == AuthMode::Rabbitmq {
+            // RabbitMQ checks the credentials: the transport asks it and
+            // calls `authenticated` with the answer.
+            let login = frame.header("login").map(|l| l.into_owned());
+            let passcode = frame.header("passcode").map(|p| p.into_owned());
+            let (Some(login), Some(passcode)) = (login, passcode) else {
+                return Err(Refusal::rabbit(
+                    "Bad CONNECT",
+                    "Missing login or passcode header(s)",
+                ));
+            };
+            self.phase = Phase::Authenticating;
+            self.pending_connect = Some(PendingConnect {
+                version,
+                client_heartbeat,
+                vhost: vhost.clone(),
+                login: login.clone(),
+                receipt: frame.header("receipt").map(|r| r.into_owned()),
+            });
+            out.push(Action::Authenticate(AuthRequest {
+                login,
+                passcode,
+                vhost,
+            }));
+            return Ok(());
+        }
         let identity = self
             .config
             .auth
@@ -446,6 +507,64 @@ impl Session {
                     format!("Access refused for user '{login}'\n{e}\n"),
                 )
             })?;
+        self.establish(version, client_heartbeat, vhost, identity, out);
+        Ok(())
+    }
+
+    /// RabbitMQ's answer to [`Action::Authenticate`]: CONNECTED (and the
+    /// frames held meanwhile), or the ERROR Web-STOMP writes, and the close.
+    pub fn authenticated(
+        &mut self,
+        result: Result<Identity, RabbitRefusal>,
+        out: &mut Vec<Action>,
+    ) {
+        if self.phase != Phase::Authenticating {
+            return;
+        }
+        let Some(pending) = self.pending_connect.take() else {
+            return;
+        };
+        self.phase = Phase::AwaitingConnect;
+        match result {
+            Ok(identity) => {
+                self.establish(
+                    pending.version,
+                    pending.client_heartbeat,
+                    pending.vhost,
+                    identity,
+                    out,
+                );
+                for frame in std::mem::take(&mut self.held) {
+                    self.handle(frame, out);
+                }
+            }
+            Err(refusal) => {
+                self.held.clear();
+                let detail = match refusal {
+                    RabbitRefusal::BadCredentials => {
+                        format!("Access refused for user '{}'\n", pending.login)
+                    }
+                    RabbitRefusal::VhostDenied => {
+                        format!("Virtual host '{}' access denied", pending.vhost)
+                    }
+                    RabbitRefusal::Unavailable(why) => {
+                        format!("Access refused for user '{}'\n{why}\n", pending.login)
+                    }
+                };
+                self.fail("Bad CONNECT", &detail, pending.receipt.as_deref(), out);
+            }
+        }
+    }
+
+    /// CONNECT accepted for `identity` on `vhost`: CONNECTED.
+    fn establish(
+        &mut self,
+        version: Version,
+        client_heartbeat: (u64, u64),
+        vhost: String,
+        identity: Identity,
+        out: &mut Vec<Action>,
+    ) {
         let hb = heartbeat::negotiate(client_heartbeat, &self.config.heartbeat);
         self.version = version;
         self.negotiated = true;
@@ -470,7 +589,6 @@ impl Session {
         self.identity = Some(identity);
         self.vhost = Some(vhost);
         out.push(Action::Send(connected));
-        Ok(())
     }
 
     /// The vhost CONNECT's `host` selects, as RabbitMQ's STOMP plugin does
@@ -579,6 +697,18 @@ impl Session {
         Ok(destination)
     }
 
+    /// `auth.mode = "rabbitmq"`: refuses `op` as RabbitMQ would refuse it
+    /// to a connection of the session's user (its current permissions).
+    fn check_rabbit_permissions(&self, op: &Operation<'_>) -> Result<(), Refusal> {
+        let Some(handle) = self.identity.as_ref().and_then(|i| i.permissions.as_ref()) else {
+            return Ok(());
+        };
+        handle
+            .current()
+            .check_all(&permissions::checks(op))
+            .map_err(|refused| Refusal::rabbit("access_refused", refused.body()))
+    }
+
     /// Checks a SEND's `reply-to` other than `/temp-queue/`: a reply queue
     /// handed to this session (or allowed by a rule), or a destination the
     /// session may SUBSCRIBE to (where it can read the replies). Anything
@@ -621,6 +751,7 @@ impl Session {
         if !replay && self.buffer_in_transaction(frame, out)? {
             return Ok(());
         }
+        let mut new_reply_queue = false;
         let reply_to = match frame.header("reply-to") {
             None => None,
             Some(value) => {
@@ -633,6 +764,7 @@ impl Session {
                     }
                     let sub_id = format!("/temp-queue/{name}");
                     if !self.subscriptions.contains_key(&sub_id) {
+                        new_reply_queue = true;
                         self.check_subscription_limit()?;
                         let incarnation = self.next_incarnation();
                         self.subscriptions.insert(
@@ -652,6 +784,12 @@ impl Session {
                 }
             }
         };
+        self.check_rabbit_permissions(&Operation {
+            verb: Verb::Send,
+            destination: &destination,
+            subscription_queue: None,
+            new_reply_queue,
+        })?;
         let mut headers: Vec<(String, String)> = frame
             .headers()
             .filter(|(name, _)| {
@@ -793,6 +931,26 @@ impl Session {
             .filter(|(n, _)| n.starts_with("x-") && n != "x-queue-name")
             .map(|(n, v)| (n.into_owned(), v.into_owned()))
             .collect();
+        // auth.mode = "rabbitmq": what RabbitMQ would check for the
+        // declare, consume and bind Web-STOMP makes. A session's own
+        // `/user/` queue is the gateway's, not a RabbitMQ resource.
+        let written = frame.header("destination").unwrap_or_default();
+        if !matches!(
+            UserDestination::parse(&written),
+            Some(Ok(UserDestination::Own { .. }))
+        ) {
+            let subscription_queue = destination.is_broadcast().then(|| {
+                queue_name
+                    .clone()
+                    .unwrap_or_else(|| permissions::transient_subscription_queue(&written, &id))
+            });
+            self.check_rabbit_permissions(&Operation {
+                verb: Verb::Subscribe,
+                destination: &destination,
+                subscription_queue,
+                new_reply_queue: false,
+            })?;
+        }
         let request = SubscribeRequest {
             id: id.clone(),
             destination,

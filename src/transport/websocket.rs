@@ -24,6 +24,7 @@ use tokio::time::Instant;
 use tokio_util::codec::Decoder;
 
 use super::outbound::{ClientLink, Outbound};
+use crate::auth::rabbit::{RabbitAuth, RabbitRefusal};
 use crate::bridge::fanout::Subscriber;
 use crate::bridge::vhosts::Vhosts;
 use crate::bridge::{Inbound, SessionBroker};
@@ -97,6 +98,8 @@ pub async fn run(socket: WebSocket, gateway: Arc<Gateway>, handshake: Handshake)
         max_pending_receipts: limits.max_pending_receipts,
         vhosts: Arc::clone(&gateway.vhosts),
         broker_timeout: Duration::from_millis(gateway.config.amqp.broker_timeout_ms),
+        rabbit_auth: gateway.rabbit_auth.clone(),
+        followups: Vec::new(),
     };
     let connect_deadline = Instant::now() + limits.connect_timeout();
     let connect_timeout_ms = limits.connect_timeout_ms;
@@ -320,6 +323,11 @@ struct Connection {
     vhosts: Arc<Vhosts>,
     /// `amqp.broker_timeout_ms`: bound on waiting for a vhost's plane.
     broker_timeout: Duration,
+    /// `auth.mode = "rabbitmq"`: RabbitMQ checks the credentials.
+    rabbit_auth: Option<Arc<RabbitAuth>>,
+    /// Actions an action produced (the session's answer to
+    /// [`Action::Authenticate`]), carried out next.
+    followups: Vec<Action>,
 }
 
 impl Connection {
@@ -454,7 +462,13 @@ impl Connection {
         while let Some(action) = queue.pop_front() {
             // Boxed: the futures of broker operations are large, and this
             // task's future is held for the whole life of every session.
-            if let Err((message, receipt)) = Box::pin(self.apply(action)).await {
+            let result = Box::pin(self.apply(action)).await;
+            if !self.followups.is_empty() {
+                let mut next = std::mem::take(&mut self.followups);
+                next.extend(queue);
+                queue = next.into();
+            }
+            if let Err((message, receipt)) = result {
                 // Nothing queued behind a refusal may be confirmed.
                 self.confirms = FuturesOrdered::new();
                 let mut error = Vec::new();
@@ -588,6 +602,18 @@ impl Connection {
                 }
             }
             Action::Close => self.closing = true,
+            Action::Authenticate(request) => {
+                let result = match &self.rabbit_auth {
+                    Some(auth) => auth.authenticate(&request).await,
+                    None => Err(RabbitRefusal::Unavailable(
+                        "auth.mode = \"rabbitmq\" is not set up".into(),
+                    )),
+                };
+                if result.is_err() {
+                    crate::metrics::get().error(ErrorKind::Auth);
+                }
+                self.session.authenticated(result, &mut self.followups);
+            }
         }
         Ok(())
     }
@@ -865,6 +891,8 @@ mod tests {
             max_pending_receipts: 16,
             vhosts,
             broker_timeout: Duration::from_secs(1),
+            rabbit_auth: None,
+            followups: Vec::new(),
         };
         assert!(size(&conn.execute(Vec::new())) <= 512);
         assert!(size(&conn.receive(&[])) <= 1024);
