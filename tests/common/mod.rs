@@ -486,8 +486,19 @@ impl PrivateNode {
     /// Starts node `name` with AMQP on `amqp_port` (its other listeners on
     /// ports derived from it), waiting until it answers.
     pub fn start(name: &str, amqp_port: u16) -> PrivateNode {
+        PrivateNode::start_with_plugins(name, amqp_port, "rabbitmq_stomp,rabbitmq_web_stomp")
+    }
+
+    /// As [`PrivateNode::start`] with `plugins` (comma-separated); with
+    /// `rabbitmq_management`, its API is on [`PrivateNode::management_port`].
+    pub fn start_with_plugins(name: &str, amqp_port: u16, plugins: &str) -> PrivateNode {
         let out = std::process::Command::new("bash")
             .args(["scripts/private-rabbitmq.sh", "start", name])
+            .env("PRIVATE_RABBIT_PLUGINS", plugins)
+            .env(
+                "PRIVATE_RABBIT_MANAGEMENT_PORT",
+                (amqp_port + 11_000).to_string(),
+            )
             .env("PRIVATE_RABBIT_AMQP_PORT", amqp_port.to_string())
             .env(
                 "PRIVATE_RABBIT_WEB_STOMP_PORT",
@@ -520,6 +531,16 @@ impl PrivateNode {
 
     pub fn amqp_url(&self) -> String {
         format!("amqp://127.0.0.1:{}/%2f", self.amqp_port)
+    }
+
+    /// The Web-STOMP endpoint (`ws://`), when the plugin is enabled.
+    pub fn web_stomp_url(&self) -> String {
+        format!("ws://127.0.0.1:{}/ws", self.amqp_port + 10_000)
+    }
+
+    /// The management API's port, when the plugin is enabled.
+    pub fn management_port(&self) -> u16 {
+        self.amqp_port + 11_000
     }
 
     /// `rabbitmqctl -n <node> args...`, which must succeed.
