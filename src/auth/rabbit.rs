@@ -205,6 +205,7 @@ impl RabbitAuth {
             uri.authority.userinfo.password = request.passcode.clone();
             uri.vhost = request.vhost.clone();
             self.logins_made.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::get().rabbitmq_logins.increment(1);
             let props = lapin::ConnectionProperties::default()
                 .with_connection_name("stompgate-auth-check".into());
             let attempt =
@@ -287,6 +288,9 @@ impl RabbitAuth {
     /// Reads the user's permissions in `vhost` from the management API.
     async fn fetch(&self, user: &str, vhost: &str) -> Result<Permissions, String> {
         self.fetches_made.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::get()
+            .rabbitmq_permission_fetches
+            .increment(1);
         let (v, u) = (encode_segment(vhost), encode_segment(user));
         let vhost_patterns = self
             .get(&format!("/api/permissions/{v}/{u}"))
