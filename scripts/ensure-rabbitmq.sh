@@ -3,7 +3,9 @@
 # the tests and for scripts/run.sh.
 #
 # - Port 5672 already answers: does nothing to the broker (never restarts or
-#   stops it), only checks that the `rabbitmqctl` CLI used by tests works.
+#   stops it) except enabling rabbitmq_management when the management API
+#   does not answer on 15672 (tests/rabbit_auth.rs), and checks that the
+#   `rabbitmqctl` CLI used by tests works.
 # - Otherwise: installs Debian's rabbitmq-server if it is missing
 #   (apt-get; sudo only when not root), starts the broker if it is not
 #   running (systemd when it runs, else `rabbitmq-server -detached`), and
@@ -92,6 +94,34 @@ check_ctl() {
     fi
 }
 
+# tests/rabbit_auth.rs (auth.mode = "rabbitmq") reads permissions from the
+# management API on 127.0.0.1:15672: enable the plugin when it does not answer
+# (rabbitmq-plugins enables it on the running node, no restart). A failure
+# here only warns: the other tests do not need it.
+MGMT_PORT=15672
+ensure_management() {
+    if timeout 2 bash -c "exec 3<>/dev/tcp/$HOST/$MGMT_PORT" >/dev/null 2>&1; then
+        return 0
+    fi
+    if ! command -v rabbitmq-plugins >/dev/null 2>&1; then
+        warn "rabbitmq-plugins is not on PATH; tests/rabbit_auth.rs needs rabbitmq_management"
+        return 0
+    fi
+    say "enabling rabbitmq_management (management API on $HOST:$MGMT_PORT)"
+    if ! as_root timeout 120 rabbitmq-plugins enable rabbitmq_management </dev/null >/dev/null; then
+        warn "'rabbitmq-plugins enable rabbitmq_management' failed; tests/rabbit_auth.rs will fail"
+        return 0
+    fi
+    local deadline=$((SECONDS + WAIT_SECS))
+    until timeout 2 bash -c "exec 3<>/dev/tcp/$HOST/$MGMT_PORT" >/dev/null 2>&1; do
+        if [ "$SECONDS" -ge "$deadline" ]; then
+            warn "the management API does not answer on $HOST:$MGMT_PORT"
+            return 0
+        fi
+        sleep 1
+    done
+}
+
 show_logs() {
     local f
     for f in /var/log/rabbitmq/*.log /var/log/rabbitmq/startup_err; do
@@ -103,7 +133,8 @@ show_logs() {
 
 if port_open; then
     check_ctl
-    say "RabbitMQ already answers on $HOST:$PORT; nothing to do"
+    ensure_management
+    say "RabbitMQ already answers on $HOST:$PORT"
     exit 0
 fi
 
@@ -151,6 +182,7 @@ if ! wait_for_port; then
     die "RabbitMQ does not answer on $HOST:$PORT after ${WAIT_SECS}s"
 fi
 check_ctl
+ensure_management
 if [ "${#did[@]}" -eq 0 ]; then
     say "RabbitMQ answers on $HOST:$PORT (it was already starting)"
 else

@@ -34,6 +34,8 @@
 # PRIVATE_RABBIT_PLUGINS (default rabbitmq_stomp,rabbitmq_web_stomp): the
 # plugins to enable, comma-separated; empty for none (then no STOMP or
 # Web-STOMP listener is configured and their ports are not used).
+# With rabbitmq_management among the plugins, its API listens on
+# 127.0.0.1:PRIVATE_RABBIT_MANAGEMENT_PORT (default 15673).
 # PRIVATE_RABBIT_KEEP_DATA=1 keeps the node's data from an earlier start
 # (restart after a crash).
 #
@@ -63,6 +65,7 @@ WS_PORT="${PRIVATE_RABBIT_WEB_STOMP_PORT:-15675}"
 DIST_PORT="${PRIVATE_RABBIT_DIST_PORT:-25673}"
 STOMP_PORT="${PRIVATE_RABBIT_STOMP_PORT:-61614}"
 PLUGINS="${PRIVATE_RABBIT_PLUGINS-rabbitmq_stomp,rabbitmq_web_stomp}"
+MGMT_PORT="${PRIVATE_RABBIT_MANAGEMENT_PORT:-15673}"
 [ -z "${PRIVATE_RABBIT_NO_STOMP:-}" ] || PLUGINS=
 TLS_DIR="${PRIVATE_RABBIT_TLS_DIR:-}"
 TLS_PORT="${PRIVATE_RABBIT_TLS_PORT:-5671}"
@@ -73,6 +76,10 @@ esac
 case ",$PLUGINS," in
 *,rabbitmq_stomp,* | *,rabbitmq_web_stomp,*) WITH_STOMP=1 ;;
 *) WITH_STOMP= ;;
+esac
+case ",$PLUGINS," in
+*,rabbitmq_management,*) WITH_MGMT=1 ;;
+*) WITH_MGMT= ;;
 esac
 WAIT_SECS="${PRIVATE_RABBIT_WAIT_SECS:-60}"
 PID_FILE="$BASE/rabbit.pid"
@@ -139,6 +146,7 @@ start() {
     local ports=("$AMQP_PORT" "$DIST_PORT")
     [ -n "$WITH_WEB_STOMP" ] && ports+=("$WS_PORT")
     [ -n "$WITH_STOMP" ] && ports+=("$STOMP_PORT")
+    [ -n "$WITH_MGMT" ] && ports+=("$MGMT_PORT")
     [ -z "$TLS_DIR" ] || ports+=("$TLS_PORT")
     for p in "${ports[@]}"; do
         if port_open "$p"; then
@@ -174,6 +182,12 @@ web_stomp.tcp.ip = 127.0.0.1
 web_stomp.tcp.backlog = 4096
 web_stomp.ws_opts.idle_timeout = 3600000
 web_stomp.cowboy_opts.idle_timeout = 3600000
+EOF
+    fi
+    if [ -n "$WITH_MGMT" ]; then
+        cat >>"$BASE/rabbitmq.conf" <<EOF
+management.tcp.port = $MGMT_PORT
+management.tcp.ip = 127.0.0.1
 EOF
     fi
     echo "[${PLUGINS}]." >"$BASE/enabled_plugins"
@@ -235,7 +249,7 @@ EOF
         show_logs
         die "$NODE did not boot within ${WAIT_SECS}s ('rabbitmqctl -n $NODE wait $PID_FILE')"
     fi
-    until { [ -z "$WITH_WEB_STOMP" ] || port_open "$WS_PORT"; } && { [ -z "$TLS_DIR" ] || port_open "$TLS_PORT"; } && port_open "$AMQP_PORT"; do
+    until { [ -z "$WITH_WEB_STOMP" ] || port_open "$WS_PORT"; } && { [ -z "$WITH_MGMT" ] || port_open "$MGMT_PORT"; } && { [ -z "$TLS_DIR" ] || port_open "$TLS_PORT"; } && port_open "$AMQP_PORT"; do
         if [ "$SECONDS" -ge "$deadline" ]; then
             show_logs
             die "$NODE booted but its ports ($AMQP_PORT${WITH_WEB_STOMP:+/$WS_PORT}) do not answer"

@@ -27,11 +27,17 @@ pub struct Config {
     pub amqp: AmqpConfig,
     pub limits: Limits,
     pub heartbeat: HeartbeatConfig,
-    /// When set, CONNECT's `host` header must equal one of these (virtual
-    /// host selection is not done per session: the gateway uses the vhost of
-    /// its AMQP URL). Empty: `host` is ignored, as stomp.py sends the
-    /// machine's hostname there.
+    /// Other names CONNECT's `host` may give for the default virtual host
+    /// (the vhost of `amqp.url`), e.g. the gateway's own hostname. When set,
+    /// a CONNECT without `host` is refused (as before virtual hosts were
+    /// selected by `host`). A served vhost (`amqp.vhosts`) is always accepted.
     pub allowed_hosts: Vec<String>,
+    /// What a CONNECT whose `host` is neither a served vhost nor in
+    /// `allowed_hosts` gets: `refuse` (ERROR `Virtual host '<host>' access
+    /// denied`, as RabbitMQ's Web-STOMP) or `default` (the default vhost:
+    /// `host` ignored, as stompgate did before virtual hosts; only when
+    /// `allowed_hosts` is empty).
+    pub unknown_host: UnknownHost,
     /// On SIGTERM, sessions are closed at random moments spread over this
     /// window (ms), so that clients do not all reconnect at the same instant.
     pub drain_window_ms: u64,
@@ -45,6 +51,13 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
+    /// Who checks credentials: `gateway` (the user list, JWTs, anonymous
+    /// access, as configured here) or `rabbitmq` (CONNECT's login and
+    /// passcode are checked by RabbitMQ, and the user's permissions there
+    /// are enforced on every SUBSCRIBE and SEND; see `[auth.rabbitmq]`).
+    pub mode: AuthMode,
+    /// Settings of `mode = "rabbitmq"`.
+    pub rabbitmq: RabbitAuthConfig,
     /// Let clients in without credentials. Off unless set: a gateway with
     /// no JWT keys, no users and this off refuses every CONNECT.
     pub anonymous: bool,
@@ -61,6 +74,62 @@ pub struct AuthConfig {
     /// with routing key `<U>.<name>` (U percent-encoded). Declared (durable)
     /// by the gateway.
     pub user_exchange: String,
+}
+
+/// See [`AuthConfig::mode`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    Gateway,
+    Rabbitmq,
+}
+
+/// `auth.mode = "rabbitmq"`: credentials checked by RabbitMQ (a short AMQP
+/// login), permissions read from its management API.
+#[derive(Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RabbitAuthConfig {
+    /// Base URL of the management API (`http://` only), reached with the
+    /// gateway's own credentials below.
+    pub management_url: String,
+    /// A management user that may read every user's permissions (tag
+    /// `administrator`).
+    pub management_user: String,
+    pub management_password: String,
+    /// How long a login result (good or bad) and a permission record are
+    /// used before RabbitMQ is asked again; a revoked permission takes
+    /// effect within this time.
+    pub cache_ttl_ms: u64,
+    /// Entries of each cache (logins, permission records not in use).
+    pub cache_max_entries: usize,
+    /// Bound on one login or one management API request.
+    pub timeout_ms: u64,
+}
+
+impl std::fmt::Debug for RabbitAuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RabbitAuthConfig")
+            .field("management_url", &self.management_url)
+            .field("management_user", &self.management_user)
+            .field("management_password", &"<hidden>")
+            .field("cache_ttl_ms", &self.cache_ttl_ms)
+            .field("cache_max_entries", &self.cache_max_entries)
+            .field("timeout_ms", &self.timeout_ms)
+            .finish()
+    }
+}
+
+impl Default for RabbitAuthConfig {
+    fn default() -> Self {
+        RabbitAuthConfig {
+            management_url: "http://127.0.0.1:15672".to_owned(),
+            management_user: "guest".to_owned(),
+            management_password: "guest".to_owned(),
+            cache_ttl_ms: 5_000,
+            cache_max_entries: 10_000,
+            timeout_ms: 5_000,
+        }
+    }
 }
 
 /// JWT keys and checks.
@@ -193,6 +262,8 @@ impl Default for DemoConfig {
 impl Default for AuthConfig {
     fn default() -> Self {
         AuthConfig {
+            mode: AuthMode::Gateway,
+            rabbitmq: RabbitAuthConfig::default(),
             anonymous: false,
             jwt: None,
             users: Vec::new(),
@@ -225,7 +296,13 @@ pub struct AmqpConfig {
     /// `url` is ignored and connections are spread over these, moving to the
     /// others when a node goes away.
     pub urls: Vec<String>,
-    /// AMQP connections the gateway opens; channels are spread over them.
+    /// Virtual hosts served besides the one of `url` (the default, for a
+    /// CONNECT without `host`): CONNECT's `host` selects one of them. Each
+    /// gets its own connections and plane (opened on first use), so the
+    /// broker resources of a replica are fixed by this list.
+    pub vhosts: Vec<String>,
+    /// AMQP connections the gateway opens (per served vhost); channels are
+    /// spread over them.
     pub connections: usize,
     /// The replica's own broadcast queues: every `/topic`, `/exchange` and
     /// `/user/` subscription is a binding of one of these (chosen by a hash
@@ -252,6 +329,14 @@ pub struct AmqpConfig {
     /// Largest `prefetch-count` a SUBSCRIBE may ask for; a larger one is
     /// capped to this (what the gateway may hold per subscription).
     pub max_prefetch: u16,
+}
+
+/// See [`Config::unknown_host`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownHost {
+    Refuse,
+    Default,
 }
 
 /// Bounds on what one client may make the gateway hold.
@@ -330,6 +415,7 @@ impl Default for Config {
             limits: Limits::default(),
             heartbeat: HeartbeatConfig::default(),
             allowed_hosts: Vec::new(),
+            unknown_host: UnknownHost::Refuse,
             drain_window_ms: 5_000,
             auth: AuthConfig::default(),
             security: SecurityConfig::default(),
@@ -344,6 +430,7 @@ impl Default for AmqpConfig {
         AmqpConfig {
             url: "amqp://127.0.0.1:5672/%2f".to_owned(),
             urls: Vec::new(),
+            vhosts: Vec::new(),
             connections: 2,
             plane_queues: 4,
             plane_prefetch: 1000,
@@ -431,6 +518,7 @@ impl Config {
                 .list_separator(",")
                 .with_list_parse_key("allowed_hosts")
                 .with_list_parse_key("amqp.urls")
+                .with_list_parse_key("amqp.vhosts")
                 .with_list_parse_key("security.allowed_origins")
                 .with_list_parse_key("auth.jwt.audience")
                 .source(Some(vars.into_iter().collect())),
@@ -461,6 +549,15 @@ impl Config {
         ] {
             if value == 0 {
                 return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
+            }
+        }
+        for url in std::iter::once(&self.amqp.url).chain(&self.amqp.urls) {
+            if !self.amqp.vhosts.is_empty() {
+                crate::bridge::vhosts::url_for_vhost(url, "/").map_err(|e| {
+                    ConfigError::Invalid(format!(
+                        "amqp.vhosts needs URLs the gateway can parse: {e}"
+                    ))
+                })?;
             }
         }
         if self.limits.max_frame_bytes_before_connect > self.limits.max_frame_bytes {
@@ -495,6 +592,19 @@ impl Config {
                         "auth.rules: unknown verb '{verb}' (subscribe or send)"
                     )));
                 }
+            }
+        }
+        if self.auth.mode == AuthMode::Rabbitmq {
+            if !self.auth.rabbitmq.management_url.starts_with("http://") {
+                return Err(ConfigError::Invalid(
+                    "auth.rabbitmq.management_url must be an http:// URL".into(),
+                ));
+            }
+            if self.auth.rabbitmq.cache_max_entries == 0 || self.auth.rabbitmq.timeout_ms == 0 {
+                return Err(ConfigError::Invalid(
+                    "auth.rabbitmq.cache_max_entries and auth.rabbitmq.timeout_ms must be at least 1"
+                        .into(),
+                ));
             }
         }
         if self.demo.enabled
@@ -536,6 +646,16 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The vhost named by the first of `urls` (`/` when none parses): the
+/// gateway's default vhost.
+pub fn default_vhost(urls: &[String]) -> String {
+    use std::str::FromStr;
+    urls.first()
+        .and_then(|url| lapin::uri::AMQPUri::from_str(url).ok())
+        .map(|uri| uri.vhost)
+        .unwrap_or_else(|| "/".to_owned())
 }
 
 #[cfg(test)]

@@ -104,6 +104,12 @@ pub struct Metrics {
     pub publish_confirm_seconds: Histogram,
     pub amqp_connections_up: Gauge,
     pub amqp_reconnects: Counter,
+    /// `auth.mode = "rabbitmq"`: AMQP logins made to check credentials
+    /// (cache misses).
+    pub rabbitmq_logins: Counter,
+    /// `auth.mode = "rabbitmq"`: permission records read from the
+    /// management API.
+    pub rabbitmq_permission_fetches: Counter,
     pub slow_client_dropped: Counter,
     pub slow_client_disconnected: Counter,
     /// Sessions closed because a write to the client made no progress
@@ -149,6 +155,8 @@ impl Metrics {
             publish_confirm_seconds: metrics::histogram!("stompgate_publish_confirm_seconds"),
             amqp_connections_up: metrics::gauge!("stompgate_amqp_connections_up"),
             amqp_reconnects: metrics::counter!("stompgate_amqp_reconnects_total"),
+            rabbitmq_logins: metrics::counter!("stompgate_rabbitmq_requests_total", "kind" => "login"),
+            rabbitmq_permission_fetches: metrics::counter!("stompgate_rabbitmq_requests_total", "kind" => "permissions"),
             slow_client_dropped: metrics::counter!("stompgate_slow_client_total", "action" => "drop"),
             slow_client_disconnected: metrics::counter!("stompgate_slow_client_total", "action" => "disconnect"),
             slow_client_stalled: metrics::counter!("stompgate_slow_client_total", "action" => "stalled"),

@@ -32,7 +32,12 @@ pub struct Gateway {
     pub session_config: Arc<SessionConfig>,
     /// What the session driver of every connection shares.
     pub driver: driver::Context,
+    /// The default vhost's bridge (the one `/readyz` judges).
     pub bridge: Arc<Bridge>,
+    /// The bridges of every served vhost (CONNECT's `host` selects one).
+    pub vhosts: Arc<crate::bridge::vhosts::Vhosts>,
+    /// `auth.mode = "rabbitmq"`: credentials and permissions from RabbitMQ.
+    pub rabbit_auth: Option<Arc<crate::auth::rabbit::RabbitAuth>>,
     prometheus: Option<PrometheusHandle>,
     /// Cancelled when the graceful drain starts.
     pub draining: CancellationToken,
@@ -72,19 +77,26 @@ impl Gateway {
         } else {
             config.amqp.urls.clone()
         };
-        let bridge = Bridge::start(
-            urls,
-            config.amqp.connections,
-            vec![config.auth.user_exchange.clone()],
-            crate::bridge::plane::PlaneConfig {
-                shards: config.amqp.plane_queues,
-                prefetch: config.amqp.plane_prefetch,
-                publish_channels: config.amqp.publish_channels,
-                consumer_channels: config.amqp.consumer_channels,
-                timeout: std::time::Duration::from_millis(config.amqp.broker_timeout_ms),
-                topic_exchanges: Vec::new(),
+        let rabbit_auth = (config.auth.mode == crate::config::AuthMode::Rabbitmq).then(|| {
+            crate::auth::rabbit::RabbitAuth::start(config.auth.rabbitmq.clone(), urls.clone())
+        });
+        let vhosts = crate::bridge::vhosts::Vhosts::start(
+            crate::bridge::vhosts::BridgeSpec {
+                urls,
+                connections: config.amqp.connections,
+                exchanges: vec![config.auth.user_exchange.clone()],
+                plane: crate::bridge::plane::PlaneConfig {
+                    shards: config.amqp.plane_queues,
+                    prefetch: config.amqp.plane_prefetch,
+                    publish_channels: config.amqp.publish_channels,
+                    consumer_channels: config.amqp.consumer_channels,
+                    timeout: std::time::Duration::from_millis(config.amqp.broker_timeout_ms),
+                    topic_exchanges: Vec::new(),
+                },
             },
+            &config.amqp.vhosts,
         );
+        let bridge = Arc::clone(vhosts.default_bridge());
         let session_config = Arc::new(session_config);
         let draining = CancellationToken::new();
         let driver = driver::Context {
@@ -94,12 +106,15 @@ impl Gateway {
             throttle: config.security.rate_limit_policy == crate::config::RateLimitPolicy::Throttle,
             drain: draining.clone(),
             drain_window: Duration::from_millis(config.drain_window_ms),
+            rabbit_auth: rabbit_auth.clone(),
         };
         Ok(Arc::new(Gateway {
             session_config,
             driver,
             config,
             bridge,
+            vhosts,
+            rabbit_auth,
             prometheus,
             draining,
             connections: AtomicUsize::new(0),
@@ -353,7 +368,10 @@ async fn upgrade(
             // drops this closure unrun).
             let _admission = admission;
             let _connection = gateway.track_connection();
-            let broker = gateway.bridge.session();
+            let broker = gateway.bridge.session().with_vhosts(
+                Arc::clone(&gateway.vhosts),
+                Duration::from_millis(gateway.config.amqp.broker_timeout_ms),
+            );
             websocket::run(socket, &gateway.driver, broker, handshake).await;
         })
 }

@@ -395,3 +395,170 @@ async fn a_fast_client_is_throttled_by_default_not_cut_off() {
     );
     c.disconnect().await;
 }
+
+// ---- items 9 and 10, side by side with Web-STOMP ------------------------------
+
+/// What a client saw after `connect` and, once connected, `then`.
+async fn observe(url: &str, connect: &Frame, then: Option<&Frame>) -> String {
+    let mut client = StompClient::open(url, &["v12.stomp"]).await;
+    client.send(connect).await;
+    let describe = |r: Recv| match r {
+        Recv::Frame(f) if f.command == Command::Error => format!(
+            "ERROR message={:?} body={:?}",
+            f.header("message").unwrap_or_default(),
+            body(&f)
+        ),
+        Recv::Frame(f) => f.command.to_string(),
+        Recv::Closed => "closed without ERROR".to_owned(),
+        Recv::Timeout => "nothing within 5 s".to_owned(),
+    };
+    let first = client.recv_within(Duration::from_secs(5)).await;
+    let connected = matches!(&first, Recv::Frame(f) if f.command == Command::Connected);
+    let (Some(then), true) = (then, connected) else {
+        return describe(first);
+    };
+    client.send(then).await;
+    describe(client.recv_within(Duration::from_secs(5)).await)
+}
+
+/// The vhost and permission scenarios against RabbitMQ's own Web-STOMP (a
+/// private node with the management plugin) and against stompgate in
+/// `auth.mode = "rabbitmq"` on the same node: the ERRORs must be the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vhost_and_permission_errors_are_web_stomp_s() {
+    let node = PrivateNode::start_with_plugins(
+        "stompgate-vhauth",
+        5741,
+        "rabbitmq_stomp,rabbitmq_web_stomp,rabbitmq_management",
+    );
+    node.ctl(&["add_vhost", "closed"]);
+    node.ctl(&["set_permissions", "-p", "closed", "guest", ".*", ".*", ".*"]);
+    node.ctl(&["add_user", "limited", "pw"]);
+    node.ctl(&[
+        "set_permissions",
+        "-p",
+        "/",
+        "limited",
+        "^(ok-.*|stomp-subscription-.*)$",
+        "^(ok-.*|stomp-subscription-.*)$",
+        "^(ok-.*|stomp-subscription-.*|amq\\.topic)$",
+    ]);
+    node.ctl(&["add_user", "topical", "pw"]);
+    node.ctl(&["set_permissions", "-p", "/", "topical", ".*", ".*", ".*"]);
+    node.ctl(&[
+        "set_topic_permissions",
+        "-p",
+        "/",
+        "topical",
+        "amq.topic",
+        "^{username}\\.",
+        "^public\\.",
+    ]);
+    let amqp_url = node.amqp_url();
+    let management = format!("http://127.0.0.1:{}", node.management_port());
+    let gw = start_gateway(|c| {
+        c.amqp.url = amqp_url;
+        c.amqp.vhosts = vec!["closed".into()];
+        c.auth.mode = stompgate::config::AuthMode::Rabbitmq;
+        c.auth.anonymous = false;
+        c.auth.rabbitmq.management_url = management;
+    })
+    .await;
+
+    let connect = |login: &str, passcode: &str, host: &str| {
+        Frame::new(Command::Connect)
+            .with_header("accept-version", "1.2")
+            .with_header("host", host)
+            .with_header("login", login)
+            .with_header("passcode", passcode)
+            .with_header("heart-beat", "0,0")
+    };
+    let subscribe = |destination: &str| {
+        Frame::new(Command::Subscribe)
+            .with_header("id", "s")
+            .with_header("destination", destination)
+            .with_header("receipt", "r")
+    };
+    let send = |destination: &str| {
+        Frame::new(Command::Send)
+            .with_header("destination", destination)
+            .with_header("receipt", "r")
+            .with_body("x")
+    };
+    let scenarios: Vec<(&str, Frame, Option<Frame>)> = vec![
+        ("good login", connect("guest", "guest", "/"), None),
+        ("bad passcode", connect("guest", "wrong", "/"), None),
+        (
+            "unknown vhost",
+            connect("guest", "guest", "no-such-vhost"),
+            None,
+        ),
+        (
+            "vhost without permissions",
+            connect("limited", "pw", "closed"),
+            None,
+        ),
+        (
+            "SUBSCRIBE /queue, configure refused",
+            connect("limited", "pw", "/"),
+            Some(subscribe("/queue/not-ok")),
+        ),
+        (
+            "SUBSCRIBE /queue, allowed",
+            connect("limited", "pw", "/"),
+            Some(subscribe("/queue/ok-compat")),
+        ),
+        (
+            "SUBSCRIBE /exchange, read on the exchange refused",
+            connect("limited", "pw", "/"),
+            Some(subscribe("/exchange/amq.direct/k")),
+        ),
+        (
+            "SEND /topic, write refused",
+            connect("limited", "pw", "/"),
+            Some(send("/topic/k")),
+        ),
+        (
+            "SUBSCRIBE /topic, topic read refused",
+            connect("topical", "pw", "/"),
+            Some(subscribe("/topic/secret.news")),
+        ),
+        (
+            "SUBSCRIBE /topic, topic read allowed",
+            connect("topical", "pw", "/"),
+            Some(subscribe("/topic/public.news")),
+        ),
+        (
+            "SEND /topic, topic write refused",
+            connect("topical", "pw", "/"),
+            Some(send("/topic/other.status")),
+        ),
+        (
+            "SEND /topic, topic write allowed",
+            connect("topical", "pw", "/"),
+            Some(send("/topic/topical.status")),
+        ),
+    ];
+    let mut differences = Vec::new();
+    for (name, connect, then) in &scenarios {
+        let web_stomp = observe(&node.web_stomp_url(), connect, then.as_ref()).await;
+        let stompgate = observe(&gw.ws_url(), connect, then.as_ref()).await;
+        println!("{name}:\n  Web-STOMP: {web_stomp}\n  stompgate: {stompgate}");
+        // Kept difference (docs/protocol.md): Web-STOMP 3.10 drops the
+        // connection on a refused permission before its ERROR goes out;
+        // stompgate sends that ERROR (the text RabbitMQ logs), then closes.
+        let improvement = web_stomp == "closed without ERROR"
+            && stompgate.starts_with("ERROR message=\"access_refused\" body=")
+            && stompgate.contains("refused for user");
+        if web_stomp != stompgate && !improvement {
+            differences.push(format!(
+                "{name}: Web-STOMP {web_stomp} / stompgate {stompgate}"
+            ));
+        }
+    }
+    assert!(
+        differences.is_empty(),
+        "differences from Web-STOMP:\n{}",
+        differences.join("\n")
+    );
+}

@@ -156,6 +156,7 @@ impl JwtVerifier {
             user,
             claims,
             expires_at: Some(exp),
+            permissions: None,
         })
     }
 }

@@ -9,9 +9,15 @@
 //! identity; when any rule is configured, whatever no rule allows is denied.
 //!
 //! All of it is pure computation (signature checks, pattern matching), so
-//! the session state machine calls it directly.
+//! the session state machine calls it directly, except `auth.mode =
+//! "rabbitmq"` ([`rabbit`]): there RabbitMQ checks the credentials over the
+//! network, which the transport does when the session asks for it, and the
+//! session enforces the user's RabbitMQ permissions ([`permissions`], pure)
+//! on top of the rules.
 
 mod jwt;
+pub mod permissions;
+pub mod rabbit;
 mod rules;
 pub mod user;
 
@@ -19,7 +25,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use crate::config::{AuthConfig, UserConfig};
+use crate::config::{AuthConfig, AuthMode, UserConfig};
 use crate::stomp::destination::Destination;
 
 pub use jwt::JwtVerifier;
@@ -34,6 +40,9 @@ pub struct Identity {
     pub claims: Map<String, Value>,
     /// When the credentials expire (seconds since the Unix epoch).
     pub expires_at: Option<u64>,
+    /// `auth.mode = "rabbitmq"`: the user's RabbitMQ permissions in the
+    /// session's vhost, enforced on every SUBSCRIBE and SEND.
+    pub permissions: Option<permissions::PermissionsHandle>,
 }
 
 impl Identity {
@@ -42,6 +51,7 @@ impl Identity {
             user: None,
             claims: Map::new(),
             expires_at: None,
+            permissions: None,
         }
     }
 }
@@ -74,6 +84,8 @@ pub struct AuthConfigError(pub String);
 /// Authentication and authorization, built once from the configuration.
 #[derive(Debug)]
 pub struct Auth {
+    /// `auth.mode`: who checks credentials.
+    pub mode: AuthMode,
     anonymous: bool,
     jwt: Option<JwtVerifier>,
     users: Vec<UserConfig>,
@@ -90,6 +102,7 @@ impl Auth {
             .map(JwtVerifier::from_config)
             .transpose()?;
         Ok(Arc::new(Auth {
+            mode: config.mode,
             anonymous: config.anonymous,
             jwt,
             users: config.users.clone(),
@@ -101,6 +114,7 @@ impl Auth {
     /// Anyone may connect and do anything (tests, the demo).
     pub fn open() -> Arc<Auth> {
         Arc::new(Auth {
+            mode: AuthMode::Gateway,
             anonymous: true,
             jwt: None,
             users: Vec::new(),
@@ -129,6 +143,7 @@ impl Auth {
                         user: Some(login.to_owned()),
                         claims,
                         expires_at: None,
+                        permissions: None,
                     })
                 } else {
                     Err(AuthError::BadLogin)

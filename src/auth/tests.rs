@@ -41,6 +41,7 @@ fn jwt_auth(rules: Vec<RuleConfig>) -> Arc<Auth> {
         }],
         rules,
         user_exchange: "stompgate.user".into(),
+        ..AuthConfig::default()
     })
     .expect("auth")
 }

@@ -22,6 +22,7 @@ pub mod pool;
 pub mod properties;
 pub mod seam;
 pub mod session_broker;
+pub mod vhosts;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -101,10 +102,33 @@ impl Bridge {
         urls: Vec<String>,
         connections: usize,
         exchanges: Vec<String>,
+        plane: plane::PlaneConfig,
+    ) -> Arc<Bridge> {
+        Bridge::start_with(urls, connections, exchanges, plane, true)
+    }
+
+    /// As [`Bridge::start`], for a vhost other than the default one: its
+    /// pool does not set the `stompgate_amqp_connections_up` gauge, which
+    /// counts the default vhost's connections (those `/readyz` judges).
+    pub fn start_quiet(
+        urls: Vec<String>,
+        connections: usize,
+        exchanges: Vec<String>,
+        plane: plane::PlaneConfig,
+    ) -> Arc<Bridge> {
+        Bridge::start_with(urls, connections, exchanges, plane, false)
+    }
+
+    fn start_with(
+        urls: Vec<String>,
+        connections: usize,
+        exchanges: Vec<String>,
         mut plane: plane::PlaneConfig,
+        report: bool,
     ) -> Arc<Bridge> {
         plane.topic_exchanges.extend(exchanges.iter().cloned());
         let pool = pool::Pool::new(urls, connections, exchanges);
+        pool.report_metrics(report);
         pool.start();
         let plane = plane::Plane::start(Arc::clone(&pool), plane);
         Arc::new(Bridge {

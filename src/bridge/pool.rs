@@ -11,7 +11,7 @@
 //! moves to the next node whenever its node is lost or refuses it, so a dead
 //! node's connections come back on the others.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -31,6 +31,8 @@ pub struct Pool {
     /// Topic exchanges the gateway itself needs (the `/user/` exchange),
     /// declared durable on every connection.
     exchanges: Vec<String>,
+    /// Sets the connection gauge (the default vhost's pool only).
+    report: AtomicBool,
 }
 
 impl Pool {
@@ -41,7 +43,14 @@ impl Pool {
             next: AtomicUsize::new(0),
             connected: Notify::new(),
             exchanges,
+            report: AtomicBool::new(true),
         })
+    }
+
+    /// Whether this pool sets `stompgate_amqp_connections_up` and counts
+    /// reconnects (on by default).
+    pub fn report_metrics(&self, on: bool) {
+        self.report.store(on, Ordering::Relaxed);
     }
 
     /// Starts one supervisor task per connection.
@@ -109,6 +118,9 @@ impl Pool {
     }
 
     fn publish_state(&self) {
+        if !self.report.load(Ordering::Relaxed) {
+            return;
+        }
         let up = self
             .slots
             .iter()

@@ -59,6 +59,10 @@ pub trait BrokerSession: Send {
     fn has_own(&self, subscription: &str) -> bool;
     /// The consumer of `subscription` consumes again, from `queue`.
     fn restarted(&mut self, subscription: &str, queue: String);
+    /// CONNECT selected `vhost` (before any subscription): the session's
+    /// broker side moves there.
+    fn select_vhost(&mut self, vhost: &str)
+        -> impl Future<Output = Result<(), BridgeError>> + Send;
     /// Releases everything; unacked queue messages are requeued.
     fn close(&mut self) -> impl Future<Output = ()> + Send;
 }
@@ -132,6 +136,13 @@ impl BrokerSession for SessionBroker {
 
     fn restarted(&mut self, subscription: &str, queue: String) {
         SessionBroker::restarted(self, subscription, queue)
+    }
+
+    fn select_vhost(
+        &mut self,
+        vhost: &str,
+    ) -> impl Future<Output = Result<(), BridgeError>> + Send {
+        SessionBroker::select_vhost(self, vhost)
     }
 
     fn close(&mut self) -> impl Future<Output = ()> + Send {

@@ -143,6 +143,9 @@ pub struct SessionBroker {
     /// idle session should cost as little memory as possible).
     inbound: Option<(mpsc::Sender<Item>, mpsc::Receiver<Item>)>,
     next_serial: u64,
+    /// The served vhosts, when CONNECT may move the session to another
+    /// one than its bridge's (see [`SessionBroker::with_vhosts`]).
+    vhosts: Option<(Arc<super::vhosts::Vhosts>, std::time::Duration)>,
 }
 
 impl SessionBroker {
@@ -156,7 +159,33 @@ impl SessionBroker {
             temp: HashMap::new(),
             inbound: None,
             next_serial: 1,
+            vhosts: None,
         }
+    }
+
+    /// A session that starts on the default vhost's bridge and moves to
+    /// the vhost CONNECT selects ([`SessionBroker::select_vhost`]), waiting
+    /// at most `timeout` for a vhost's bridge started just then.
+    pub fn with_vhosts(
+        mut self,
+        vhosts: Arc<super::vhosts::Vhosts>,
+        timeout: std::time::Duration,
+    ) -> SessionBroker {
+        self.vhosts = Some((vhosts, timeout));
+        self
+    }
+
+    /// CONNECT selected `vhost`: before anything was subscribed, the
+    /// session's broker state moves to that vhost's bridge.
+    pub async fn select_vhost(&mut self, vhost: &str) -> Result<(), BridgeError> {
+        let Some((vhosts, timeout)) = self.vhosts.clone() else {
+            return Ok(());
+        };
+        if vhost == vhosts.default_vhost() {
+            return Ok(());
+        }
+        *self = vhosts.session(vhost, timeout).await?;
+        Ok(())
     }
 
     /// The next message from this session's own consumers; pending forever

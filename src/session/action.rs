@@ -155,6 +155,10 @@ pub enum Action {
     Receipt(String),
     /// Flush what is queued for the client, then close the connection.
     Close,
+    /// `auth.mode = "rabbitmq"`: ask RabbitMQ about these credentials and
+    /// give the answer to [`crate::session::Session::authenticated`]; the
+    /// session handles no frame until then.
+    Authenticate(crate::auth::rabbit::AuthRequest),
 }
 
 /// Why a session ended: typed, so that metrics and logs read the reason

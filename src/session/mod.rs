@@ -30,9 +30,11 @@ use std::time::{Duration, Instant};
 use confirms::Confirms;
 use timers::Timers;
 
+use crate::auth::permissions::{self, Operation};
+use crate::auth::rabbit::{AuthRequest, RabbitRefusal};
 use crate::auth::user::UserDestination;
 use crate::auth::{Auth, Identity, Verb};
-use crate::config::{HeartbeatConfig, Limits};
+use crate::config::{AuthMode, HeartbeatConfig, Limits, UnknownHost};
 use crate::stomp::destination::Destination;
 use crate::stomp::{Command, Frame};
 
@@ -44,6 +46,12 @@ pub struct SessionConfig {
     pub limits: Limits,
     pub heartbeat: HeartbeatConfig,
     pub allowed_hosts: Vec<String>,
+    /// The vhost of a CONNECT without `host` (the AMQP URL's).
+    pub default_vhost: String,
+    /// Every vhost CONNECT's `host` may select, the default one included.
+    pub vhosts: Vec<String>,
+    /// What a `host` that is neither a served vhost nor allowed gets.
+    pub unknown_host: UnknownHost,
     pub default_prefetch: u16,
     pub auto_ack_prefetch: u16,
     /// Largest `prefetch-count` a SUBSCRIBE may ask for; larger is capped.
@@ -60,6 +68,9 @@ impl SessionConfig {
             limits: config.limits.clone(),
             heartbeat: config.heartbeat.clone(),
             allowed_hosts: config.allowed_hosts.clone(),
+            default_vhost: default_vhost(config),
+            vhosts: served_vhosts(config),
+            unknown_host: config.unknown_host,
             default_prefetch: config.amqp.default_prefetch,
             auto_ack_prefetch: config.amqp.auto_ack_prefetch,
             max_prefetch: config.amqp.max_prefetch,
@@ -72,10 +83,14 @@ impl Default for SessionConfig {
     /// The default limits with open access (anyone may do anything).
     fn default() -> Self {
         let config = crate::config::Config::default();
+        let (default_vhost, vhosts) = (default_vhost(&config), served_vhosts(&config));
         SessionConfig {
             server: format!("stompgate/{}", env!("CARGO_PKG_VERSION")),
             limits: config.limits,
             heartbeat: config.heartbeat,
+            default_vhost,
+            vhosts,
+            unknown_host: config.unknown_host,
             allowed_hosts: config.allowed_hosts,
             default_prefetch: config.amqp.default_prefetch,
             auto_ack_prefetch: config.amqp.auto_ack_prefetch,
@@ -83,6 +98,26 @@ impl Default for SessionConfig {
             auth: Auth::open(),
         }
     }
+}
+
+/// The vhost of the gateway's AMQP URL (the first node's, for a cluster).
+fn default_vhost(config: &crate::config::Config) -> String {
+    if config.amqp.urls.is_empty() {
+        crate::config::default_vhost(std::slice::from_ref(&config.amqp.url))
+    } else {
+        crate::config::default_vhost(&config.amqp.urls)
+    }
+}
+
+/// The default vhost and `amqp.vhosts`.
+fn served_vhosts(config: &crate::config::Config) -> Vec<String> {
+    let mut all = vec![default_vhost(config)];
+    for vhost in &config.amqp.vhosts {
+        if !all.contains(vhost) {
+            all.push(vhost.clone());
+        }
+    }
+    all
 }
 
 /// The reserved destination a client SENDs a fresh token to (in the body,
@@ -101,6 +136,9 @@ pub struct Message {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     AwaitingConnect,
+    /// CONNECT waits for RabbitMQ's answer ([`Action::Authenticate`]);
+    /// frames that come meanwhile are held until it is known.
+    Authenticating,
     Connected,
     Closed,
 }
@@ -196,7 +234,27 @@ pub struct Session {
     close_reason: Option<CloseReason>,
     /// The driver does not read input for now (see [`Session::input_paused`]).
     input_paused: bool,
+    /// The virtual host CONNECT selected.
+    vhost: Option<String>,
+    /// CONNECT awaiting RabbitMQ's answer.
+    pending_connect: Option<PendingConnect>,
+    /// Frames received while authenticating.
+    held: Vec<Frame>,
 }
+
+/// What CONNECT negotiated while RabbitMQ checks the credentials.
+#[derive(Debug)]
+struct PendingConnect {
+    version: Version,
+    client_heartbeat: (u64, u64),
+    vhost: String,
+    login: String,
+    receipt: Option<String>,
+}
+
+/// Frames a client may send between CONNECT and CONNECTED (while RabbitMQ
+/// checks its credentials) before it is refused.
+const MAX_HELD_FRAMES: usize = 64;
 
 impl Session {
     fn next_incarnation(&mut self) -> u64 {
@@ -231,6 +289,9 @@ impl Session {
             handshake_token: None,
             incarnations: 0,
             reply_targets: std::collections::VecDeque::new(),
+            vhost: None,
+            pending_connect: None,
+            held: Vec::new(),
         }
     }
 
@@ -238,6 +299,11 @@ impl Session {
     /// `access_token`), used when CONNECT brings none.
     pub fn set_handshake_token(&mut self, token: Option<String>) {
         self.handshake_token = token;
+    }
+
+    /// The virtual host CONNECT selected, once connected.
+    pub fn vhost(&self) -> Option<&str> {
+        self.vhost.as_deref()
     }
 
     /// Who the session is, once connected.
@@ -436,6 +502,16 @@ impl Session {
                 )),
             },
             Phase::Connected => self.dispatch(&frame, out),
+            Phase::Authenticating => {
+                if self.held.len() >= MAX_HELD_FRAMES {
+                    Err(Refusal::new(format!(
+                        "more than {MAX_HELD_FRAMES} frames before CONNECTED"
+                    )))
+                } else {
+                    self.held.push(detach(&frame));
+                    Ok(())
+                }
+            }
         };
         match result {
             Ok(()) => {}
@@ -572,22 +648,7 @@ impl Session {
                     Refusal::rabbit("Version mismatch", "Supported versions are 1.0,1.1,1.2\n")
                 })?,
         };
-        if !self.config.allowed_hosts.is_empty() {
-            let host = frame.header("host");
-            let allowed = host
-                .as_deref()
-                .is_some_and(|h| self.config.allowed_hosts.iter().any(|a| a == h));
-            if !allowed {
-                return Err(Refusal::rabbit(
-                    "Bad CONNECT",
-                    format!(
-                        "Virtual host '{}' access denied",
-                        host.as_deref().unwrap_or("")
-                    ),
-                )
-                .auth());
-            }
-        }
+        let vhost = self.select_vhost(frame.header("host").as_deref())?;
         // Read in 1.0 too, as RabbitMQ does (a 1.0 client that does not
         // know the header does not send it).
         let client_heartbeat = match frame.header("heart-beat") {
@@ -597,6 +658,32 @@ impl Session {
             Some(value) => heartbeat::parse(&value)
                 .ok_or_else(|| Refusal::new(format!("malformed heart-beat header '{value}'")))?,
         };
+        if self.config.auth.mode == AuthMode::Rabbitmq {
+            // RabbitMQ checks the credentials: the transport asks it and
+            // calls `authenticated` with the answer.
+            let login = frame.header("login").map(|l| l.into_owned());
+            let passcode = frame.header("passcode").map(|p| p.into_owned());
+            let (Some(login), Some(passcode)) = (login, passcode) else {
+                return Err(Refusal::rabbit(
+                    "Bad CONNECT",
+                    "Missing login or passcode header(s)",
+                ));
+            };
+            self.phase = Phase::Authenticating;
+            self.pending_connect = Some(PendingConnect {
+                version,
+                client_heartbeat,
+                vhost: vhost.clone(),
+                login: login.clone(),
+                receipt: frame.header("receipt").map(|r| r.into_owned()),
+            });
+            out.push(Action::Authenticate(AuthRequest {
+                login,
+                passcode,
+                vhost,
+            }));
+            return Ok(());
+        }
         let identity = self
             .config
             .auth
@@ -617,6 +704,70 @@ impl Session {
                 )
                 .auth()
             })?;
+        self.establish(version, client_heartbeat, vhost, identity, out);
+        Ok(())
+    }
+
+    /// RabbitMQ's answer to [`Action::Authenticate`]: CONNECTED (and the
+    /// frames held meanwhile), or the ERROR Web-STOMP writes, and the close.
+    pub fn authenticated(
+        &mut self,
+        result: Result<Identity, RabbitRefusal>,
+        out: &mut Vec<Action>,
+    ) {
+        if self.phase != Phase::Authenticating {
+            return;
+        }
+        let Some(pending) = self.pending_connect.take() else {
+            return;
+        };
+        self.phase = Phase::AwaitingConnect;
+        match result {
+            Ok(identity) => {
+                self.establish(
+                    pending.version,
+                    pending.client_heartbeat,
+                    pending.vhost,
+                    identity,
+                    out,
+                );
+                for frame in std::mem::take(&mut self.held) {
+                    self.handle(frame, out);
+                }
+            }
+            Err(refusal) => {
+                self.held.clear();
+                let detail = match refusal {
+                    RabbitRefusal::BadCredentials => {
+                        format!("Access refused for user '{}'\n", pending.login)
+                    }
+                    RabbitRefusal::VhostDenied => {
+                        format!("Virtual host '{}' access denied", pending.vhost)
+                    }
+                    RabbitRefusal::Unavailable(why) => {
+                        format!("Access refused for user '{}'\n{why}\n", pending.login)
+                    }
+                };
+                self.fail(
+                    CloseReason::AccessRefused,
+                    "Bad CONNECT",
+                    &detail,
+                    pending.receipt.as_deref(),
+                    out,
+                );
+            }
+        }
+    }
+
+    /// CONNECT accepted for `identity` on `vhost`: CONNECTED.
+    fn establish(
+        &mut self,
+        version: Version,
+        client_heartbeat: (u64, u64),
+        vhost: String,
+        identity: Identity,
+        out: &mut Vec<Action>,
+    ) {
         let hb = heartbeat::negotiate(client_heartbeat, &self.config.heartbeat);
         self.version = version;
         self.negotiated = true;
@@ -640,8 +791,36 @@ impl Session {
             .expires_at
             .and_then(|at| self.timers.instant_of(at));
         self.identity = Some(identity);
+        self.vhost = Some(vhost);
         out.push(Action::Send(connected));
-        Ok(())
+    }
+
+    /// The vhost CONNECT's `host` selects, as RabbitMQ's STOMP plugin does
+    /// (none: the default one), within what the gateway serves.
+    fn select_vhost(&self, host: Option<&str>) -> Result<String, Refusal> {
+        let config = &self.config;
+        let refuse = |host: &str| {
+            Refusal::rabbit(
+                "Bad CONNECT",
+                format!("Virtual host '{host}' access denied"),
+            )
+            .auth()
+        };
+        match host {
+            None if config.allowed_hosts.is_empty() => Ok(config.default_vhost.clone()),
+            None => Err(refuse("")),
+            Some(host) if config.vhosts.iter().any(|v| v == host) => Ok(host.to_owned()),
+            Some(host) if config.allowed_hosts.iter().any(|a| a == host) => {
+                Ok(config.default_vhost.clone())
+            }
+            Some(_)
+                if config.unknown_host == UnknownHost::Default
+                    && config.allowed_hosts.is_empty() =>
+            {
+                Ok(config.default_vhost.clone())
+            }
+            Some(host) => Err(refuse(host)),
+        }
     }
 
     /// SEND to [`TOKEN_REFRESH_DESTINATION`]: a fresh token for the same user.
@@ -723,6 +902,18 @@ impl Session {
         Ok(destination)
     }
 
+    /// `auth.mode = "rabbitmq"`: refuses `op` as RabbitMQ would refuse it
+    /// to a connection of the session's user (its current permissions).
+    fn check_rabbit_permissions(&self, op: &Operation<'_>) -> Result<(), Refusal> {
+        let Some(handle) = self.identity.as_ref().and_then(|i| i.permissions.as_ref()) else {
+            return Ok(());
+        };
+        handle
+            .current()
+            .check_all(&permissions::checks(op))
+            .map_err(|refused| Refusal::rabbit("access_refused", refused.body()))
+    }
+
     /// Checks a SEND's `reply-to` other than `/temp-queue/`: a reply queue
     /// handed to this session (or allowed by a rule), or a destination the
     /// session may SUBSCRIBE to (where it can read the replies). Anything
@@ -765,6 +956,7 @@ impl Session {
         if !replay && self.buffer_in_transaction(frame, out)? {
             return Ok(());
         }
+        let mut new_reply_queue = false;
         let reply_to = match frame.header("reply-to") {
             None => None,
             Some(value) => {
@@ -777,6 +969,7 @@ impl Session {
                     }
                     let sub_id = format!("/temp-queue/{name}");
                     if !self.subscriptions.contains_key(&sub_id) {
+                        new_reply_queue = true;
                         self.check_subscription_limit()?;
                         let incarnation = self.next_incarnation();
                         self.subscriptions.insert(
@@ -796,6 +989,12 @@ impl Session {
                 }
             }
         };
+        self.check_rabbit_permissions(&Operation {
+            verb: Verb::Send,
+            destination: &destination,
+            subscription_queue: None,
+            new_reply_queue,
+        })?;
         let mut headers: Vec<(String, String)> = frame
             .headers()
             .filter(|(name, _)| {
@@ -939,6 +1138,26 @@ impl Session {
             .filter(|(n, _)| n.starts_with("x-") && n != "x-queue-name")
             .map(|(n, v)| (n.into_owned(), v.into_owned()))
             .collect();
+        // auth.mode = "rabbitmq": what RabbitMQ would check for the
+        // declare, consume and bind Web-STOMP makes. A session's own
+        // `/user/` queue is the gateway's, not a RabbitMQ resource.
+        let written = frame.header("destination").unwrap_or_default();
+        if !matches!(
+            UserDestination::parse(&written),
+            Some(Ok(UserDestination::Own { .. }))
+        ) {
+            let subscription_queue = destination.is_broadcast().then(|| {
+                queue_name
+                    .clone()
+                    .unwrap_or_else(|| permissions::transient_subscription_queue(&written, &id))
+            });
+            self.check_rabbit_permissions(&Operation {
+                verb: Verb::Subscribe,
+                destination: &destination,
+                subscription_queue,
+                new_reply_queue: false,
+            })?;
+        }
         let request = SubscribeRequest {
             id: id.clone(),
             destination,

@@ -28,7 +28,7 @@ fn handle(session: &mut Session, frame: Frame) -> Vec<Action> {
 
 /// A CONNECT frame; `None` leaves out `accept-version` (STOMP 1.0).
 fn connect_frame(accept_version: Option<&str>) -> Frame {
-    let frame = Frame::new(Command::Connect).with_header("host", "some-machine");
+    let frame = Frame::new(Command::Connect).with_header("host", "/");
     match accept_version {
         Some(v) => frame.with_header("accept-version", v),
         None => frame,
@@ -271,7 +271,7 @@ fn stomp_command_connects_like_connect() {
     let mut session = new_session(SessionConfig::default());
     let frame = Frame::new(Command::Stomp)
         .with_header("accept-version", "1.2")
-        .with_header("host", "h");
+        .with_header("host", "/");
     let out = handle(&mut session, frame);
     assert!(session.is_connected());
     assert_eq!(session.version(), Some(Version::V1_2));
@@ -402,19 +402,60 @@ fn heart_beat_is_honoured_in_1_0_as_rabbitmq_does() {
     );
 }
 
-// ------------------------------------------------------------ allowed_hosts
+// ------------------------------------------------- vhosts and allowed_hosts
+
+fn connect_to(host: Option<&str>) -> Frame {
+    let frame = Frame::new(Command::Connect).with_header("accept-version", "1.2");
+    match host {
+        Some(host) => frame.with_header("host", host),
+        None => frame,
+    }
+}
 
 #[test]
-fn empty_allowed_hosts_accepts_any_host_or_none() {
-    for frame in [
-        connect_frame(Some("1.2")).with_header("host", "my-laptop.local"),
-        Frame::new(Command::Connect).with_header("accept-version", "1.2"),
-    ] {
-        let mut session = new_session(SessionConfig::default());
-        let out = handle(&mut session, frame);
-        assert!(error_message(&out).is_none(), "{out:?}");
-        assert!(session.is_connected());
+fn host_selects_a_served_vhost_and_none_is_the_default() {
+    let config = Arc::new(SessionConfig {
+        vhosts: vec!["/".into(), "shop".into()],
+        ..SessionConfig::default()
+    });
+    for (host, vhost) in [(None, "/"), (Some("/"), "/"), (Some("shop"), "shop")] {
+        let mut session = Session::new(
+            Arc::clone(&config),
+            "s".into(),
+            std::time::Instant::now(),
+            crate::auth::unix_now(),
+        );
+        let out = handle(&mut session, connect_to(host));
+        assert!(error_message(&out).is_none(), "{host:?}: {out:?}");
+        assert_eq!(session.vhost(), Some(vhost));
     }
+}
+
+#[test]
+fn an_unknown_host_is_refused_as_web_stomp_refuses_it() {
+    let mut session = new_session(SessionConfig::default());
+    let out = handle(&mut session, connect_to(Some("my-laptop.local")));
+    assert_refused(
+        &session,
+        &out,
+        "Virtual host 'my-laptop.local' access denied",
+    );
+    let Some(Action::Send(error)) = out.iter().find(|a| matches!(a, Action::Send(_))) else {
+        panic!("no ERROR: {out:?}");
+    };
+    assert_eq!(error.header("message").as_deref(), Some("Bad CONNECT"));
+}
+
+#[test]
+fn unknown_host_default_ignores_the_host() {
+    let config = SessionConfig {
+        unknown_host: crate::config::UnknownHost::Default,
+        ..SessionConfig::default()
+    };
+    let mut session = new_session(config);
+    let out = handle(&mut session, connect_to(Some("my-laptop.local")));
+    assert!(error_message(&out).is_none(), "{out:?}");
+    assert_eq!(session.vhost(), Some("/"));
 }
 
 #[test]
@@ -430,6 +471,7 @@ fn allowed_hosts_accepts_a_listed_host() {
     let out = handle(&mut session, frame);
     assert!(error_message(&out).is_none(), "{out:?}");
     assert!(session.is_connected());
+    assert_eq!(session.vhost(), Some("/"), "an alias of the default vhost");
 }
 
 #[test]
@@ -2266,4 +2308,122 @@ fn unsubscribe_with_durable_true_deletes_the_queue_first() {
             ]
         );
     }
+}
+
+// ------------------------------------------------- auth.mode = "rabbitmq"
+
+fn rabbit_config() -> SessionConfig {
+    let mut config = crate::config::Config::default();
+    config.auth.mode = crate::config::AuthMode::Rabbitmq;
+    SessionConfig {
+        auth: Auth::from_config(&config.auth).expect("auth"),
+        ..SessionConfig::default()
+    }
+}
+
+fn rabbit_connect_frame() -> Frame {
+    connect_to(Some("/"))
+        .with_header("login", "alice")
+        .with_header("passcode", "pw")
+}
+
+fn rabbit_identity(permissions: crate::auth::permissions::Permissions) -> Identity {
+    Identity {
+        user: Some("alice".into()),
+        permissions: Some(crate::auth::permissions::PermissionsHandle::new(
+            permissions,
+        )),
+        ..Identity::anonymous()
+    }
+}
+
+fn write_only_topic() -> crate::auth::permissions::Permissions {
+    crate::auth::permissions::Permissions::new(
+        "alice",
+        "/",
+        Some(&crate::auth::permissions::VhostPatterns {
+            configure: ".*".into(),
+            write: "^amq\\.topic$".into(),
+            read: ".*".into(),
+        }),
+        &[],
+        [],
+    )
+}
+
+#[test]
+fn rabbitmq_mode_asks_the_transport_and_holds_frames_until_the_answer() {
+    let mut session = new_session(rabbit_config());
+    let out = handle(&mut session, rabbit_connect_frame());
+    assert_eq!(
+        out,
+        vec![Action::Authenticate(crate::auth::rabbit::AuthRequest {
+            login: "alice".into(),
+            passcode: "pw".into(),
+            vhost: "/".into(),
+        })]
+    );
+    assert!(!session.is_connected());
+    // A SEND that comes meanwhile waits for the answer.
+    assert!(handle(&mut session, send_frame("/topic/t")).is_empty());
+    let mut out = Vec::new();
+    session.authenticated(Ok(rabbit_identity(write_only_topic())), &mut out);
+    assert!(session.is_connected());
+    assert!(sent_frame(&out, Command::Connected).is_some());
+    assert!(
+        out.iter().any(|a| matches!(a, Action::Publish(_))),
+        "the held SEND is handled after CONNECTED: {out:?}"
+    );
+}
+
+#[test]
+fn rabbitmq_refusals_are_web_stomp_errors() {
+    use crate::auth::rabbit::RabbitRefusal;
+    for (refusal, text) in [
+        (
+            RabbitRefusal::BadCredentials,
+            "Access refused for user 'alice'\n",
+        ),
+        (RabbitRefusal::VhostDenied, "Virtual host '/' access denied"),
+    ] {
+        let mut session = new_session(rabbit_config());
+        handle(&mut session, rabbit_connect_frame());
+        let mut out = Vec::new();
+        session.authenticated(Err(refusal), &mut out);
+        assert_eq!(error_message(&out).as_deref(), Some("Bad CONNECT"));
+        let error = sent_frame(&out, Command::Error).expect("ERROR");
+        assert_eq!(&error.body[..], text.as_bytes());
+        assert_eq!(out.last(), Some(&Action::Close));
+        assert!(session.is_closed());
+    }
+    let mut session = new_session(rabbit_config());
+    let out = handle(&mut session, connect_to(Some("/")));
+    assert_refused(&session, &out, "Missing login or passcode header(s)");
+}
+
+#[test]
+fn rabbitmq_permissions_are_checked_on_every_frame_as_they_are_now() {
+    let mut session = new_session(rabbit_config());
+    handle(&mut session, rabbit_connect_frame());
+    let identity = rabbit_identity(write_only_topic());
+    let handle_of = identity.permissions.clone().expect("handle");
+    let mut out = Vec::new();
+    session.authenticated(Ok(identity), &mut out);
+    let out = handle(&mut session, send_frame("/topic/t"));
+    assert!(matches!(out[0], Action::Publish(_)), "{out:?}");
+    // Revoked: the next SEND is refused as RabbitMQ refuses it.
+    handle_of.replace(crate::auth::permissions::Permissions::new(
+        "alice",
+        "/",
+        None,
+        &[],
+        [],
+    ));
+    let out = handle(&mut session, send_frame("/topic/t"));
+    assert_eq!(error_message(&out).as_deref(), Some("access_refused"));
+    assert_refused(
+        &session,
+        &out,
+        "ACCESS_REFUSED - access to exchange 'amq.topic' in vhost '/' refused for user 'alice'",
+    );
 }

@@ -27,6 +27,7 @@ use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 
 use super::outbound::{ClientLink, Outbound};
+use crate::auth::rabbit::{RabbitAuth, RabbitRefusal};
 use crate::bridge::fanout::{Recipient, Subscriber};
 use crate::bridge::{BrokerSession, Inbound};
 use crate::config::Limits;
@@ -61,6 +62,8 @@ pub struct Context {
     pub drain: CancellationToken,
     /// Sessions close at a random moment within this window of the drain.
     pub drain_window: Duration,
+    /// `auth.mode = "rabbitmq"`: RabbitMQ checks CONNECT's credentials.
+    pub rabbit_auth: Option<Arc<RabbitAuth>>,
 }
 
 /// Per-session options a transport knows from its handshake.
@@ -133,6 +136,8 @@ where
         cut_off: false,
         reported: false,
         drain: ctx.drain.clone(),
+        rabbit_auth: ctx.rabbit_auth.clone(),
+        followups: Vec::new(),
     };
     let mut drain_seen = false;
     let outcome = loop {
@@ -265,6 +270,10 @@ struct Driver<B> {
     reported: bool,
     /// The gateway's drain signal (also while waiting for outbound room).
     drain: CancellationToken,
+    rabbit_auth: Option<Arc<RabbitAuth>>,
+    /// Actions an action produced (the session's answer to
+    /// [`Action::Authenticate`]), carried out next.
+    followups: Vec<Action>,
 }
 
 impl<B: BrokerSession> Driver<B> {
@@ -408,7 +417,13 @@ impl<B: BrokerSession> Driver<B> {
             }
             // Boxed: the futures of broker operations are large, and this
             // task's future is held for the whole life of every session.
-            if let Err((message, receipt)) = Box::pin(self.apply(action)).await {
+            let result = Box::pin(self.apply(action)).await;
+            if !self.followups.is_empty() {
+                let mut next = std::mem::take(&mut self.followups);
+                next.extend(queue);
+                queue = next.into();
+            }
+            if let Err((message, receipt)) = result {
                 self.confirms = FuturesOrdered::new();
                 let mut error = Vec::new();
                 self.session
@@ -429,6 +444,23 @@ impl<B: BrokerSession> Driver<B> {
                 self.codec.set_limits(self.full_limits);
                 self.queue(Outbound::SetHeartbeat(negotiated.send_every))
                     .await;
+                // CONNECT's `host` selected a vhost: the broker side moves
+                // there before anything is subscribed.
+                if let Some(vhost) = self.session.vhost().map(str::to_owned) {
+                    self.broker
+                        .select_vhost(&vhost)
+                        .await
+                        .map_err(|e| (e.to_string(), None))?;
+                }
+            }
+            Action::Authenticate(request) => {
+                let result = match &self.rabbit_auth {
+                    Some(auth) => auth.authenticate(&request).await,
+                    None => Err(RabbitRefusal::Unavailable(
+                        "auth.mode = \"rabbitmq\" is not set up".into(),
+                    )),
+                };
+                self.session.authenticated(result, &mut self.followups);
             }
             Action::Send(frame) => self.write(&frame).await,
             Action::Receipt(receipt) => {

@@ -786,9 +786,16 @@ impl PrivateNode {
         PrivateNode::start_with(name, amqp_port, &[])
     }
 
+    /// As [`PrivateNode::start`] with `plugins` (comma-separated); with
+    /// `rabbitmq_management`, its API is on [`PrivateNode::management_port`].
+    pub fn start_with_plugins(name: &str, amqp_port: u16, plugins: &str) -> PrivateNode {
+        PrivateNode::start_with(name, amqp_port, &[("PRIVATE_RABBIT_PLUGINS", plugins)])
+    }
+
     /// As [`PrivateNode::start`], with more of the script's settings in
-    /// `env` (they win over the derived ports: `PRIVATE_RABBIT_TLS_DIR`,
-    /// `PRIVATE_RABBIT_NO_STOMP`, ...). A node of that name left by an
+    /// `env` (they win over the derived ports and the default plugins:
+    /// `PRIVATE_RABBIT_TLS_DIR`, `PRIVATE_RABBIT_NO_STOMP`,
+    /// `PRIVATE_RABBIT_PLUGINS`, ...). A node of that name left by an
     /// interrupted run is stopped first.
     pub fn start_with(name: &str, amqp_port: u16, env: &[(&str, &str)]) -> PrivateNode {
         let _ = std::process::Command::new("bash")
@@ -797,6 +804,14 @@ impl PrivateNode {
             .output();
         let out = std::process::Command::new("bash")
             .args(["scripts/private-rabbitmq.sh", "start", name])
+            .env(
+                "PRIVATE_RABBIT_PLUGINS",
+                "rabbitmq_stomp,rabbitmq_web_stomp",
+            )
+            .env(
+                "PRIVATE_RABBIT_MANAGEMENT_PORT",
+                (amqp_port + 11_000).to_string(),
+            )
             .env("PRIVATE_RABBIT_AMQP_PORT", amqp_port.to_string())
             .env(
                 "PRIVATE_RABBIT_WEB_STOMP_PORT",
@@ -830,6 +845,16 @@ impl PrivateNode {
 
     pub fn amqp_url(&self) -> String {
         format!("amqp://127.0.0.1:{}/%2f", self.amqp_port)
+    }
+
+    /// The Web-STOMP endpoint (`ws://`), when the plugin is enabled.
+    pub fn web_stomp_url(&self) -> String {
+        format!("ws://127.0.0.1:{}/ws", self.amqp_port + 10_000)
+    }
+
+    /// The management API's port, when the plugin is enabled.
+    pub fn management_port(&self) -> u16 {
+        self.amqp_port + 11_000
     }
 
     /// `rabbitmqctl -n <node> args...`, which must succeed.

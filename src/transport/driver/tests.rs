@@ -101,6 +101,10 @@ impl BrokerSession for MemoryBroker {
 
     fn restarted(&mut self, _subscription: &str, _queue: String) {}
 
+    async fn select_vhost(&mut self, _vhost: &str) -> Result<(), BridgeError> {
+        Ok(())
+    }
+
     async fn close(&mut self) {
         self.lock().closed = true;
     }
@@ -134,6 +138,7 @@ fn context(tweak: impl FnOnce(&mut SessionConfig, &mut Context)) -> Context {
         throttle: true,
         drain: CancellationToken::new(),
         drain_window: Duration::ZERO,
+        rabbit_auth: None,
     };
     tweak(&mut session, &mut ctx);
     ctx.limits = session.limits.clone();
@@ -493,6 +498,8 @@ async fn session_futures_stay_small() {
         cut_off: false,
         reported: false,
         drain: CancellationToken::new(),
+        rabbit_auth: None,
+        followups: Vec::new(),
     };
     assert!(size(&driver.execute(Vec::new())) <= 512);
     assert!(size(&driver.receive(&[])) <= 1024);
