@@ -1465,6 +1465,9 @@ impl Session {
         out: &mut Vec<Action>,
     ) {
         self.close_reason = Some(reason);
+        // After an ERROR nothing more is written: receipts still owed are
+        // not sent, and nothing waits for their confirms.
+        self.confirms.clear();
         // The message header must stay on one line whatever the escaping,
         // and say something.
         let message = if message.trim().is_empty() {

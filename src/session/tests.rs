@@ -762,6 +762,9 @@ fn receipts_wait_for_every_earlier_confirm_and_are_bounded() {
     );
     assert_eq!(error.header("receipt-id").as_deref(), Some("g"));
     assert!(session.is_closed());
+    // Nothing after the ERROR: the receipts owed are dropped.
+    assert!(session.is_finished());
+    assert_eq!(confirm(&mut session), vec![]);
 }
 
 #[test]
