@@ -218,6 +218,10 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
     if gateway.config.demo.enabled {
         router = router.merge(crate::demo::router(&gateway.config));
     }
+    // SockJS fallbacks (src/transport/sockjs/), only when `sockjs.enabled`.
+    if gateway.config.sockjs.enabled {
+        router = router.merge(crate::transport::sockjs::router(&gateway));
+    }
     router.with_state(gateway)
 }
 
@@ -293,7 +297,7 @@ pub async fn serve_gateway(
     Ok(())
 }
 
-async fn upgrade(
+pub(crate) async fn upgrade(
     State(gateway): State<Arc<Gateway>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: axum::http::HeaderMap,
@@ -359,7 +363,7 @@ fn refuse(status: StatusCode, reason: &'static str) -> Response {
 /// `allowed`; an empty list allows any, and no `Origin` (non-browser
 /// clients) is allowed. Compared ASCII case-insensitively, without a
 /// trailing `/`.
-fn origin_allowed(allowed: &[String], headers: &axum::http::HeaderMap) -> bool {
+pub(crate) fn origin_allowed(allowed: &[String], headers: &axum::http::HeaderMap) -> bool {
     if allowed.is_empty() {
         return true;
     }
@@ -379,7 +383,10 @@ fn origin_allowed(allowed: &[String], headers: &axum::http::HeaderMap) -> bool {
 
 /// A token from `Authorization: Bearer <token>` or `?access_token=<token>`
 /// (browsers cannot set headers on a WebSocket handshake).
-fn handshake_token(headers: &axum::http::HeaderMap, uri: &axum::http::Uri) -> Option<String> {
+pub(crate) fn handshake_token(
+    headers: &axum::http::HeaderMap,
+    uri: &axum::http::Uri,
+) -> Option<String> {
     if let Some(value) = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

@@ -3,4 +3,5 @@
 
 pub mod listener;
 pub mod outbound;
+pub mod sockjs;
 pub mod websocket;
