@@ -1,15 +1,14 @@
 //! Micro-benchmarks of broadcast fan-out: encoding a message once for all
 //! recipients (`SharedMessage::encode`) and what is done per recipient.
 //!
-//! The per-recipient step lives in private code of
-//! `transport::websocket` (the writer's `Pending` buffer), reproduced inline
-//! here: each broadcast entry's parts (the subscription's prefix, the
-//! optional `ack` line, the shared tail) are copied into the connection's
-//! coalescing buffer, and each batch of joined frames becomes one WebSocket
-//! message after one UTF-8 check. `join` is the per-recipient copy,
-//! `message_of_1` a batch of one frame (the whole cost when a client gets one
-//! message at a time), `message_of_16` sixteen frames (per batch: divide by
-//! 16 for the cost per frame).
+//! The per-recipient step is the real writer path: each broadcast entry
+//! ([`Outbound::Broadcast`]) goes through the transport's [`Coalescer`]
+//! (its parts copied into the connection's buffer), and each batch of joined
+//! frames becomes one WebSocket message ([`websocket::chunk_message`], one
+//! UTF-8 check). `join` is the per-recipient copy, `message_of_1` a batch of
+//! one frame (the whole cost when a client gets one message at a time),
+//! `message_of_16` sixteen frames (per batch: divide by 16 for the cost per
+//! frame).
 //!
 //! `cargo bench --bench fanout`
 
@@ -17,14 +16,14 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{Message as WsMessage, Utf8Bytes};
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use stompgate::bridge::fanout::SharedMessage;
-use stompgate::stomp::{encode_header, Escaping};
-
-/// As the writer's `COALESCE_BYTES`: a batch becomes a message at this size.
-const COALESCE_BYTES: usize = 64 * 1024;
+use stompgate::bridge::fanout::Delivery;
+use stompgate::stomp::message::{message_prefix, SharedMessage};
+use stompgate::stomp::Escaping;
+use stompgate::transport::coalesce::{Coalescer, COALESCE_BYTES};
+use stompgate::transport::outbound::Outbound;
+use stompgate::transport::websocket::chunk_message;
 
 fn headers() -> Vec<(String, String)> {
     [
@@ -38,64 +37,13 @@ fn headers() -> Vec<(String, String)> {
     .collect()
 }
 
-/// `MESSAGE\nsubscription:<id>\n`, as `fanout::Subscriber::new` builds it.
-fn prefix(id: &str) -> Bytes {
-    let mut prefix = BytesMut::with_capacity(24 + id.len());
-    prefix.put_slice(b"MESSAGE\n");
-    encode_header("subscription", id, Escaping::V12, &mut prefix);
-    prefix.freeze()
-}
-
-/// The writer's coalescing buffer (inline copy of the private `Pending`).
-#[derive(Default)]
-struct Pending {
-    buf: BytesMut,
-    binary: bool,
-}
-
-impl Pending {
-    /// Copies one broadcast entry in: prefix, optional ack line, tail.
-    fn add(
-        &mut self,
-        prefix: &Bytes,
-        ack_header: bool,
-        escaping: Escaping,
-        m: &SharedMessage,
-    ) -> Option<WsMessage> {
-        let ack: &[u8] = if ack_header { &m.ack_line } else { &[] };
-        let parts = [&prefix[..], ack, &m.tail(escaping)[..]];
-        let len: usize = parts.iter().map(|p| p.len()).sum();
-        let flushed = if !self.buf.is_empty() && self.buf.len() + len > COALESCE_BYTES {
-            self.take()
-        } else {
-            None
-        };
-        if self.buf.is_empty() {
-            self.buf.reserve(len.max(256));
-        }
-        for part in parts {
-            self.buf.put_slice(part);
-        }
-        self.binary |= m.binary;
-        flushed
-    }
-
-    /// The joined frames as one WebSocket message.
-    fn take(&mut self) -> Option<WsMessage> {
-        if self.buf.is_empty() {
-            return None;
-        }
-        let bytes = std::mem::take(&mut self.buf).freeze();
-        let binary = std::mem::take(&mut self.binary);
-        Some(if binary {
-            WsMessage::Binary(bytes)
-        } else {
-            match Utf8Bytes::try_from(bytes.clone()) {
-                Ok(text) => WsMessage::Text(text),
-                Err(_) => WsMessage::Binary(bytes),
-            }
-        })
-    }
+fn entry(message: &Arc<SharedMessage>, prefix: &Bytes, ack_header: bool) -> Outbound {
+    Outbound::Broadcast(Delivery {
+        prefix: prefix.clone(),
+        ack_header,
+        escaping: Escaping::V12,
+        message: Arc::clone(message),
+    })
 }
 
 fn bench_encode(c: &mut Criterion) {
@@ -108,7 +56,11 @@ fn bench_encode(c: &mut Criterion) {
             let mut seq = 0u64;
             b.iter(|| {
                 seq += 1;
-                black_box(SharedMessage::encode(seq, black_box(&headers), body))
+                black_box(stompgate::bridge::fanout::encode(
+                    seq,
+                    black_box(&headers),
+                    body,
+                ))
             })
         });
     }
@@ -118,51 +70,53 @@ fn bench_encode(c: &mut Criterion) {
 fn bench_per_recipient(c: &mut Criterion) {
     let mut group = c.benchmark_group("per_recipient");
     let headers = headers();
-    let prefix = prefix("sub-0");
+    let prefix = message_prefix("sub-0", Escaping::V12);
     for size in [100usize, 4096] {
-        let message = Arc::new(SharedMessage::encode(
+        let message = Arc::new(stompgate::bridge::fanout::encode(
             7,
             &headers,
             &Bytes::from(vec![b'x'; size]),
         ));
+        let plain = entry(&message, &prefix, false);
+        let acked = entry(&message, &prefix, true);
         group.throughput(Throughput::Elements(1));
         // The copy into a buffer that is already there (mid-batch).
-        group.bench_with_input(BenchmarkId::new("join", size), &message, |b, m| {
-            let mut pending = Pending::default();
-            b.iter(|| {
-                if pending.buf.len() > COALESCE_BYTES / 2 {
-                    pending.buf.clear();
-                }
-                black_box(pending.add(&prefix, false, Escaping::V12, m))
-            })
-        });
-        group.bench_with_input(BenchmarkId::new("join_ack", size), &message, |b, m| {
-            let mut pending = Pending::default();
-            b.iter(|| {
-                if pending.buf.len() > COALESCE_BYTES / 2 {
-                    pending.buf.clear();
-                }
-                black_box(pending.add(&prefix, true, Escaping::V12, m))
-            })
-        });
-        group.bench_with_input(BenchmarkId::new("message_of_1", size), &message, |b, m| {
-            let mut pending = Pending::default();
-            b.iter(|| {
-                let _ = pending.add(&prefix, false, Escaping::V12, m);
-                black_box(pending.take())
-            })
-        });
-        group.bench_with_input(BenchmarkId::new("message_of_16", size), &message, |b, m| {
-            let mut pending = Pending::default();
-            b.iter(|| {
-                for _ in 0..16 {
-                    if let Some(full) = pending.add(&prefix, false, Escaping::V12, m) {
-                        black_box(full);
+        for (name, item) in [("join", &plain), ("join_ack", &acked)] {
+            group.bench_with_input(BenchmarkId::new(name, size), item, |b, item| {
+                let mut coalescer = Coalescer::default();
+                let mut joined = 0usize;
+                b.iter(|| {
+                    if joined > COALESCE_BYTES / 2 {
+                        black_box(coalescer.take());
+                        joined = 0;
                     }
-                }
-                black_box(pending.take())
+                    joined += size;
+                    black_box(coalescer.add(item))
+                })
+            });
+        }
+        group.bench_with_input(BenchmarkId::new("message_of_1", size), &plain, |b, item| {
+            let mut coalescer = Coalescer::default();
+            b.iter(|| {
+                let _ = coalescer.add(item);
+                black_box(coalescer.take().map(chunk_message))
             })
         });
+        group.bench_with_input(
+            BenchmarkId::new("message_of_16", size),
+            &plain,
+            |b, item| {
+                let mut coalescer = Coalescer::default();
+                b.iter(|| {
+                    for _ in 0..16 {
+                        if let Some(full) = coalescer.add(item) {
+                            black_box(chunk_message(full));
+                        }
+                    }
+                    black_box(coalescer.take().map(chunk_message))
+                })
+            },
+        );
     }
     group.finish();
 }

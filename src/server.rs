@@ -23,13 +23,15 @@ use crate::bridge::Bridge;
 use crate::config::Config;
 use crate::metrics::RejectReason;
 use crate::session::SessionConfig;
-use crate::transport::{listener, websocket};
+use crate::transport::{driver, listener, websocket};
 
 /// What every connection of the process shares.
 #[derive(Debug)]
 pub struct Gateway {
     pub config: Config,
     pub session_config: Arc<SessionConfig>,
+    /// What the session driver of every connection shares.
+    pub driver: driver::Context,
     pub bridge: Arc<Bridge>,
     prometheus: Option<PrometheusHandle>,
     /// Cancelled when the graceful drain starts.
@@ -83,12 +85,23 @@ impl Gateway {
                 topic_exchanges: Vec::new(),
             },
         );
+        let session_config = Arc::new(session_config);
+        let draining = CancellationToken::new();
+        let driver = driver::Context {
+            session: Arc::clone(&session_config),
+            limits: config.limits.clone(),
+            max_frames_per_second: config.security.max_frames_per_second,
+            throttle: config.security.rate_limit_policy == crate::config::RateLimitPolicy::Throttle,
+            drain: draining.clone(),
+            drain_window: Duration::from_millis(config.drain_window_ms),
+        };
         Ok(Arc::new(Gateway {
-            session_config: Arc::new(session_config),
+            session_config,
+            driver,
             config,
             bridge,
             prometheus,
-            draining: CancellationToken::new(),
+            draining,
             connections: AtomicUsize::new(0),
             all_closed: Notify::new(),
             admitted: Mutex::new(Admitted::default()),
@@ -328,6 +341,7 @@ pub(crate) async fn upgrade(
     };
     let handshake = websocket::Handshake {
         token: handshake_token(&headers, &uri),
+        ping_every: gateway.config.security.ws_ping_interval(),
     };
     let limits = &gateway.config.limits;
     // The codec enforces STOMP's limits; the WebSocket layer only needs to
@@ -342,7 +356,9 @@ pub(crate) async fn upgrade(
             // Admitted until the session ends (or the upgrade fails, which
             // drops this closure unrun).
             let _admission = admission;
-            websocket::run(socket, gateway, handshake).await;
+            let _connection = gateway.track_connection();
+            let broker = gateway.bridge.session();
+            websocket::run(socket, &gateway.driver, broker, handshake).await;
         })
 }
 

@@ -32,7 +32,7 @@ use std::sync::Arc;
 use arbitrary::Arbitrary;
 use bytes::{Bytes, BytesMut};
 use libfuzzer_sys::fuzz_target;
-use stompgate::bridge::destination::Destination;
+use stompgate::stomp::destination::Destination;
 use stompgate::config::{AuthConfig, RuleConfig, UserConfig};
 use stompgate::session::{Action, Message, Session, SessionConfig};
 use stompgate::stomp::frame::unescape;

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use crate::bridge::destination::Destination;
+use crate::stomp::destination::Destination;
 use crate::config::{AuthConfig, UserConfig};
 
 pub use jwt::JwtVerifier;

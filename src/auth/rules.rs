@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::user::{encode_user, UserDestination};
 use super::{AuthError, Identity};
-use crate::bridge::destination::Destination;
+use crate::stomp::destination::Destination;
 use crate::config::RuleConfig;
 
 /// What a client wants to do.

@@ -2,12 +2,12 @@
 //! fan-out of broadcast messages to local subscribers, all through one
 //! fixed-size plane of channels and queues per replica ([`plane`]).
 
-pub mod destination;
 pub mod fanout;
 pub mod matcher;
 pub mod plane;
 pub mod pool;
 pub mod properties;
+pub mod seam;
 pub mod session_broker;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use rand::Rng;
 
+pub use seam::{BrokerSession, Confirm};
 pub use session_broker::{Inbound, SessionBroker};
 
 /// Why the broker side could not do what a session asked.

@@ -43,12 +43,12 @@ use lapin::{Channel, Connection};
 use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
-use super::fanout::{Binding, SharedMessage, Subscriber};
+use super::fanout::{self, Binding, Subscriber};
+use crate::stomp::message::SharedMessage;
 use super::matcher::{ExchangeKind, ExchangeRoutes};
 use super::pool::Pool;
 use super::properties::{short, stomp_headers_from_amqp};
 use super::BridgeError;
-use crate::transport::outbound::Outbound;
 
 /// Sizes of the plane (from `[amqp]`).
 #[derive(Debug, Clone)]
@@ -943,7 +943,7 @@ impl Plane {
                     delivery.redelivered,
                     &delivery.properties,
                 );
-                Arc::new(SharedMessage::encode(
+                Arc::new(fanout::encode(
                     seq,
                     &headers,
                     &Bytes::from(data.take().unwrap_or_default()),
@@ -957,12 +957,7 @@ impl Plane {
             let shared = encode(&mut message);
             recipients += entry.subscribers.len() as u64;
             for s in &entry.subscribers {
-                s.link.offer(Outbound::Broadcast {
-                    prefix: s.prefix.clone(),
-                    ack_header: s.ack_header,
-                    escaping: s.escaping,
-                    message: Arc::clone(&shared),
-                });
+                s.offer(&shared);
             }
         };
         let matched = if shard.dedicated.is_some() {

@@ -25,7 +25,7 @@
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::BasicProperties;
 
-use super::destination::Destination;
+use crate::stomp::destination::Destination;
 use super::BridgeError;
 
 /// AMQP properties for a SEND's headers (`reply_to` already resolved).

@@ -32,7 +32,7 @@ use lapin::types::FieldTable;
 use lapin::{Channel, PublisherConfirm};
 use tokio::sync::mpsc;
 
-use super::destination::Destination;
+use crate::stomp::destination::Destination;
 use super::fanout::{Binding, Subscriber};
 use super::plane::{timed, Plane, Shard};
 use super::properties::{properties_from_stomp, queue_arguments, short, stomp_headers_from_amqp};

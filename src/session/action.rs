@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::bridge::destination::Destination;
+use crate::stomp::destination::Destination;
 use crate::stomp::{Escaping, Frame};
 
 /// The protocol version negotiated on CONNECT.
@@ -41,6 +41,15 @@ pub enum AckMode {
     /// Cumulative: an ACK acknowledges that message and all earlier ones.
     Client,
     ClientIndividual,
+}
+
+impl AckMode {
+    /// Whether MESSAGE frames of a subscription in this mode carry an
+    /// `ack` header: STOMP 1.2 client-ack modes only. The one rule for the
+    /// session's own deliveries and the fan-out's shared encoding.
+    pub fn ack_header(self, version: Version) -> bool {
+        version == Version::V1_2 && self != AckMode::Auto
+    }
 }
 
 /// What was agreed on CONNECT; the transport applies it.
@@ -115,10 +124,6 @@ pub struct PublishRequest {
 pub enum Action {
     /// CONNECT accepted: apply version, heart-beats and the full frame limit.
     Established(Negotiated),
-    /// The session's credentials expire at this time (seconds since the
-    /// Unix epoch), or never; the transport ends the session then unless a
-    /// refreshed token moved it.
-    Expiry(Option<u64>),
     /// Write this frame to the client.
     Send(Frame),
     Subscribe(SubscribeRequest),
@@ -145,8 +150,33 @@ pub enum Action {
         multiple: bool,
         requeue: bool,
     },
-    /// Send RECEIPT `receipt-id` once every earlier publish was confirmed.
+    /// Write RECEIPT `receipt-id` now: the session emits it once every
+    /// earlier publish was confirmed ([`super::Session::publish_confirmed`]).
     Receipt(String),
     /// Flush what is queued for the client, then close the connection.
     Close,
+}
+
+/// Why a session ended: typed, so that metrics and logs read the reason
+/// instead of parsing an ERROR's text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client sent DISCONNECT.
+    Disconnect,
+    /// Malformed input or a codec limit.
+    Protocol,
+    /// A frame the session refused (missing header, unknown id, a limit).
+    Refused,
+    /// Authentication or authorization refused.
+    AccessRefused,
+    /// The session's credentials expired.
+    TokenExpired,
+    /// No CONNECT in time, no heart-beat, or no answer to pings.
+    Timeout,
+    /// The client sent frames faster than allowed.
+    RateLimit,
+    /// The broker refused something or failed.
+    Broker,
+    /// The gateway drained.
+    Shutdown,
 }

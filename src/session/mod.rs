@@ -12,17 +12,27 @@
 //! ignores further input.
 
 mod action;
+mod confirms;
 pub mod heartbeat;
+mod timers;
 
 use std::collections::{BTreeSet, HashMap};
 
 use bytes::Bytes;
 
-pub use action::{AckMode, Action, Negotiated, PublishRequest, ReplyTo, SubscribeRequest, Version};
+pub use action::{
+    AckMode, Action, CloseReason, Negotiated, PublishRequest, ReplyTo, SubscribeRequest, Version,
+};
+pub use timers::Expired;
+
+use std::time::{Duration, Instant};
+
+use confirms::Confirms;
+use timers::Timers;
 
 use crate::auth::user::UserDestination;
 use crate::auth::{Auth, Identity, Verb};
-use crate::bridge::destination::Destination;
+use crate::stomp::destination::Destination;
 use crate::config::{HeartbeatConfig, Limits};
 use crate::stomp::{Command, Frame};
 
@@ -175,6 +185,17 @@ pub struct Session {
     /// session received (newest last): the only `/reply-queue/` names it
     /// may SEND to without a rule.
     reply_targets: std::collections::VecDeque<String>,
+    /// Every deadline of the session, and its notion of `now`.
+    timers: Timers,
+    /// Publishes awaiting confirms, and the receipts waiting behind them.
+    confirms: Confirms,
+    /// The gateway drains: no more input; the session ends once its
+    /// receipts are out.
+    draining: bool,
+    /// Why the session ended, once it did.
+    close_reason: Option<CloseReason>,
+    /// The driver does not read input for now (see [`Session::input_paused`]).
+    input_paused: bool,
 }
 
 impl Session {
@@ -184,8 +205,21 @@ impl Session {
     }
 
     /// A session awaiting CONNECT; `id` is the `session` header of CONNECTED.
-    pub fn new(config: std::sync::Arc<SessionConfig>, id: String) -> Session {
+    /// `now` starts the session's clock; `unix_now` is the Unix time (in
+    /// seconds) at that moment, for token times.
+    pub fn new(
+        config: std::sync::Arc<SessionConfig>,
+        id: String,
+        now: Instant,
+        unix_now: u64,
+    ) -> Session {
+        let timers = Timers::new(now, unix_now, config.limits.connect_timeout());
         Session {
+            timers,
+            confirms: Confirms::default(),
+            draining: false,
+            close_reason: None,
+            input_paused: false,
             config,
             id,
             phase: Phase::AwaitingConnect,
@@ -211,10 +245,11 @@ impl Session {
         self.identity.as_ref()
     }
 
-    /// The credentials expired (the transport's timer): end the session.
-    pub fn token_expired(&mut self, out: &mut Vec<Action>) {
+    /// The credentials expired: end the session.
+    fn token_expired(&mut self, out: &mut Vec<Action>) {
         if self.phase == Phase::Connected {
             self.fail(
+                CloseReason::TokenExpired,
                 "Credential expired",
                 "The credential used to authenticate this connection has expired",
                 None,
@@ -240,6 +275,161 @@ impl Session {
         &self.id
     }
 
+    /// Input arrived from the client at `now` (a heart-beat counts).
+    pub fn received(&mut self, now: Instant) {
+        self.timers.input(now);
+    }
+
+    /// The transport pings clients that negotiated no heart-beats every
+    /// `every` (WebSocket pings); a client answering nothing for two
+    /// intervals is then judged gone.
+    pub fn set_keepalive(&mut self, every: Option<Duration>) {
+        self.timers.set_keepalive(every);
+    }
+
+    /// When the driver must call [`Session::handle_timeout`] next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.phase == Phase::Closed {
+            return None;
+        }
+        self.timers.next(
+            self.phase == Phase::Connected,
+            self.phase == Phase::AwaitingConnect,
+        )
+    }
+
+    /// Time passed: acts on whatever deadline is due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant, out: &mut Vec<Action>) {
+        self.timers.advance(now);
+        let expired = self.timers.expired(
+            now,
+            self.phase == Phase::Connected,
+            self.phase == Phase::AwaitingConnect,
+        );
+        match expired {
+            None => {}
+            Some(Expired::Token) => self.token_expired(out),
+            Some(Expired::Connect) => {
+                let ms = self.config.limits.connect_timeout_ms;
+                self.close_with(
+                    CloseReason::Timeout,
+                    &format!("no CONNECT frame within {ms} ms"),
+                    out,
+                );
+            }
+            Some(Expired::Heartbeat(within)) => self.close_with(
+                CloseReason::Timeout,
+                &format!(
+                    "no heart-beat from the client within {} ms",
+                    within.as_millis()
+                ),
+                out,
+            ),
+            Some(Expired::Keepalive(within)) => self.close_with(
+                CloseReason::Timeout,
+                &format!(
+                    "no answer to WebSocket pings within {} ms",
+                    within.as_millis()
+                ),
+                out,
+            ),
+            Some(Expired::Drain) => {
+                self.timers.stop_drain_timer();
+                self.draining = true;
+                self.finish_drain(out);
+            }
+        }
+    }
+
+    /// The gateway drains: at `at` this session stops reading, sends the
+    /// receipts still owed, then ends with an ERROR.
+    pub fn drain_at(&mut self, at: Instant) {
+        self.timers.drain_at(at);
+    }
+
+    fn finish_drain(&mut self, out: &mut Vec<Action>) {
+        if self.draining && self.confirms.unconfirmed() == 0 && self.phase != Phase::Closed {
+            self.fail(
+                CloseReason::Shutdown,
+                "server shutting down",
+                "",
+                None,
+                out,
+            );
+        }
+    }
+
+    /// The broker confirmed the oldest publish still awaiting its confirm:
+    /// the receipts due now follow as [`Action::Receipt`].
+    pub fn publish_confirmed(&mut self, now: Instant, out: &mut Vec<Action>) {
+        self.timers.advance(now);
+        let mut due = Vec::new();
+        self.confirms.confirmed(&mut due);
+        out.extend(due.into_iter().map(Action::Receipt));
+        self.update_pause();
+        self.finish_drain(out);
+    }
+
+    /// Publishes of this session awaiting the broker's confirm.
+    pub fn unconfirmed(&self) -> usize {
+        self.confirms.unconfirmed()
+    }
+
+    /// Whether the driver should read the client's input: not once the
+    /// session ended or drains, nor while too many publishes await
+    /// confirms (back-pressure: TCP then slows the client down, as
+    /// RabbitMQ's credit flow does).
+    pub fn wants_input(&self) -> bool {
+        self.phase != Phase::Closed && !self.draining && !self.back_pressured()
+    }
+
+    fn back_pressured(&self) -> bool {
+        self.confirms.unconfirmed() >= self.config.limits.max_unconfirmed_publishes
+    }
+
+    fn update_pause(&mut self) {
+        let paused = self.back_pressured() || self.input_paused;
+        self.timers.pause(paused);
+    }
+
+    /// The driver stops (or resumes) reading input for a reason of its own
+    /// (it waits for room in the client's outbound queue): while paused,
+    /// the client's silence is not judged.
+    pub fn input_paused(&mut self, paused: bool) {
+        self.input_paused = paused;
+        self.update_pause();
+    }
+
+    /// The session is over and owes nothing more: the driver may end it.
+    pub fn is_finished(&self) -> bool {
+        self.phase == Phase::Closed && self.confirms.unconfirmed() == 0
+    }
+
+    /// Why the session ended (`None` while it runs, or when the client
+    /// simply went away).
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.close_reason
+    }
+
+    /// A receipt the frame asked for: due now, or once the publishes ahead
+    /// of it are confirmed.
+    fn push_receipt(&mut self, frame: &Frame, out: &mut Vec<Action>) -> Result<(), Refusal> {
+        let Some(receipt) = frame.header("receipt") else {
+            return Ok(());
+        };
+        let limit = self.config.limits.max_pending_receipts;
+        match self.confirms.receipt(receipt.into_owned(), limit) {
+            Ok(Some(due)) => out.push(Action::Receipt(due)),
+            Ok(None) => {}
+            Err(confirms::TooManyReceipts) => {
+                return Err(Refusal::new(format!(
+                    "too many receipts pending (limit {limit})"
+                )))
+            }
+        }
+        Ok(())
+    }
+
     /// Handles one frame from the client.
     pub fn handle(&mut self, frame: Frame, out: &mut Vec<Action>) {
         let result = match self.phase {
@@ -257,15 +447,26 @@ impl Session {
             Ok(()) => {}
             Err(refusal) => {
                 let receipt = frame.header("receipt").map(|r| r.into_owned());
-                self.fail(&refusal.message, &refusal.detail, receipt.as_deref(), out);
+                self.fail(
+                    refusal.reason,
+                    &refusal.message,
+                    &refusal.detail,
+                    receipt.as_deref(),
+                    out,
+                );
             }
         }
     }
 
     /// The transport could not decode the input (malformed frame, limit).
     pub fn protocol_error(&mut self, message: &str, out: &mut Vec<Action>) {
+        self.close_with(CloseReason::Protocol, message, out);
+    }
+
+    /// Ends the session with an ERROR saying `message`, for `reason`.
+    pub fn close_with(&mut self, reason: CloseReason, message: &str, out: &mut Vec<Action>) {
         if self.phase != Phase::Closed {
-            self.fail(message, "", None, out);
+            self.fail(reason, message, "", None, out);
         }
     }
 
@@ -284,7 +485,9 @@ impl Session {
     ) {
         if self.phase != Phase::Closed {
             let (header, detail) = broker_error_texts(message);
-            self.fail(&header, &detail, receipt, out);
+            // Nothing queued behind a refusal may be confirmed.
+            self.confirms.clear();
+            self.fail(CloseReason::Broker, &header, &detail, receipt, out);
         }
     }
 
@@ -314,10 +517,10 @@ impl Session {
         let mut frame = Frame::new(Command::Message);
         frame.push_header("subscription", subscription);
         frame.push_header("message-id", &message_id);
+        if sub.ack.ack_header(version) {
+            frame.push_header("ack", &message_id);
+        }
         if sub.ack != AckMode::Auto {
-            if version == Version::V1_2 {
-                frame.push_header("ack", &message_id);
-            }
             sub.pending.insert(tag);
         }
         for (name, value) in &message.headers {
@@ -344,11 +547,10 @@ impl Session {
             Command::Commit => self.commit(frame, out),
             Command::Abort => self.abort(frame, out),
             Command::Disconnect => {
-                if let Some(receipt) = frame.header("receipt") {
-                    out.push(Action::Receipt(receipt.into_owned()));
-                }
+                self.push_receipt(frame, out)?;
                 out.push(Action::Close);
                 self.phase = Phase::Closed;
+                self.close_reason = Some(CloseReason::Disconnect);
                 Ok(())
             }
             other @ (Command::Connected | Command::Message | Command::Receipt | Command::Error) => {
@@ -388,7 +590,8 @@ impl Session {
                         "Virtual host '{}' access denied",
                         host.as_deref().unwrap_or("")
                     ),
-                ));
+                )
+                .auth());
             }
         }
         // Read in 1.0 too, as RabbitMQ does (a 1.0 client that does not
@@ -407,7 +610,7 @@ impl Session {
                 frame.header("login").as_deref(),
                 frame.header("passcode").as_deref(),
                 self.handshake_token.as_deref(),
-                crate::auth::unix_now(),
+                self.timers.unix_now(),
             )
             .map_err(|e| {
                 let login = frame
@@ -418,6 +621,7 @@ impl Session {
                     "Bad CONNECT",
                     format!("Access refused for user '{login}'\n{e}\n"),
                 )
+                .auth()
             })?;
         let hb = heartbeat::negotiate(client_heartbeat, &self.config.heartbeat);
         self.version = version;
@@ -437,9 +641,8 @@ impl Session {
             send_every: hb.send_every,
             expect_within: hb.expect_within,
         }));
-        if identity.expires_at.is_some() {
-            out.push(Action::Expiry(identity.expires_at));
-        }
+        self.timers.expect_within = hb.expect_within;
+        self.timers.expires_at = identity.expires_at.and_then(|at| self.timers.instant_of(at));
         self.identity = Some(identity);
         out.push(Action::Send(connected));
         Ok(())
@@ -458,11 +661,11 @@ impl Session {
         let next = self
             .config
             .auth
-            .refresh(current, &token, crate::auth::unix_now())
+            .refresh(current, &token, self.timers.unix_now())
             .map_err(|e| Refusal::new(format!("token refresh refused: {e}")))?;
-        out.push(Action::Expiry(next.expires_at));
+        self.timers.expires_at = next.expires_at.and_then(|at| self.timers.instant_of(at));
         self.identity = Some(next);
-        push_receipt(frame, out);
+        self.push_receipt(frame, out)?;
         Ok(())
     }
 
@@ -622,9 +825,11 @@ impl Session {
             receipt: frame.header("receipt").map(|r| r.into_owned()),
             body: frame.body.clone(),
         }));
+        self.confirms.publish();
+        self.update_pause();
         // Also when replayed by COMMIT: a SEND's RECEIPT follows the
         // broker's confirm of that very publish (as RabbitMQ does).
-        push_receipt(frame, out);
+        self.push_receipt(frame, out)?;
         Ok(())
     }
 
@@ -760,7 +965,7 @@ impl Session {
             },
         );
         out.push(Action::Subscribe(request));
-        push_receipt(frame, out);
+        self.push_receipt(frame, out)?;
         Ok(())
     }
 
@@ -816,7 +1021,7 @@ impl Session {
             out.push(Action::DeleteDurable { id: id.clone() });
         }
         out.push(Action::Unsubscribe { id });
-        push_receipt(frame, out);
+        self.push_receipt(frame, out)?;
         Ok(())
     }
 
@@ -857,7 +1062,7 @@ impl Session {
         if id.starts_with(FANOUT_PREFIX) {
             // Broadcast messages are acknowledged to the broker on arrival.
             if !replay {
-                push_receipt(frame, out);
+                self.push_receipt(frame, out)?;
             }
             return Ok(());
         }
@@ -917,7 +1122,7 @@ impl Session {
             }
         }
         if !replay {
-            push_receipt(frame, out);
+            self.push_receipt(frame, out)?;
         }
         Ok(())
     }
@@ -940,7 +1145,7 @@ impl Session {
             ));
         }
         self.transactions.insert(tx, Transaction::default());
-        push_receipt(frame, out);
+        self.push_receipt(frame, out)?;
         Ok(())
     }
 
@@ -962,7 +1167,7 @@ impl Session {
             }
         }
         out.append(&mut applied);
-        push_receipt(frame, out);
+        self.push_receipt(frame, out)?;
         Ok(())
     }
 
@@ -971,7 +1176,7 @@ impl Session {
         self.transactions
             .remove(&tx)
             .ok_or_else(|| bad_transaction(&tx))?;
-        push_receipt(frame, out);
+        self.push_receipt(frame, out)?;
         Ok(())
     }
 
@@ -1021,7 +1226,7 @@ impl Session {
         // A SEND's RECEIPT waits for COMMIT and the broker's confirm (see
         // `send`); ACK and NACK are acknowledged at once, as RabbitMQ does.
         if frame.command != Command::Send {
-            push_receipt(frame, out);
+            self.push_receipt(frame, out)?;
         }
         Ok(true)
     }
@@ -1036,7 +1241,15 @@ impl Session {
         Ok(())
     }
 
-    fn fail(&mut self, message: &str, detail: &str, receipt: Option<&str>, out: &mut Vec<Action>) {
+    fn fail(
+        &mut self,
+        reason: CloseReason,
+        message: &str,
+        detail: &str,
+        receipt: Option<&str>,
+        out: &mut Vec<Action>,
+    ) {
+        self.close_reason = Some(reason);
         // The message header must stay on one line whatever the escaping,
         // and say something.
         let message = if message.trim().is_empty() {
@@ -1072,6 +1285,7 @@ impl Session {
 struct Refusal {
     message: String,
     detail: String,
+    reason: CloseReason,
 }
 
 impl Refusal {
@@ -1080,6 +1294,7 @@ impl Refusal {
         Refusal {
             message: message.into(),
             detail: String::new(),
+            reason: CloseReason::Refused,
         }
     }
 
@@ -1089,12 +1304,19 @@ impl Refusal {
         Refusal {
             message: message.to_owned(),
             detail: detail.into(),
+            reason: CloseReason::Refused,
         }
+    }
+
+    /// The same refusal, counted as an authentication or authorization one.
+    fn auth(mut self) -> Refusal {
+        self.reason = CloseReason::AccessRefused;
+        self
     }
 }
 
 fn access_refused(why: &str) -> Refusal {
-    Refusal::rabbit("access_refused", format!("ACCESS_REFUSED - {why}\n"))
+    Refusal::rabbit("access_refused", format!("ACCESS_REFUSED - {why}\n")).auth()
 }
 
 fn bad_transaction(tx: &str) -> Refusal {
@@ -1194,11 +1416,6 @@ fn remember_reply_target(targets: &mut std::collections::VecDeque<String>, queue
     targets.push_back(queue.to_owned());
 }
 
-fn push_receipt(frame: &Frame, out: &mut Vec<Action>) {
-    if let Some(receipt) = frame.header("receipt") {
-        out.push(Action::Receipt(receipt.into_owned()));
-    }
-}
 
 #[cfg(test)]
 mod tests;

@@ -6,13 +6,13 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::*;
-use crate::bridge::destination::Destination;
+use crate::stomp::destination::Destination;
 use crate::stomp::{Command, Frame};
 
 // ---------------------------------------------------------------- helpers
 
 fn new_session(config: SessionConfig) -> Session {
-    Session::new(Arc::new(config), "s1".into())
+    Session::new(Arc::new(config), "s1".into(), std::time::Instant::now(), crate::auth::unix_now())
 }
 
 fn handle(session: &mut Session, frame: Frame) -> Vec<Action> {
@@ -435,14 +435,14 @@ fn allowed_hosts_refuses_other_or_missing_host() {
     };
     let config = Arc::new(config);
 
-    let mut session = Session::new(Arc::clone(&config), "s1".into());
+    let mut session = Session::new(Arc::clone(&config), "s1".into(), std::time::Instant::now(), crate::auth::unix_now());
     let frame = Frame::new(Command::Connect)
         .with_header("accept-version", "1.2")
         .with_header("host", "staging");
     let out = handle(&mut session, frame);
     assert_refused(&session, &out, "Virtual host 'staging' access denied");
 
-    let mut session = Session::new(config, "s2".into());
+    let mut session = Session::new(config, "s2".into(), std::time::Instant::now(), crate::auth::unix_now());
     let frame = Frame::new(Command::Connect).with_header("accept-version", "1.2");
     let out = handle(&mut session, frame);
     assert_refused(&session, &out, "Virtual host '' access denied");
@@ -651,10 +651,60 @@ fn send_with_receipt_publishes_then_receipts() {
             .with_header("receipt", "r-1")
             .with_body("hi"),
     );
-    assert_eq!(out.len(), 2, "{out:?}");
+    // The RECEIPT waits for the broker's confirm of the publish.
+    assert_eq!(out.len(), 1, "{out:?}");
     assert!(publish(&out[0]).headers.is_empty(), "receipt not filtered");
     assert_eq!(publish(&out[0]).body, Bytes::from_static(b"hi"));
-    assert_eq!(out[1], Action::Receipt("r-1".into()));
+    assert_eq!(confirm(&mut session), vec![Action::Receipt("r-1".into())]);
+}
+
+/// The broker confirmed the oldest publish: what the session does then.
+fn confirm(session: &mut Session) -> Vec<Action> {
+    let mut out = Vec::new();
+    session.publish_confirmed(std::time::Instant::now(), &mut out);
+    out
+}
+
+#[test]
+fn receipts_wait_for_every_earlier_confirm_and_are_bounded() {
+    let mut config = SessionConfig::default();
+    config.limits.max_pending_receipts = 3;
+    let mut session = connect_with(config, "1.2");
+    let send = |session: &mut Session, receipt: &str| {
+        handle(
+            session,
+            send_frame("/queue/q").with_header("receipt", receipt),
+        )
+    };
+    assert_eq!(send(&mut session, "a").len(), 1);
+    assert_eq!(send(&mut session, "b").len(), 1);
+    // A SUBSCRIBE's receipt waits behind the unconfirmed publishes too.
+    let out = handle(
+        &mut session,
+        subscribe_frame("s", "/queue/x", "auto").with_header("receipt", "c"),
+    );
+    assert!(matches!(out.as_slice(), [Action::Subscribe(_)]), "{out:?}");
+    assert_eq!(session.unconfirmed(), 2);
+    assert_eq!(confirm(&mut session), vec![Action::Receipt("a".into())]);
+    assert_eq!(
+        confirm(&mut session),
+        vec![Action::Receipt("b".into()), Action::Receipt("c".into())]
+    );
+    assert_eq!(session.unconfirmed(), 0);
+    // Beyond the bound: an ERROR naming the limit, for that receipt.
+    for r in ["d", "e", "f"] {
+        assert_eq!(send(&mut session, r).len(), 1);
+    }
+    let out = send(&mut session, "g");
+    let error = error_frame(&out).expect("an ERROR");
+    assert!(
+        error
+            .header("message")
+            .is_some_and(|m| m.contains("too many receipts pending (limit 3)")),
+        "{out:?}"
+    );
+    assert_eq!(error.header("receipt-id").as_deref(), Some("g"));
+    assert!(session.is_closed());
 }
 
 #[test]
@@ -1695,7 +1745,7 @@ fn transaction_buffers_until_commit_then_applies_in_order() {
         &mut session,
         tx_frame(Command::Commit, "tx").with_header("receipt", "r-commit"),
     );
-    assert_eq!(out.len(), 5, "{out:?}");
+    assert_eq!(out.len(), 4, "{out:?}");
     let first = publish(&out[0]);
     assert_eq!(first.destination, Destination::Queue { name: "a".into() });
     assert!(first.headers.is_empty(), "transaction header not filtered");
@@ -1720,7 +1770,9 @@ fn transaction_buffers_until_commit_then_applies_in_order() {
     let second = publish(&out[3]);
     assert_eq!(second.destination, Destination::Topic { key: "b".into() });
     assert_eq!(second.headers, vec![("k".to_owned(), "v".to_owned())]);
-    assert_eq!(out[4], Action::Receipt("r-commit".into()));
+    // COMMIT's receipt follows the confirms of both publishes.
+    assert_eq!(confirm(&mut session), vec![]);
+    assert_eq!(confirm(&mut session), vec![Action::Receipt("r-commit".into())]);
 }
 
 #[test]
@@ -1875,10 +1927,10 @@ fn receipt_of_a_transactional_ack_is_immediate_and_of_a_send_after_commit() {
     // COMMIT publishes (the SEND's receipt right behind its publish, so it
     // waits for that confirm) and does not repeat the ACK's receipt.
     let out = handle(&mut session, tx_frame(Command::Commit, "tx"));
-    assert_eq!(out.len(), 3, "{out:?}");
+    assert_eq!(out.len(), 2, "{out:?}");
     assert!(matches!(&out[0], Action::Publish(p) if p.receipt.as_deref() == Some("r-send")));
-    assert_eq!(out[1], Action::Receipt("r-send".into()));
-    assert!(matches!(out[2], Action::Ack { tag: 1, .. }));
+    assert!(matches!(out[1], Action::Ack { tag: 1, .. }));
+    assert_eq!(confirm(&mut session), vec![Action::Receipt("r-send".into())]);
 }
 
 #[test]

@@ -550,21 +550,42 @@ pub fn encode_frame(frame: &Frame, escaping: Escaping, dst: &mut BytesMut) {
     dst.reserve(frame.command.as_str().len() + header_bytes + frame.body.len() + 40);
     dst.extend_from_slice(frame.command.as_str().as_bytes());
     dst.put_u8(b'\n');
-    for h in &frame.headers {
-        let name = unescape(&h.name, stored);
-        if name == CONTENT_LENGTH {
+    let headers = frame
+        .headers
+        .iter()
+        .map(|h| (unescape(&h.name, stored), unescape(&h.value, stored)));
+    encode_rest(headers, &frame.body, wire, dst);
+}
+
+/// Appends the part of a frame after its command line (and after any
+/// header the caller already wrote): `headers` escaped per `escaping`
+/// (any `content-length` among them dropped), `content-length` with the
+/// true length when the body is not empty, the blank line, the body and the
+/// NUL. The one place a frame's end is encoded: [`encode_frame`] and the
+/// fan-out's shared MESSAGE encoding ([`super::message`]) both use it.
+pub fn encode_rest<N, V>(
+    headers: impl IntoIterator<Item = (N, V)>,
+    body: &[u8],
+    escaping: Escaping,
+    dst: &mut BytesMut,
+) where
+    N: AsRef<str>,
+    V: AsRef<str>,
+{
+    for (name, value) in headers {
+        if name.as_ref() == CONTENT_LENGTH {
             continue;
         }
-        encode_header(&name, &unescape(&h.value, stored), wire, dst);
+        encode_header(name.as_ref(), value.as_ref(), escaping, dst);
     }
-    if !frame.body.is_empty() {
+    if !body.is_empty() {
         dst.extend_from_slice(CONTENT_LENGTH.as_bytes());
         dst.put_u8(b':');
-        put_decimal(frame.body.len(), dst);
+        put_decimal(body.len(), dst);
         dst.put_u8(b'\n');
     }
     dst.put_u8(b'\n');
-    dst.extend_from_slice(&frame.body);
+    dst.extend_from_slice(body);
     dst.put_u8(0);
 }
 

@@ -4,7 +4,9 @@
 //! bytes in and takes bytes out.
 
 pub mod codec;
+pub mod destination;
 pub mod frame;
+pub mod message;
 
-pub use codec::{encode_frame, encode_header, DecodeError, FrameLimits, Inbound, StompCodec};
+pub use codec::{encode_frame, encode_header, encode_rest, DecodeError, FrameLimits, Inbound, StompCodec};
 pub use frame::{Command, Escaping, Frame, RawHeader};

@@ -1,7 +1,9 @@
 //! Transports: how STOMP frames reach the gateway. Today WebSocket; HTTP
 //! fallbacks would be further adapters around the same session.
 
+pub mod coalesce;
 pub mod listener;
+pub mod driver;
 pub mod outbound;
 pub mod sockjs;
 pub mod websocket;

@@ -7,9 +7,11 @@
 //! its own queue subscriptions) wait for room instead, which pushes back on
 //! the broker through the subscription's prefetch.
 //!
-//! A broadcast entry is two shared buffers: the subscription's prefix
+//! A broadcast entry is a [`Delivery`]: the subscription's prefix
 //! (`MESSAGE` and `subscription:`) and the message's encoded headers and
 //! body, shared by every recipient. The writer joins them when it writes.
+//! Fan-out reaches this queue only through [`Recipient`], the bridge's
+//! narrow seam, which [`ClientLink`] implements.
 //!
 //! The queue is a `VecDeque` behind a mutex rather than a channel: an idle
 //! client's queue holds no allocation at all (a channel preallocates a block
@@ -22,9 +24,8 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use tokio::sync::Notify;
 
-use crate::bridge::fanout::SharedMessage;
+use crate::bridge::fanout::{Delivery, Recipient};
 use crate::config::SlowClientPolicy;
-use crate::stomp::Escaping;
 
 /// One entry of the queue.
 #[derive(Debug)]
@@ -32,12 +33,7 @@ pub enum Outbound {
     /// A complete encoded frame; `binary` when its body is not UTF-8.
     Frame { bytes: Bytes, binary: bool },
     /// A fanned-out message for one subscription.
-    Broadcast {
-        prefix: Bytes,
-        ack_header: bool,
-        escaping: Escaping,
-        message: Arc<SharedMessage>,
-    },
+    Broadcast(Delivery),
     /// Heart-beat interval negotiated (the writer sends EOLs when idle).
     SetHeartbeat(Option<std::time::Duration>),
     /// Write what is queued, then close the WebSocket.
@@ -54,26 +50,29 @@ struct Queue {
 }
 
 impl Outbound {
+    /// The parts of the frame this entry writes, in order (none for
+    /// control entries), and whether its body must travel as binary data.
+    pub fn frame_parts(&self) -> Option<([&[u8]; 3], bool)> {
+        match self {
+            Outbound::Frame { bytes, binary } => Some(([&bytes[..], &[], &[]], *binary)),
+            Outbound::Broadcast(delivery) => Some((delivery.parts(), delivery.message.binary)),
+            Outbound::SetHeartbeat(_) | Outbound::Close => None,
+        }
+    }
+
     /// Bytes this entry will put on the wire (0 for control entries).
     fn size(&self) -> usize {
         match self {
             Outbound::Frame { bytes, .. } => bytes.len(),
-            Outbound::Broadcast {
-                prefix,
-                ack_header,
-                escaping,
-                message,
-            } => {
-                prefix.len()
-                    + if *ack_header {
-                        message.ack_line.len()
-                    } else {
-                        0
-                    }
-                    + message.tail(*escaping).len()
-            }
+            Outbound::Broadcast(delivery) => delivery.len(),
             Outbound::SetHeartbeat(_) | Outbound::Close => 0,
         }
+    }
+}
+
+impl Recipient for ClientLink {
+    fn offer(&self, delivery: Delivery) {
+        ClientLink::offer(self, Outbound::Broadcast(delivery));
     }
 }
 
