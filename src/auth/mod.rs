@@ -19,8 +19,8 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use crate::stomp::destination::Destination;
 use crate::config::{AuthConfig, UserConfig};
+use crate::stomp::destination::Destination;
 
 pub use jwt::JwtVerifier;
 pub use rules::{Rules, Verb};

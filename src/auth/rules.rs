@@ -10,8 +10,8 @@ use serde_json::Value;
 
 use super::user::{encode_user, UserDestination};
 use super::{AuthError, Identity};
-use crate::stomp::destination::Destination;
 use crate::config::RuleConfig;
+use crate::stomp::destination::Destination;
 
 /// What a client wants to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

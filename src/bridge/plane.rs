@@ -44,11 +44,11 @@ use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::fanout::{self, Binding, Subscriber};
-use crate::stomp::message::SharedMessage;
 use super::matcher::{ExchangeKind, ExchangeRoutes};
 use super::pool::Pool;
 use super::properties::{short, stomp_headers_from_amqp};
 use super::BridgeError;
+use crate::stomp::message::SharedMessage;
 
 /// Sizes of the plane (from `[amqp]`).
 #[derive(Debug, Clone)]

@@ -25,8 +25,8 @@
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::BasicProperties;
 
-use crate::stomp::destination::Destination;
 use super::BridgeError;
+use crate::stomp::destination::Destination;
 
 /// AMQP properties for a SEND's headers (`reply_to` already resolved).
 pub fn properties_from_stomp(

@@ -32,7 +32,6 @@ use lapin::types::FieldTable;
 use lapin::{Channel, PublisherConfirm};
 use tokio::sync::mpsc;
 
-use crate::stomp::destination::Destination;
 use super::fanout::{Binding, Subscriber};
 use super::plane::{timed, Plane, Shard};
 use super::properties::{properties_from_stomp, queue_arguments, short, stomp_headers_from_amqp};
@@ -40,6 +39,7 @@ use super::{Backoff, BridgeError};
 use crate::session::{
     AckMode, Message, PublishRequest, ReplyTo, SubscribeRequest, GENERATION_MASK, GENERATION_SHIFT,
 };
+use crate::stomp::destination::Destination;
 
 /// A message for the session from one of its own consumers.
 #[derive(Debug)]

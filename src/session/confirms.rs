@@ -97,7 +97,10 @@ mod tests {
     #[test]
     fn receipts_wait_for_earlier_publishes_only() {
         let mut c = Confirms::default();
-        assert_eq!(c.receipt("r0".into(), 4).ok().flatten().as_deref(), Some("r0"));
+        assert_eq!(
+            c.receipt("r0".into(), 4).ok().flatten().as_deref(),
+            Some("r0")
+        );
         c.publish();
         c.publish();
         assert!(c.receipt("r1".into(), 4).ok().is_some_and(|r| r.is_none()));

@@ -32,8 +32,8 @@ use timers::Timers;
 
 use crate::auth::user::UserDestination;
 use crate::auth::{Auth, Identity, Verb};
-use crate::stomp::destination::Destination;
 use crate::config::{HeartbeatConfig, Limits};
+use crate::stomp::destination::Destination;
 use crate::stomp::{Command, Frame};
 
 /// Settings a session needs, taken from the gateway's configuration.
@@ -349,13 +349,7 @@ impl Session {
 
     fn finish_drain(&mut self, out: &mut Vec<Action>) {
         if self.draining && self.confirms.unconfirmed() == 0 && self.phase != Phase::Closed {
-            self.fail(
-                CloseReason::Shutdown,
-                "server shutting down",
-                "",
-                None,
-                out,
-            );
+            self.fail(CloseReason::Shutdown, "server shutting down", "", None, out);
         }
     }
 
@@ -642,7 +636,9 @@ impl Session {
             expect_within: hb.expect_within,
         }));
         self.timers.expect_within = hb.expect_within;
-        self.timers.expires_at = identity.expires_at.and_then(|at| self.timers.instant_of(at));
+        self.timers.expires_at = identity
+            .expires_at
+            .and_then(|at| self.timers.instant_of(at));
         self.identity = Some(identity);
         out.push(Action::Send(connected));
         Ok(())
@@ -1415,7 +1411,6 @@ fn remember_reply_target(targets: &mut std::collections::VecDeque<String>, queue
     }
     targets.push_back(queue.to_owned());
 }
-
 
 #[cfg(test)]
 mod tests;

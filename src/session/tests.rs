@@ -12,7 +12,12 @@ use crate::stomp::{Command, Frame};
 // ---------------------------------------------------------------- helpers
 
 fn new_session(config: SessionConfig) -> Session {
-    Session::new(Arc::new(config), "s1".into(), std::time::Instant::now(), crate::auth::unix_now())
+    Session::new(
+        Arc::new(config),
+        "s1".into(),
+        std::time::Instant::now(),
+        crate::auth::unix_now(),
+    )
 }
 
 fn handle(session: &mut Session, frame: Frame) -> Vec<Action> {
@@ -435,14 +440,24 @@ fn allowed_hosts_refuses_other_or_missing_host() {
     };
     let config = Arc::new(config);
 
-    let mut session = Session::new(Arc::clone(&config), "s1".into(), std::time::Instant::now(), crate::auth::unix_now());
+    let mut session = Session::new(
+        Arc::clone(&config),
+        "s1".into(),
+        std::time::Instant::now(),
+        crate::auth::unix_now(),
+    );
     let frame = Frame::new(Command::Connect)
         .with_header("accept-version", "1.2")
         .with_header("host", "staging");
     let out = handle(&mut session, frame);
     assert_refused(&session, &out, "Virtual host 'staging' access denied");
 
-    let mut session = Session::new(config, "s2".into(), std::time::Instant::now(), crate::auth::unix_now());
+    let mut session = Session::new(
+        config,
+        "s2".into(),
+        std::time::Instant::now(),
+        crate::auth::unix_now(),
+    );
     let frame = Frame::new(Command::Connect).with_header("accept-version", "1.2");
     let out = handle(&mut session, frame);
     assert_refused(&session, &out, "Virtual host '' access denied");
@@ -1772,7 +1787,10 @@ fn transaction_buffers_until_commit_then_applies_in_order() {
     assert_eq!(second.headers, vec![("k".to_owned(), "v".to_owned())]);
     // COMMIT's receipt follows the confirms of both publishes.
     assert_eq!(confirm(&mut session), vec![]);
-    assert_eq!(confirm(&mut session), vec![Action::Receipt("r-commit".into())]);
+    assert_eq!(
+        confirm(&mut session),
+        vec![Action::Receipt("r-commit".into())]
+    );
 }
 
 #[test]
@@ -1930,7 +1948,10 @@ fn receipt_of_a_transactional_ack_is_immediate_and_of_a_send_after_commit() {
     assert_eq!(out.len(), 2, "{out:?}");
     assert!(matches!(&out[0], Action::Publish(p) if p.receipt.as_deref() == Some("r-send")));
     assert!(matches!(out[1], Action::Ack { tag: 1, .. }));
-    assert_eq!(confirm(&mut session), vec![Action::Receipt("r-send".into())]);
+    assert_eq!(
+        confirm(&mut session),
+        vec![Action::Receipt("r-send".into())]
+    );
 }
 
 #[test]

@@ -136,7 +136,11 @@ impl Timers {
             .map(|(_, what)| what)
     }
 
-    fn candidates(&self, connected: bool, awaiting_connect: bool) -> [Option<(Instant, Expired)>; 4] {
+    fn candidates(
+        &self,
+        connected: bool,
+        awaiting_connect: bool,
+    ) -> [Option<(Instant, Expired)>; 4] {
         [
             self.expires_at
                 .filter(|_| connected)

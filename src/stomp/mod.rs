@@ -8,5 +8,7 @@ pub mod destination;
 pub mod frame;
 pub mod message;
 
-pub use codec::{encode_frame, encode_header, encode_rest, DecodeError, FrameLimits, Inbound, StompCodec};
+pub use codec::{
+    encode_frame, encode_header, encode_rest, DecodeError, FrameLimits, Inbound, StompCodec,
+};
 pub use frame::{Command, Escaping, Frame, RawHeader};

@@ -2,8 +2,8 @@
 //! fallbacks would be further adapters around the same session.
 
 pub mod coalesce;
-pub mod listener;
 pub mod driver;
+pub mod listener;
 pub mod outbound;
 pub mod sockjs;
 pub mod websocket;

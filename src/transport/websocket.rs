@@ -35,7 +35,12 @@ pub struct Handshake {
 }
 
 /// Serves one upgraded WebSocket until it closes.
-pub async fn run(socket: WebSocket, ctx: &Context, broker: impl BrokerSession, handshake: Handshake) {
+pub async fn run(
+    socket: WebSocket,
+    ctx: &Context,
+    broker: impl BrokerSession,
+    handshake: Handshake,
+) {
     let limits = &ctx.limits;
     let (sink, stream) = socket.split();
     let link = ClientLink::bounded(
@@ -207,4 +212,3 @@ async fn write_loop(
         }
     }
 }
-

@@ -478,6 +478,7 @@ fn start(
         );
         let handshake = Handshake {
             token: crate::server::handshake_token(headers, uri),
+            ping_every: None,
         };
         let driver = super::glue::spawn_session(&ctx.gateway, handshake, chunks, Arc::clone(&link));
         tokio::spawn(registry::run(

@@ -177,7 +177,7 @@ pub async fn run(
     id: String,
     entry: Arc<Entry>,
     link: Arc<ClientLink>,
-    mut driver: JoinHandle<()>,
+    mut driver: JoinHandle<bool>,
 ) {
     let gauge = crate::metrics::get().sockjs.sessions(entry.transport);
     gauge.increment(1.0);
@@ -216,9 +216,14 @@ pub async fn run(
             () = sleep_until_some(heartbeat_at), if idle => {
                 pending.push_back(writer::stomp_heartbeat());
             }
-            _ = &mut driver, if !driver_done => {
+            flushed = &mut driver, if !driver_done => {
                 driver_done = true;
-                close_requested = true;
+                // Normally the session queued a close after its last
+                // frame, which arrives through the link; a client cut off
+                // gets nothing more.
+                if !matches!(flushed, Ok(true)) {
+                    close_requested = true;
+                }
             }
         }
         if pending.is_empty() && (!close_requested || closed) {

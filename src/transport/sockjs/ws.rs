@@ -95,6 +95,7 @@ pub async fn session(ctx: Arc<Sockjs>, request: Request) -> Response {
     };
     let handshake = Handshake {
         token: crate::server::handshake_token(&headers, &uri),
+        ping_every: None,
     };
     let max_message = ctx.gateway.config.limits.max_frame_bytes.saturating_mul(2) + 64 * 1024;
     ws.max_message_size(max_message)
@@ -208,10 +209,14 @@ async fn run(socket: WebSocket, ctx: Arc<Sockjs>, handshake: Handshake) {
                     write!(frame::messages([&writer::stomp_heartbeat()[..]]), 'session);
                     last_message = Instant::now();
                 }
-                _ = &mut driver, if !driver_done => {
+                flushed = &mut driver, if !driver_done => {
                     driver_done = true;
-                    closing = true;
-                    continue 'session;
+                    // Normally the close arrives through the link after
+                    // the last frame; a client cut off gets nothing more.
+                    if !matches!(flushed, Ok(true)) {
+                        closing = true;
+                        continue 'session;
+                    }
                 }
             }
         }
