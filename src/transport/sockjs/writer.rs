@@ -1,5 +1,5 @@
 //! Turns what the STOMP session queued for its client (its
-//! [`ClientLink`] entries) into SockJS messages.
+//! [`ClientLink`](crate::transport::outbound::ClientLink) entries) into SockJS messages.
 //!
 //! Frames already queued together become one SockJS message (a JSON
 //! string), up to [`COALESCE_BYTES`], as the WebSocket writer joins them
