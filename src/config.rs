@@ -45,6 +45,7 @@ pub struct Config {
     pub security: SecurityConfig,
     pub tls: TlsConfig,
     pub demo: DemoConfig,
+    pub sockjs: SockjsConfig,
 }
 
 /// Who may connect and what they may do (see docs/security.md).
@@ -249,6 +250,71 @@ pub struct DemoConfig {
     pub backend_url: String,
 }
 
+/// The SockJS server (HTTP fallbacks for browsers without WebSocket; see
+/// docs/configuration.md and `src/transport/sockjs/`). Off unless set.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SockjsConfig {
+    /// Serve SockJS under `prefix`.
+    pub enabled: bool,
+    /// Base path of the SockJS service (what clients pass to `new SockJS`).
+    pub prefix: String,
+    /// Offer the `websocket` transport (`/info` says `websocket:false`
+    /// otherwise, and the client falls back to HTTP at once).
+    pub websocket: bool,
+    /// A receiver that wrote nothing for this long gets an `h` frame.
+    pub heartbeat_ms: u64,
+    /// A session without a receiving request is closed after this long.
+    pub disconnect_delay_ms: u64,
+    /// Bytes after which a streaming response (xhr_streaming, eventsource,
+    /// htmlfile) ends and the client opens the next one.
+    pub response_limit_bytes: usize,
+    /// HTTP (non-WebSocket) SockJS sessions open at once; beyond, 503.
+    pub max_sessions: usize,
+    /// Receiving requests (polls and streams) open at once; beyond, 503.
+    pub max_concurrent_polls: usize,
+    /// Largest `xhr_send` / `jsonp_send` body; beyond, 413.
+    pub max_body_bytes: usize,
+    /// Bytes of messages one session buffers while no receiver takes them
+    /// (beyond, the client's outbound queue fills and
+    /// `limits.slow_client_policy` applies).
+    pub max_buffered_bytes: usize,
+    /// URL of the sockjs-client bundle that `/iframe.html` loads. Unset:
+    /// `<prefix>/sockjs.min.js`, served by the gateway from `client_file`.
+    pub client_url: Option<String>,
+    /// The sockjs-client bundle (`dist/sockjs.min.js` of the npm package)
+    /// served at `<prefix>/sockjs.min.js`. Unset: that path is 404.
+    pub client_file: Option<std::path::PathBuf>,
+    /// Set a `JSESSIONID` cookie on session requests (`/info` then says
+    /// `cookie_needed:true`), for load balancers that stick on it. Off:
+    /// IE 8/9 can use XDomainRequest, which sends no cookies.
+    pub jsessionid: bool,
+    /// Run SockJS' echo service instead of STOMP (what the SockJS protocol
+    /// test suite needs). For conformance testing only.
+    pub echo: bool,
+}
+
+impl Default for SockjsConfig {
+    fn default() -> Self {
+        SockjsConfig {
+            enabled: false,
+            prefix: "/sockjs".to_owned(),
+            websocket: true,
+            heartbeat_ms: 25_000,
+            disconnect_delay_ms: 5_000,
+            response_limit_bytes: 128 * 1024,
+            max_sessions: 10_000,
+            max_concurrent_polls: 10_000,
+            max_body_bytes: 1024 * 1024,
+            max_buffered_bytes: 1024 * 1024,
+            client_url: None,
+            client_file: None,
+            jsessionid: false,
+            echo: false,
+        }
+    }
+}
+
 impl Default for DemoConfig {
     fn default() -> Self {
         DemoConfig {
@@ -421,6 +487,7 @@ impl Default for Config {
             security: SecurityConfig::default(),
             tls: TlsConfig::default(),
             demo: DemoConfig::default(),
+            sockjs: SockjsConfig::default(),
         }
     }
 }
@@ -532,6 +599,22 @@ impl Config {
         if !self.ws_path.starts_with('/') {
             return Err(ConfigError::Invalid("ws_path must start with '/'".into()));
         }
+        let sockjs = &self.sockjs;
+        if sockjs.enabled {
+            let prefix = &sockjs.prefix;
+            if !prefix.starts_with('/') || prefix.ends_with('/') || prefix.contains(['{', '}', '*'])
+            {
+                return Err(ConfigError::Invalid(
+                    "sockjs.prefix must start with '/', not end with one, and hold no '{', '}' or '*'"
+                        .into(),
+                ));
+            }
+            if sockjs.heartbeat_ms == 0 || sockjs.disconnect_delay_ms == 0 {
+                return Err(ConfigError::Invalid(
+                    "sockjs.heartbeat_ms and sockjs.disconnect_delay_ms must be at least 1".into(),
+                ));
+            }
+        }
         if self.amqp.connections == 0 {
             return Err(ConfigError::Invalid(
                 "amqp.connections must be at least 1".into(),
@@ -553,7 +636,7 @@ impl Config {
         }
         for url in std::iter::once(&self.amqp.url).chain(&self.amqp.urls) {
             if !self.amqp.vhosts.is_empty() {
-                crate::bridge::vhosts::url_for_vhost(url, "/").map_err(|e| {
+                url_for_vhost(url, "/").map_err(|e| {
                     ConfigError::Invalid(format!(
                         "amqp.vhosts needs URLs the gateway can parse: {e}"
                     ))
@@ -656,6 +739,14 @@ pub fn default_vhost(urls: &[String]) -> String {
         .and_then(|url| lapin::uri::AMQPUri::from_str(url).ok())
         .map(|uri| uri.vhost)
         .unwrap_or_else(|| "/".to_owned())
+}
+
+/// `url` with its vhost replaced by `vhost`.
+pub fn url_for_vhost(url: &str, vhost: &str) -> Result<String, String> {
+    use std::str::FromStr;
+    let mut uri = lapin::uri::AMQPUri::from_str(url).map_err(|e| format!("'{url}': {e}"))?;
+    uri.vhost = vhost.to_owned();
+    Ok(uri.to_string())
 }
 
 #[cfg(test)]

@@ -10,8 +10,7 @@ use std::sync::OnceLock;
 use metrics::{Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::session::Version;
-use crate::stomp::Command;
+use crate::stomp::{Command, Version};
 
 fn command_index(command: Command) -> usize {
     Command::ALL.iter().position(|c| *c == command).unwrap_or(0)
@@ -74,6 +73,116 @@ impl RejectReason {
     }
 }
 
+/// SockJS transports and endpoints, for the `transport` label of the
+/// `stompgate_sockjs_*` series.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SockjsTransport {
+    Websocket,
+    Xhr,
+    XhrStreaming,
+    XhrSend,
+    Eventsource,
+    Htmlfile,
+    Jsonp,
+    JsonpSend,
+    /// `/info`, `/iframe.html`, the client bundle, OPTIONS.
+    Static,
+}
+
+impl SockjsTransport {
+    /// Every transport, in the order used to index the series.
+    pub const ALL: [SockjsTransport; 9] = [
+        SockjsTransport::Websocket,
+        SockjsTransport::Xhr,
+        SockjsTransport::XhrStreaming,
+        SockjsTransport::XhrSend,
+        SockjsTransport::Eventsource,
+        SockjsTransport::Htmlfile,
+        SockjsTransport::Jsonp,
+        SockjsTransport::JsonpSend,
+        SockjsTransport::Static,
+    ];
+
+    /// The `transport` label (SockJS' URL segment).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SockjsTransport::Websocket => "websocket",
+            SockjsTransport::Xhr => "xhr",
+            SockjsTransport::XhrStreaming => "xhr_streaming",
+            SockjsTransport::XhrSend => "xhr_send",
+            SockjsTransport::Eventsource => "eventsource",
+            SockjsTransport::Htmlfile => "htmlfile",
+            SockjsTransport::Jsonp => "jsonp",
+            SockjsTransport::JsonpSend => "jsonp_send",
+            SockjsTransport::Static => "static",
+        }
+    }
+}
+
+/// The `stompgate_sockjs_*` series, per transport.
+#[derive(Debug)]
+pub struct SockjsMetrics {
+    sessions: [Gauge; 9],
+    requests: [Counter; 9],
+    bytes_out: [Counter; 9],
+    bytes_in: [Counter; 9],
+    /// Requests turned away: `max_sessions`, `max_concurrent_polls`,
+    /// body too large, unknown session.
+    refused: [Counter; 4],
+}
+
+/// Why a SockJS request was refused, for `stompgate_sockjs_refused_total`.
+#[derive(Debug, Clone, Copy)]
+pub enum SockjsRefusal {
+    MaxSessions,
+    MaxPolls,
+    BodyTooLarge,
+    UnknownSession,
+}
+
+impl SockjsMetrics {
+    fn new() -> SockjsMetrics {
+        let per = |name: &'static str| {
+            SockjsTransport::ALL.map(|t| metrics::counter!(name, "transport" => t.as_str()))
+        };
+        SockjsMetrics {
+            sessions: SockjsTransport::ALL
+                .map(|t| metrics::gauge!("stompgate_sockjs_sessions", "transport" => t.as_str())),
+            requests: per("stompgate_sockjs_requests_total"),
+            bytes_out: per("stompgate_sockjs_bytes_out_total"),
+            bytes_in: per("stompgate_sockjs_bytes_in_total"),
+            refused: [
+                "max_sessions",
+                "max_concurrent_polls",
+                "body_too_large",
+                "unknown_session",
+            ]
+            .map(|r| metrics::counter!("stompgate_sockjs_refused_total", "reason" => r)),
+        }
+    }
+
+    /// Open sessions that started on `transport`.
+    pub fn sessions(&self, transport: SockjsTransport) -> &Gauge {
+        &self.sessions[transport as usize]
+    }
+
+    pub fn request(&self, transport: SockjsTransport) {
+        self.requests[transport as usize].increment(1);
+    }
+
+    pub fn bytes_out(&self, transport: SockjsTransport, n: usize) {
+        self.bytes_out[transport as usize].increment(n as u64);
+    }
+
+    pub fn bytes_in(&self, transport: SockjsTransport, n: usize) {
+        self.bytes_in[transport as usize].increment(n as u64);
+    }
+
+    pub fn refused(&self, reason: SockjsRefusal) {
+        self.refused[reason as usize].increment(1);
+    }
+}
+
 /// The series of the gateway.
 #[derive(Debug)]
 pub struct Metrics {
@@ -120,6 +229,7 @@ pub struct Metrics {
     errors: [Counter; 6],
     rejected: [Counter; 5],
     pub draining: Gauge,
+    pub sockjs: SockjsMetrics,
 }
 
 impl Metrics {
@@ -172,6 +282,7 @@ impl Metrics {
             rejected: RejectReason::ALL
                 .map(|r| metrics::counter!("stompgate_rejected_total", "reason" => r.as_str())),
             draining: metrics::gauge!("stompgate_draining"),
+            sockjs: SockjsMetrics::new(),
         }
     }
 

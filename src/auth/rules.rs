@@ -149,9 +149,12 @@ fn reserved(destination: &Destination) -> bool {
     match destination {
         Destination::Exchange { exchange, .. } => exchange.starts_with("amq.rabbitmq."),
         Destination::Queue { name } | Destination::AmqQueue { name } => {
-            name.starts_with("amq.") || name.starts_with(crate::session::DURABLE_QUEUE_PREFIX)
+            name.starts_with("amq.")
+                || name.starts_with(crate::stomp::destination::DURABLE_QUEUE_PREFIX)
         }
-        Destination::ReplyQueue { name } => name.starts_with(crate::session::DURABLE_QUEUE_PREFIX),
+        Destination::ReplyQueue { name } => {
+            name.starts_with(crate::stomp::destination::DURABLE_QUEUE_PREFIX)
+        }
         _ => false,
     }
 }

@@ -10,11 +10,8 @@
 //! configuration, never by the number of sessions or users.
 
 use std::collections::HashMap;
-use std::str::FromStr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
-
-use lapin::uri::AMQPUri;
 
 use super::plane::PlaneConfig;
 use super::{Bridge, BridgeError, SessionBroker};
@@ -146,14 +143,14 @@ impl Vhosts {
 pub use crate::config::default_vhost;
 
 /// `url` with its vhost replaced by `vhost`.
-pub fn url_for_vhost(url: &str, vhost: &str) -> Result<String, String> {
-    let mut uri = AMQPUri::from_str(url).map_err(|e| format!("'{url}': {e}"))?;
-    uri.vhost = vhost.to_owned();
-    Ok(uri.to_string())
-}
+pub use crate::config::url_for_vhost;
 
 #[cfg(test)]
 mod tests {
+    use std::str::FromStr;
+
+    use lapin::uri::AMQPUri;
+
     use super::*;
 
     #[test]

@@ -5,34 +5,8 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::stomp::destination::Destination;
-use crate::stomp::{Escaping, Frame};
-
-/// The protocol version negotiated on CONNECT.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Version {
-    V1_0,
-    V1_1,
-    V1_2,
-}
-
-impl Version {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Version::V1_0 => "1.0",
-            Version::V1_1 => "1.1",
-            Version::V1_2 => "1.2",
-        }
-    }
-
-    /// How headers are escaped under this version.
-    pub fn escaping(self) -> Escaping {
-        match self {
-            Version::V1_0 => Escaping::None,
-            Version::V1_1 => Escaping::V11,
-            Version::V1_2 => Escaping::V12,
-        }
-    }
-}
+use crate::stomp::Frame;
+pub use crate::stomp::Version;
 
 /// The subscription acknowledgement modes of STOMP.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -184,11 +184,7 @@ pub const INCARNATION_SHIFT: u32 = 52;
 /// Prefix of the `message-id` of fanned-out messages.
 pub const FANOUT_PREFIX: &str = "B_";
 
-/// Prefix of the queues of durable subscriptions, which the session names
-/// `stomp-subscription-<user>.<id>` (both percent-encoded as for `/user/`):
-/// never shared between identities, and reserved (no `/queue/`,
-/// `/amq/queue/`, `/reply-queue/` or `x-queue-name` may name them).
-pub const DURABLE_QUEUE_PREFIX: &str = "stomp-subscription-";
+pub use crate::stomp::destination::DURABLE_QUEUE_PREFIX;
 
 /// How many reply queues (`reply-to` of received messages) a session
 /// remembers as targets it may SEND to.

@@ -14,6 +14,11 @@
 
 use std::fmt;
 
+/// Prefix of the queues of durable subscriptions, which the session names
+/// `stomp-subscription-<user>.<id>` (both percent-encoded as for `/user/`):
+/// never shared between identities, and reserved (no `/queue/`,
+/// `/amq/queue/`, `/reply-queue/` or `x-queue-name` may name them).
+pub const DURABLE_QUEUE_PREFIX: &str = "stomp-subscription-";
 /// Longest AMQP short string: exchange, queue and routing-key names.
 const MAX_NAME: usize = 255;
 

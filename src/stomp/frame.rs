@@ -233,6 +233,33 @@ pub fn unescape(raw: &[u8], escaping: Escaping) -> Cow<'_, str> {
     Cow::Owned(String::from_utf8_lossy(&out).into_owned())
 }
 
+/// A STOMP protocol version (the one negotiated on CONNECT).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Version {
+    V1_0,
+    V1_1,
+    V1_2,
+}
+
+impl Version {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Version::V1_0 => "1.0",
+            Version::V1_1 => "1.1",
+            Version::V1_2 => "1.2",
+        }
+    }
+
+    /// How headers are escaped under this version.
+    pub fn escaping(self) -> Escaping {
+        match self {
+            Version::V1_0 => Escaping::None,
+            Version::V1_1 => Escaping::V11,
+            Version::V1_2 => Escaping::V12,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

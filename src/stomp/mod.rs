@@ -11,4 +11,4 @@ pub mod message;
 pub use codec::{
     encode_frame, encode_header, encode_rest, DecodeError, FrameLimits, Inbound, StompCodec,
 };
-pub use frame::{Command, Escaping, Frame, RawHeader};
+pub use frame::{Command, Escaping, Frame, RawHeader, Version};

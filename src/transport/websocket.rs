@@ -13,14 +13,23 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{Message as WsMessage, Utf8Bytes, WebSocket};
+use std::net::SocketAddr;
+
+use axum::extract::ws::{Message as WsMessage, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 
 use super::coalesce::{Chunk, Coalescer};
 use super::driver::{self, Context, Incoming, Options, Outcome};
+use super::host::{handshake_token, origin_allowed, refuse, AdmitError, Host};
 use super::outbound::{ClientLink, Outbound};
 use crate::bridge::BrokerSession;
+use crate::metrics::RejectReason;
 
 /// The protocols offered in the WebSocket handshake.
 pub const SUBPROTOCOLS: [&str; 3] = ["v12.stomp", "v11.stomp", "v10.stomp"];
@@ -32,6 +41,68 @@ pub struct Handshake {
     pub token: Option<String>,
     /// `security.ws_ping_interval_ms`: pings for clients without heart-beats.
     pub ping_every: Option<Duration>,
+}
+
+/// The WebSocket route (`ws_path`), over what the host lends.
+pub fn router<S: Clone + Send + Sync + 'static>(host: &Arc<Host>) -> Router<S> {
+    Router::new()
+        .route(&host.config.ws_path, get(upgrade))
+        .with_state(Arc::clone(host))
+}
+
+/// The WebSocket handshake: refused while draining, for a foreign
+/// `Origin`, or beyond the connection limits; otherwise upgraded and run
+/// until it closes.
+pub async fn upgrade(
+    State(host): State<Arc<Host>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: axum::http::HeaderMap,
+    uri: axum::http::Uri,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if host.draining.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
+    }
+    let metrics = crate::metrics::get();
+    if !origin_allowed(&host.config.security.allowed_origins, &headers) {
+        metrics.rejected(RejectReason::Origin);
+        return refuse(StatusCode::FORBIDDEN, "origin not allowed");
+    }
+    let admission = match host.admit(peer.ip()) {
+        Ok(admission) => admission,
+        Err(AdmitError::MaxConnections) => {
+            metrics.rejected(RejectReason::MaxConnections);
+            return refuse(StatusCode::SERVICE_UNAVAILABLE, "too many connections");
+        }
+        Err(AdmitError::PerIp) => {
+            metrics.rejected(RejectReason::PerIp);
+            return refuse(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many connections from this address",
+            );
+        }
+    };
+    let handshake = Handshake {
+        token: handshake_token(&headers, &uri),
+        ping_every: host.config.security.ws_ping_interval(),
+    };
+    let limits = &host.config.limits;
+    // The codec enforces STOMP's limits; the WebSocket layer only needs to
+    // bound one message (a frame may span several, and one may hold several).
+    let max_message = limits.max_frame_bytes + 64 * 1024;
+    ws.protocols(SUBPROTOCOLS)
+        .read_buffer_size(512)
+        .write_buffer_size(0)
+        .max_message_size(max_message)
+        .max_frame_size(max_message)
+        .on_upgrade(move |socket| async move {
+            // Admitted until the session ends (or the upgrade fails, which
+            // drops this closure unrun).
+            let _admission = admission;
+            let _connection = host.track_connection();
+            let broker = host.broker();
+            run(socket, &host.driver, broker, handshake).await;
+        })
 }
 
 /// Serves one upgraded WebSocket until it closes.
