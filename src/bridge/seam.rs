@@ -52,9 +52,6 @@ pub trait BrokerSession: Send {
         multiple: bool,
         requeue: bool,
     ) -> impl Future<Output = Result<(), BridgeError>> + Send;
-    /// The subscription is in `auto` mode on its own queue: the gateway
-    /// acks each delivery once it is queued for the client.
-    fn acks_for_client(&self, subscription: &str) -> bool;
     /// The subscription has a queue consumer of its own (not fan-out).
     fn has_own(&self, subscription: &str) -> bool;
     /// The consumer of `subscription` consumes again, from `queue`.
@@ -124,10 +121,6 @@ impl BrokerSession for SessionBroker {
         requeue: bool,
     ) -> impl Future<Output = Result<(), BridgeError>> + Send {
         SessionBroker::nack(self, subscription, tag, multiple, requeue)
-    }
-
-    fn acks_for_client(&self, subscription: &str) -> bool {
-        SessionBroker::acks_for_client(self, subscription)
     }
 
     fn has_own(&self, subscription: &str) -> bool {

@@ -37,9 +37,9 @@ use super::plane::{timed, Plane, Shard};
 use super::properties::{properties_from_stomp, queue_arguments, short, stomp_headers_from_amqp};
 use super::{Backoff, BridgeError};
 use crate::session::{
-    AckMode, Message, PublishRequest, ReplyTo, SubscribeRequest, GENERATION_MASK, GENERATION_SHIFT,
+    Message, PublishRequest, ReplyTo, SubscribeRequest, GENERATION_MASK, GENERATION_SHIFT,
 };
-use crate::stomp::destination::Destination;
+use crate::stomp::destination::{temp_queue_name, temp_queue_subscription, Destination};
 
 /// A message for the session from one of its own consumers.
 #[derive(Debug)]
@@ -122,7 +122,6 @@ struct Tracker {
 #[derive(Debug)]
 struct OwnConsumer {
     serial: u64,
-    ack: AckMode,
     /// The named queue of a durable subscription.
     durable_queue: Option<String>,
     tracker: Arc<Mutex<Tracker>>,
@@ -285,16 +284,12 @@ impl SessionBroker {
             plan,
             prefetch: req.prefetch,
         };
-        self.start_consumer(spec, req.ack).await?;
+        self.start_consumer(spec).await?;
         Ok(())
     }
 
     /// Opens the consumer and its forwarding task; returns the queue name.
-    async fn start_consumer(
-        &mut self,
-        spec: ConsumeSpec,
-        ack: AckMode,
-    ) -> Result<String, BridgeError> {
+    async fn start_consumer(&mut self, spec: ConsumeSpec) -> Result<String, BridgeError> {
         let (channel, consumer, queue) = open_consumer(&self.plane, &spec).await?;
         let serial = self.next_serial;
         self.next_serial += 1;
@@ -331,7 +326,6 @@ impl SessionBroker {
             id,
             OwnConsumer {
                 serial,
-                ack,
                 durable_queue,
                 tracker,
             },
@@ -346,7 +340,7 @@ impl SessionBroker {
 
     /// A consumer came back on another channel (see [`Inbound::Restarted`]).
     pub fn restarted(&mut self, subscription: &str, queue: String) {
-        if let Some(name) = subscription.strip_prefix("/temp-queue/") {
+        if let Some(name) = temp_queue_name(subscription) {
             self.temp.insert(name.to_owned(), queue);
         }
     }
@@ -375,14 +369,6 @@ impl SessionBroker {
             self.plane.delete_queue(&queue).await?;
         }
         Ok(())
-    }
-
-    /// Whether the gateway must ack a message of `subscription` itself once
-    /// it is queued for the client (`ack:auto` queue subscriptions).
-    pub fn acks_for_client(&self, subscription: &str) -> bool {
-        self.own
-            .get(subscription)
-            .is_some_and(|o| o.ack == AckMode::Auto)
     }
 
     /// basic.ack of `tag` (with its generation, see [`Inbound::Delivery`]);
@@ -536,11 +522,11 @@ impl SessionBroker {
             return Ok(queue.clone());
         }
         let spec = ConsumeSpec {
-            id: Arc::from(format!("/temp-queue/{name}").as_str()),
+            id: Arc::from(temp_queue_subscription(name).as_str()),
             plan: QueuePlan::Temp,
             prefetch: 0,
         };
-        let queue = self.start_consumer(spec, AckMode::Auto).await?;
+        let queue = self.start_consumer(spec).await?;
         self.temp.insert(name.to_owned(), queue.clone());
         Ok(queue)
     }

@@ -35,7 +35,7 @@ use crate::auth::rabbit::{AuthRequest, RabbitRefusal};
 use crate::auth::user::UserDestination;
 use crate::auth::{Auth, Identity, Verb};
 use crate::config::{AuthMode, HeartbeatConfig, Limits, UnknownHost};
-use crate::stomp::destination::Destination;
+use crate::stomp::destination::{temp_queue_name, temp_queue_subscription, Destination};
 use crate::stomp::{Command, Frame};
 
 /// Settings a session needs, taken from the gateway's configuration.
@@ -424,6 +424,16 @@ impl Session {
         out.extend(due.into_iter().map(Action::Receipt));
         self.update_pause();
         self.finish_drain(out);
+    }
+
+    /// Whether a message just delivered on `subscription` is acknowledged
+    /// to the broker by the gateway at once: `ack:auto` subscriptions on a
+    /// queue of their own (and replies to temp queues). Broadcast
+    /// (fan-out) messages never reach the session's own consumers.
+    pub fn acks_on_delivery(&self, subscription: &str) -> bool {
+        self.subscriptions
+            .get(subscription)
+            .is_some_and(|s| s.ack == AckMode::Auto && !s.fanout)
     }
 
     /// Publishes of this session awaiting the broker's confirm.
@@ -956,14 +966,14 @@ impl Session {
         let reply_to = match frame.header("reply-to") {
             None => None,
             Some(value) => {
-                if let Some(name) = value.strip_prefix("/temp-queue/") {
+                if let Some(name) = temp_queue_name(&value) {
                     if name.is_empty() {
                         return Err(Refusal::rabbit(
                             "Invalid destination",
                             "'/' is not a valid temp_queue destination\n",
                         ));
                     }
-                    let sub_id = format!("/temp-queue/{name}");
+                    let sub_id = temp_queue_subscription(name);
                     if !self.subscriptions.contains_key(&sub_id) {
                         new_reply_queue = true;
                         self.check_subscription_limit()?;
@@ -1061,7 +1071,7 @@ impl Session {
                 ))
             }
         };
-        if id.starts_with("/temp-queue/") {
+        if temp_queue_name(&id).is_some() {
             return Err(Refusal::rabbit(
                 "Invalid id",
                 "SUBSCRIBE 'id' may not start with /temp-queue/\n",
@@ -1209,7 +1219,7 @@ impl Session {
                 .ok_or_else(missing_unsubscribe_id)?,
             (None, _) => return Err(missing_unsubscribe_id()),
         };
-        if id.starts_with("/temp-queue/") {
+        if temp_queue_name(&id).is_some() {
             return Err(Refusal::rabbit(
                 "Invalid id",
                 "UNSUBSCRIBE 'id' may not start with /temp-queue/\n",

@@ -19,6 +19,21 @@ use std::fmt;
 /// never shared between identities, and reserved (no `/queue/`,
 /// `/amq/queue/`, `/reply-queue/` or `x-queue-name` may name them).
 pub const DURABLE_QUEUE_PREFIX: &str = "stomp-subscription-";
+/// Prefix of `/temp-queue/<name>` destinations, and of the subscription
+/// id under which a session receives the replies to temp queue `<name>`.
+pub const TEMP_QUEUE_PREFIX: &str = "/temp-queue/";
+
+/// The subscription id of the replies to temp queue `name`.
+pub fn temp_queue_subscription(name: &str) -> String {
+    format!("{TEMP_QUEUE_PREFIX}{name}")
+}
+
+/// The temp queue name a `/temp-queue/<name>` destination or subscription
+/// id stands for.
+pub fn temp_queue_name(id: &str) -> Option<&str> {
+    id.strip_prefix(TEMP_QUEUE_PREFIX)
+}
+
 /// Longest AMQP short string: exchange, queue and routing-key names.
 const MAX_NAME: usize = 255;
 
@@ -128,7 +143,7 @@ impl Destination {
             Destination::AmqQueue {
                 name: one_segment(s, "amqqueue", name)?,
             }
-        } else if let Some(name) = s.strip_prefix("/temp-queue/") {
+        } else if let Some(name) = temp_queue_name(s) {
             Destination::TempQueue {
                 name: one_segment(s, "temp_queue", name)?,
             }

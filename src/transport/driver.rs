@@ -366,7 +366,7 @@ impl<B: BrokerSession> Driver<B> {
                 };
                 crate::metrics::get().delivered_queue.increment(1);
                 self.write(&frame).await;
-                if self.broker.acks_for_client(&subscription) {
+                if self.session.acks_on_delivery(&subscription) {
                     if let Err(error) = self.broker.ack(&subscription, tag, false).await {
                         tracing::debug!(%error, "auto-ack failed");
                     }

@@ -91,10 +91,6 @@ impl BrokerSession for MemoryBroker {
         Ok(())
     }
 
-    fn acks_for_client(&self, _subscription: &str) -> bool {
-        false
-    }
-
     fn has_own(&self, _subscription: &str) -> bool {
         true
     }
