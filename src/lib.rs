@@ -1,19 +1,57 @@
 //! stompgate: a stateless gateway that terminates STOMP 1.0/1.1/1.2 over
-//! WebSocket and bridges it onto AMQP 0-9-1 in RabbitMQ.
+//! WebSocket and SockJS and bridges it onto AMQP 0-9-1 in RabbitMQ.
 //!
-//! The layers, from the wire inwards:
-//! - [`stomp`]: the frame codec, pure code over byte buffers;
-//! - [`session`]: the per-connection protocol state machine, pure code that
-//!   turns frames into [`session::Action`]s for the layers around it;
-//! - [`transport`]: the WebSocket adapter that feeds bytes in and writes
-//!   frames out, with heart-beats and an outbound queue bounded per client;
-//! - [`bridge`]: the AMQP side: the replica's fixed *plane* of channels and
-//!   queues (broadcast subscriptions are bindings, routed to local
-//!   subscribers in the gateway with RabbitMQ's matching rules; shared
-//!   publishing and consumer channels), destinations, per-session state;
-//! - [`auth`]: who may connect (JWT, login list) and do what (rules);
-//! - [`server`]: the HTTP listener that ties it together (WebSocket upgrade,
-//!   `/healthz`, `/readyz`, `/metrics`), with [`demo`]'s pages when enabled.
+//! # A map of the crate
+//!
+//! From the wire inwards; each arrow below is the only direction in which
+//! modules import each other (no cycles).
+//!
+//! ```text
+//! server ──> transport ──> bridge ──> session ──> auth ──> stomp
+//!   │            │            │          │         │
+//!   └──> demo    └─────────── metrics, config (leaves, with stomp)
+//! ```
+//!
+//! - [`stomp`]: the protocol's vocabulary, pure code without I/O.
+//!   [`stomp::frame`] (frames, commands, escaping, versions),
+//!   [`stomp::codec`] (bytes to frames and back, limits),
+//!   [`stomp::message`] (a MESSAGE encoded once for many recipients, by the
+//!   codec's own encoder), [`stomp::destination`] (RabbitMQ's destination
+//!   forms).
+//! - [`auth`]: who may connect and do what: JWT and login lists
+//!   ([`auth::JwtVerifier`]), rules per verb, `/user/` destinations, and
+//!   with `auth.mode = "rabbitmq"` credentials and permissions from RabbitMQ
+//!   itself ([`auth::rabbit`], evaluated by [`auth::permissions`]).
+//! - [`session`]: the per-connection STOMP state machine, pure: frames in,
+//!   [`session::Action`]s out. It owns every protocol decision, time
+//!   included: deadlines through `poll_timeout`/`handle_timeout(now)`,
+//!   receipts after confirms, back-pressure, and why a session ended
+//!   ([`session::CloseReason`]).
+//! - [`bridge`]: the AMQP side. [`bridge::plane`] is the replica's fixed set
+//!   of channels and queues (broadcast subscriptions are bindings, routed to
+//!   local subscribers by [`bridge::matcher`] with RabbitMQ's rules and
+//!   handed over by [`bridge::fanout`]); [`bridge::session_broker`] is one
+//!   session's consumers, acks and publishes; [`bridge::seam`] is the trait
+//!   the driver runs against; [`bridge::pool`] the connections (cluster
+//!   nodes), [`bridge::vhosts`] one plane per served vhost,
+//!   [`bridge::properties`] STOMP headers to AMQP properties and back.
+//! - [`transport`]: how STOMP reaches the gateway, as thin adapters over one
+//!   session driver ([`transport::driver`]): [`transport::websocket`],
+//!   [`transport::sockjs`] (long polling, streaming, htmlfile, JSONP,
+//!   EventSource), the bounded per-client queue ([`transport::outbound`])
+//!   and its writer's [`transport::coalesce`], what the gateway lends every
+//!   transport ([`transport::host`]), and the TCP/TLS [`transport::listener`].
+//! - [`server`]: builds the gateway from the [`config`], serves the HTTP
+//!   routes (`/healthz`, `/readyz`, `/metrics`, the transports, [`demo`]
+//!   pages when enabled) and drains on shutdown.
+//! - [`config`]: the settings, from a TOML file and `STOMPGATE_*` variables,
+//!   checked at start; [`metrics`]: the Prometheus series.
+//!
+//! Conventions across the crate: errors are types (`thiserror`) reported
+//! once; nothing a client or the broker controls is unwrapped; a poisoned
+//! lock is taken with `unwrap_or_else(PoisonError::into_inner)` (the data
+//! stays consistent: no lock is held across a panic-prone step); every
+//! reconnect loop waits with the one jittered [`bridge::Backoff`].
 
 pub mod auth;
 pub mod bridge;

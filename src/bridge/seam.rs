@@ -2,7 +2,7 @@
 //!
 //! The driver (`transport::driver`) runs a session against anything that
 //! implements [`BrokerSession`]: in production the AMQP bridge's
-//! [`SessionBroker`](super::SessionBroker), in the driver's tests an
+//! [`SessionBroker`], in the driver's tests an
 //! in-memory broker with a simulated clock, so heart-beats, receipts after
 //! confirms, token expiry, slow clients and the drain are tested
 //! deterministically without a socket or RabbitMQ.
