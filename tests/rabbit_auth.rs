@@ -65,12 +65,6 @@ async fn connect_host(url: &str, host: &str) -> StompClient {
     client
 }
 
-fn send_frame(destination: &str, body: &str) -> Frame {
-    Frame::new(Command::Send)
-        .with_header("destination", destination)
-        .with_body(body.to_owned())
-}
-
 // ---- item 9: virtual hosts --------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -790,26 +790,41 @@ async fn until(stream: &mut Http, needle: &str) -> String {
     String::from_utf8_lossy(&seen).into_owned()
 }
 
+/// `frame` to the session at `url` through `xhr_send` (204 expected).
+async fn xhr_send(addr: SocketAddr, url: &str, frame: &str) {
+    let path = format!("{url}/xhr_send");
+    assert_eq!(post(addr, &path, &stomp(frame)).await.status, 204);
+}
+
+/// A new session receiving over `xhr_streaming`, STOMP-connected and
+/// subscribed (with a receipt) to a fresh topic: (stream, url, topic).
+async fn subscribed_stream(addr: SocketAddr) -> (Http, String, String) {
+    let url = session_url();
+    let mut stream = post(addr, &format!("{url}/xhr_streaming"), "").await;
+    stream.read(2049).await;
+    stream.expect("o\n").await;
+    xhr_send(
+        addr,
+        &url,
+        "CONNECT\naccept-version:1.2\nhost:/\nheart-beat:0,0\n\n\0",
+    )
+    .await;
+    until(&mut stream, "CONNECTED").await;
+    let topic = unique("sockjs");
+    xhr_send(
+        addr,
+        &url,
+        &format!("SUBSCRIBE\nid:s1\ndestination:/topic/{topic}\nreceipt:r1\n\n\0"),
+    )
+    .await;
+    until(&mut stream, "receipt-id:r1").await;
+    (stream, url, topic)
+}
+
 #[tokio::test]
 async fn stomp_over_xhr_streaming() {
     let gw = start_gateway(|c| c.sockjs.enabled = true).await;
-    let url = session_url();
-    let mut stream = post(gw.addr, &format!("{url}/xhr_streaming"), "").await;
-    stream.read(2049).await;
-    stream.expect("o\n").await;
-    let send = |frame: &str| {
-        let body = stomp(frame);
-        let path = format!("{url}/xhr_send");
-        async move { assert_eq!(post(gw.addr, &path, &body).await.status, 204) }
-    };
-    send("CONNECT\naccept-version:1.2\nhost:/\nheart-beat:0,0\n\n\0").await;
-    until(&mut stream, "CONNECTED").await;
-    let topic = unique("sockjs");
-    send(&format!(
-        "SUBSCRIBE\nid:s1\ndestination:/topic/{topic}\nreceipt:r1\n\n\0"
-    ))
-    .await;
-    until(&mut stream, "receipt-id:r1").await;
+    let (mut stream, url, topic) = subscribed_stream(gw.addr).await;
     let conn = common::amqp().await;
     let ch = common::confirm_channel(&conn).await;
     common::publish(
@@ -823,13 +838,15 @@ async fn stomp_over_xhr_streaming() {
     let seen = until(&mut stream, "MESSAGE").await;
     let seen = seen + &until(&mut stream, "\\u0000").await;
     assert!(seen.contains("héllo </script> \\u2028"), "{seen}");
-    send(&format!(
-        "SEND\ndestination:/topic/{topic}\nreceipt:r2\n\nback\0"
-    ))
+    xhr_send(
+        gw.addr,
+        &url,
+        &format!("SEND\ndestination:/topic/{topic}\nreceipt:r2\n\nback\0"),
+    )
     .await;
     let seen = until(&mut stream, "receipt-id:r2").await;
     assert!(seen.contains("back") || until(&mut stream, "back").await.contains("back"));
-    send("DISCONNECT\nreceipt:bye\n\n\0").await;
+    xhr_send(gw.addr, &url, "DISCONNECT\nreceipt:bye\n\n\0").await;
     until(&mut stream, "receipt-id:bye").await;
     until(&mut stream, "c[3000,\"Go away!\"]\n").await;
     assert!(stream.ended_within(Duration::from_secs(2)).await);
@@ -894,23 +911,7 @@ async fn stomp_over_xhr_polling() {
 #[tokio::test]
 async fn non_utf8_bodies_end_the_session_with_an_error() {
     let gw = start_gateway(|c| c.sockjs.enabled = true).await;
-    let url = session_url();
-    let mut stream = post(gw.addr, &format!("{url}/xhr_streaming"), "").await;
-    stream.read(2049).await;
-    stream.expect("o\n").await;
-    let send = |frame: &str| {
-        let body = stomp(frame);
-        let path = format!("{url}/xhr_send");
-        async move { assert_eq!(post(gw.addr, &path, &body).await.status, 204) }
-    };
-    send("CONNECT\naccept-version:1.2\nhost:/\nheart-beat:0,0\n\n\0").await;
-    until(&mut stream, "CONNECTED").await;
-    let topic = unique("sockjs");
-    send(&format!(
-        "SUBSCRIBE\nid:s1\ndestination:/topic/{topic}\nreceipt:r1\n\n\0"
-    ))
-    .await;
-    until(&mut stream, "receipt-id:r1").await;
+    let (mut stream, _url, topic) = subscribed_stream(gw.addr).await;
     let conn = common::amqp().await;
     let ch = common::confirm_channel(&conn).await;
     common::publish(

@@ -14,12 +14,6 @@ use lapin::types::{AMQPValue, FieldTable};
 use stompgate::stomp::{encode_frame, Command, Escaping, Frame};
 use tokio_tungstenite::tungstenite::Message;
 
-fn send_frame(destination: &str, body: &str) -> Frame {
-    Frame::new(Command::Send)
-        .with_header("destination", destination)
-        .with_body(body.to_owned())
-}
-
 // ---- item 1: heart-beats ------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

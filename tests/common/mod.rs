@@ -880,6 +880,13 @@ impl Drop for PrivateNode {
 }
 
 /// A frame's body as text.
+/// A SEND of `body` to `destination`.
+pub fn send_frame(destination: &str, body: &str) -> Frame {
+    Frame::new(Command::Send)
+        .with_header("destination", destination)
+        .with_body(body.to_owned())
+}
+
 pub fn body(frame: &Frame) -> String {
     String::from_utf8_lossy(&frame.body).into_owned()
 }
