@@ -342,17 +342,7 @@ impl Plane {
         let metrics = crate::metrics::get();
         metrics.amqp_channels.set(self.channels() as f64);
         metrics.routing_keys.set(self.bindings() as f64);
-        let bound: usize = self
-            .shards
-            .iter()
-            .map(|s| {
-                s.state
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .bound
-                    .len()
-            })
-            .sum();
+        let bound = self.bound();
         let dedicated = self
             .dedicated
             .lock()
