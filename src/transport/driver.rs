@@ -27,6 +27,7 @@ use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 
 use super::outbound::{ClientLink, Outbound};
+use super::rate_limit::RateLimit;
 use crate::auth::rabbit::{RabbitAuth, RabbitRefusal};
 use crate::bridge::fanout::{Recipient, Subscriber};
 use crate::bridge::{BrokerSession, Inbound};
@@ -586,58 +587,6 @@ impl<B: BrokerSession> Driver<B> {
             }
         }
         self.session.input_paused(false);
-    }
-}
-
-/// A token bucket of frames per second, with bursts of twice the rate.
-#[derive(Debug)]
-struct RateLimit {
-    per_second: u32,
-    tokens: f64,
-    last: Instant,
-}
-
-impl RateLimit {
-    fn new(per_second: u32) -> RateLimit {
-        RateLimit {
-            per_second,
-            tokens: 2.0 * per_second as f64,
-            last: Instant::now(),
-        }
-    }
-
-    /// Takes one token, possibly borrowed from the future: how long to wait
-    /// before the frame may be handled (zero within the rate).
-    fn wait(&mut self, now: Instant) -> Duration {
-        if self.per_second == 0 {
-            return Duration::ZERO;
-        }
-        let rate = self.per_second as f64;
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.last = now;
-        self.tokens = (self.tokens + elapsed * rate).min(2.0 * rate) - 1.0;
-        if self.tokens >= 0.0 {
-            Duration::ZERO
-        } else {
-            Duration::from_secs_f64(-self.tokens / rate)
-        }
-    }
-
-    /// Takes one token; `false` when the client sends too fast.
-    fn allow(&mut self, now: Instant) -> bool {
-        if self.per_second == 0 {
-            return true;
-        }
-        let rate = self.per_second as f64;
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.last = now;
-        self.tokens = (self.tokens + elapsed * rate).min(2.0 * rate);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
     }
 }
 

@@ -7,5 +7,6 @@ pub mod driver;
 pub mod host;
 pub mod listener;
 pub mod outbound;
+pub mod rate_limit;
 pub mod sockjs;
 pub mod websocket;
