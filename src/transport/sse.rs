@@ -686,7 +686,6 @@ impl EventStream {
                     Command::Message => {
                         let kind = message_event(&frame, self.reader.envelope, &mut out);
                         metrics.event(kind);
-                        crate::metrics::get().frame_out(Command::Message);
                     }
                     Command::Error => {
                         error_event(&frame, self.reader.envelope, &mut out);
