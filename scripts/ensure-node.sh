@@ -2,8 +2,9 @@
 # Makes sure Node.js and npm are there (Debian's nodejs and npm packages when
 # `node` is missing; apt-get, sudo only when not root) and that the
 # JavaScript client tests in tests/js have their dependencies
-# (`npm ci`, only when node_modules is missing or older than
-# package-lock.json).
+# (@stomp/stompjs and ws for tests/stompjs.rs, sockjs-client for
+# tests/sockjs_node.rs; `npm ci`, only when node_modules is missing, older
+# than package-lock.json, or lacks a dependency package.json names).
 #
 # Idempotent; quick when everything is already there.
 set -euo pipefail
@@ -68,7 +69,17 @@ fi
 
 [ -f "$JS_DIR/package-lock.json" ] || die "$JS_DIR/package-lock.json is missing"
 stamp="$JS_DIR/node_modules/.package-lock.json"
-if [ ! -f "$stamp" ] || [ "$JS_DIR/package-lock.json" -nt "$stamp" ] || [ "$JS_DIR/package.json" -nt "$stamp" ]; then
+# Every dependency of package.json has its directory (a node_modules
+# installed before a dependency was added may have a newer stamp).
+deps_missing=0
+if [ -f "$stamp" ] && ! (cd "$JS_DIR" && node -e '
+    const fs = require("fs");
+    const deps = Object.keys(require("./package.json").dependencies || {});
+    process.exit(deps.every((d) => fs.existsSync(`node_modules/${d}/package.json`)) ? 0 : 1);
+' </dev/null); then
+    deps_missing=1
+fi
+if [ ! -f "$stamp" ] || [ "$deps_missing" -eq 1 ] || [ "$JS_DIR/package-lock.json" -nt "$stamp" ] || [ "$JS_DIR/package.json" -nt "$stamp" ]; then
     say "npm ci in tests/js"
     (cd "$JS_DIR" && npm ci --no-audit --no-fund --loglevel=error </dev/null)
     did+=("ran npm ci in tests/js")

@@ -4,6 +4,7 @@
 # target/, for tests/stomppy.rs) and Chromium with puppeteer-core are there,
 # then runs every Rust test target (unit tests, tests/*.rs, including
 # tests/stompjs.rs which drives the real @stomp/stompjs client through node,
+# tests/sockjs_node.rs which runs it over the real sockjs-client in node,
 # and tests/demo_browser.rs which drives the demo pages in headless Chromium).
 #
 #   scripts/test.sh                      # everything

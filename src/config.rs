@@ -46,6 +46,7 @@ pub struct Config {
     pub tls: TlsConfig,
     pub demo: DemoConfig,
     pub sockjs: SockjsConfig,
+    pub sse: SseConfig,
 }
 
 /// Who may connect and what they may do (see docs/security.md).
@@ -294,6 +295,40 @@ pub struct SockjsConfig {
     pub echo: bool,
 }
 
+/// The native Server-Sent Events endpoint for pages that only listen (see
+/// docs/protocol.md, "Server-Sent Events", and `src/transport/sse.rs`).
+/// Off unless set.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SseConfig {
+    /// Serve `GET <path>?destination=...` as `text/event-stream`.
+    pub enabled: bool,
+    /// Path of the endpoint.
+    pub path: String,
+    /// A stream that wrote nothing for this long gets a `: ping` comment
+    /// (proxies cut silent responses; a dead client is found by the write).
+    pub heartbeat_ms: u64,
+    /// The `retry:` the stream opens with: how long `EventSource` waits
+    /// before it reconnects after the stream ends.
+    pub retry_ms: u64,
+    /// SSE streams open at once (0: unlimited); beyond, 503. They also
+    /// count under `security.max_connections` and
+    /// `security.max_connections_per_ip`, as WebSocket sessions do.
+    pub max_sessions: usize,
+}
+
+impl Default for SseConfig {
+    fn default() -> Self {
+        SseConfig {
+            enabled: false,
+            path: "/sse".to_owned(),
+            heartbeat_ms: 15_000,
+            retry_ms: 3_000,
+            max_sessions: 10_000,
+        }
+    }
+}
+
 impl Default for SockjsConfig {
     fn default() -> Self {
         SockjsConfig {
@@ -488,6 +523,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             demo: DemoConfig::default(),
             sockjs: SockjsConfig::default(),
+            sse: SseConfig::default(),
         }
     }
 }
@@ -612,6 +648,29 @@ impl Config {
             if sockjs.heartbeat_ms == 0 || sockjs.disconnect_delay_ms == 0 {
                 return Err(ConfigError::Invalid(
                     "sockjs.heartbeat_ms and sockjs.disconnect_delay_ms must be at least 1".into(),
+                ));
+            }
+        }
+        let sse = &self.sse;
+        if sse.enabled {
+            let path = &sse.path;
+            let taken = [self.ws_path.as_str(), "/healthz", "/readyz", "/metrics"];
+            let under_sockjs = self.sockjs.enabled
+                && (path == &self.sockjs.prefix
+                    || path.starts_with(&format!("{}/", self.sockjs.prefix)));
+            if !path.starts_with('/')
+                || path.contains(['{', '}', '*'])
+                || taken.contains(&path.as_str())
+                || under_sockjs
+            {
+                return Err(ConfigError::Invalid(
+                    "sse.path must start with '/', hold no '{', '}' or '*', and be no other endpoint's path"
+                        .into(),
+                ));
+            }
+            if sse.heartbeat_ms == 0 {
+                return Err(ConfigError::Invalid(
+                    "sse.heartbeat_ms must be at least 1".into(),
                 ));
             }
         }

@@ -38,7 +38,8 @@
 //! - [`transport`]: how STOMP reaches the gateway, as thin adapters over one
 //!   session driver ([`transport::driver`]): [`transport::websocket`],
 //!   [`transport::sockjs`] (long polling, streaming, htmlfile, JSONP,
-//!   EventSource), the bounded per-client queue ([`transport::outbound`])
+//!   EventSource), [`transport::sse`] (native Server-Sent Events for pages
+//!   that only listen), the bounded per-client queue ([`transport::outbound`])
 //!   and its writer's [`transport::coalesce`], what the gateway lends every
 //!   transport ([`transport::host`]), and the TCP/TLS [`transport::listener`].
 //! - [`server`]: builds the gateway from the [`config`], serves the HTTP

@@ -183,6 +183,65 @@ impl SockjsMetrics {
     }
 }
 
+/// What an SSE stream wrote, for `stompgate_sse_events_total{kind}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SseEvent {
+    /// A MESSAGE with a UTF-8 body.
+    Message,
+    /// A MESSAGE whose body is not UTF-8 (`event: binary`, base64).
+    Binary,
+    /// The session's ERROR (`event: stomp-error`), before the stream ends.
+    Error,
+    /// A heartbeat comment (`: ping`).
+    Ping,
+}
+
+/// Why an SSE request was answered with an HTTP error, for
+/// `stompgate_sse_refused_total{reason}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SseRefusal {
+    /// No `destination`, or one the session refused as malformed (400).
+    Invalid,
+    /// CONNECT refused: no token, or a bad one (401).
+    Auth,
+    /// The subscription is not allowed (403).
+    Forbidden,
+    /// `sse.max_sessions` streams are open (503).
+    MaxSessions,
+    /// The broker refused or did not answer in time (404, 502, 504).
+    Failed,
+}
+
+/// The `stompgate_sse_*` series.
+#[derive(Debug)]
+pub struct SseMetrics {
+    pub sessions: Gauge,
+    events: [Counter; 4],
+    pub bytes_out: Counter,
+    refused: [Counter; 5],
+}
+
+impl SseMetrics {
+    fn new() -> SseMetrics {
+        SseMetrics {
+            sessions: metrics::gauge!("stompgate_sse_sessions"),
+            events: ["message", "binary", "error", "ping"]
+                .map(|k| metrics::counter!("stompgate_sse_events_total", "kind" => k)),
+            bytes_out: metrics::counter!("stompgate_sse_bytes_out_total"),
+            refused: ["invalid", "auth", "forbidden", "max_sessions", "failed"]
+                .map(|r| metrics::counter!("stompgate_sse_refused_total", "reason" => r)),
+        }
+    }
+
+    pub fn event(&self, kind: SseEvent) {
+        self.events[kind as usize].increment(1);
+    }
+
+    pub fn refused(&self, reason: SseRefusal) {
+        self.refused[reason as usize].increment(1);
+    }
+}
+
 /// The series of the gateway.
 #[derive(Debug)]
 pub struct Metrics {
@@ -230,6 +289,7 @@ pub struct Metrics {
     rejected: [Counter; 5],
     pub draining: Gauge,
     pub sockjs: SockjsMetrics,
+    pub sse: SseMetrics,
 }
 
 impl Metrics {
@@ -283,6 +343,7 @@ impl Metrics {
                 .map(|r| metrics::counter!("stompgate_rejected_total", "reason" => r.as_str())),
             draining: metrics::gauge!("stompgate_draining"),
             sockjs: SockjsMetrics::new(),
+            sse: SseMetrics::new(),
         }
     }
 

@@ -152,6 +152,10 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
     if gateway.config.sockjs.enabled {
         transports = transports.merge(crate::transport::sockjs::router(&gateway.host));
     }
+    // Server-Sent Events (src/transport/sse.rs), only when `sse.enabled`.
+    if gateway.config.sse.enabled {
+        transports = transports.merge(crate::transport::sse::router(&gateway.host));
+    }
     router.with_state(gateway).merge(transports)
 }
 

@@ -268,6 +268,27 @@ pub fn queue_arguments(args: &[(String, String)]) -> Result<FieldTable, BridgeEr
     Ok(table)
 }
 
+/// Consumer arguments from `x-*` SUBSCRIBE headers, as RabbitMQ's STOMP
+/// plugin passes them: `x-stream-offset` (where a consumer of a stream
+/// queue starts: an offset, as a long, or `first`, `last`, `next`, or an
+/// interval such as `1h`, as a string). Other headers are not consumer
+/// arguments.
+pub fn consumer_arguments(args: &[(String, String)]) -> FieldTable {
+    let mut table = FieldTable::default();
+    for (name, value) in args {
+        if name != "x-stream-offset" {
+            continue;
+        }
+        let value = value.trim();
+        let v = match value.parse::<i64>() {
+            Ok(n) => AMQPValue::LongLongInt(n),
+            Err(_) => AMQPValue::LongString(LongString::from(value)),
+        };
+        table.insert("x-stream-offset".into(), v);
+    }
+    table
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -334,6 +355,19 @@ mod tests {
         assert!(back.contains(&("n".to_owned(), "7".to_owned())));
         assert!(back.contains(&("redelivered".to_owned(), "true".to_owned())));
         assert!(back.contains(&("destination".to_owned(), "/queue/q".to_owned())));
+    }
+
+    #[test]
+    fn stream_offsets_are_consumer_arguments() {
+        let table = consumer_arguments(&h(&[("x-stream-offset", " 42"), ("x-max-length", "10")]));
+        let get = |n: &str| table.inner().get(n).cloned();
+        assert_eq!(get("x-stream-offset"), Some(AMQPValue::LongLongInt(42)));
+        assert_eq!(get("x-max-length"), None);
+        let table = consumer_arguments(&h(&[("x-stream-offset", "first")]));
+        assert_eq!(
+            table.inner().get("x-stream-offset").cloned(),
+            Some(AMQPValue::LongString(LongString::from("first")))
+        );
     }
 
     #[test]

@@ -34,7 +34,9 @@ use tokio::sync::mpsc;
 
 use super::fanout::{Binding, Subscriber};
 use super::plane::{timed, Plane, Shard};
-use super::properties::{properties_from_stomp, queue_arguments, short, stomp_headers_from_amqp};
+use super::properties::{
+    consumer_arguments, properties_from_stomp, queue_arguments, short, stomp_headers_from_amqp,
+};
 use super::{Backoff, BridgeError};
 use crate::session::{
     Message, PublishRequest, ReplyTo, SubscribeRequest, GENERATION_MASK, GENERATION_SHIFT,
@@ -104,6 +106,8 @@ struct ConsumeSpec {
     plan: QueuePlan,
     /// basic.qos prefetch of this consumer; 0 for none.
     prefetch: u16,
+    /// basic.consume arguments (`x-stream-offset`).
+    arguments: FieldTable,
 }
 
 /// The broker state of one consumer, shared by the session and the task
@@ -117,6 +121,9 @@ struct Tracker {
     unacked: BTreeSet<u64>,
     /// UNSUBSCRIBE or disconnect: deliveries still arriving are requeued.
     closing: bool,
+    /// The queue is a stream (its deliveries carry `x-stream-offset`):
+    /// nothing is nacked there, see [`give_back`].
+    stream: bool,
 }
 
 #[derive(Debug)]
@@ -283,6 +290,7 @@ impl SessionBroker {
             id: Arc::from(req.id.as_str()),
             plan,
             prefetch: req.prefetch,
+            arguments: consumer_arguments(&req.queue_arguments),
         };
         self.start_consumer(spec).await?;
         Ok(())
@@ -299,6 +307,7 @@ impl SessionBroker {
             generation: 0,
             unacked: BTreeSet::new(),
             closing: false,
+            stream: false,
         }));
         let id = spec.id.to_string();
         let durable_queue = match &spec.plan {
@@ -397,10 +406,20 @@ impl SessionBroker {
         multiple: bool,
         requeue: bool,
     ) -> Result<(), BridgeError> {
+        let stream = self.own.get(subscription).is_some_and(|own| {
+            own.tracker
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .stream
+        });
         let Some((channel, tags)) = self.take_tags(subscription, tag, multiple) else {
             return Ok(());
         };
         for t in tags {
+            if stream {
+                settle(&channel, give_back(&channel, t, true)).await?;
+                continue;
+            }
             let options = BasicNackOptions {
                 multiple: false,
                 requeue,
@@ -525,6 +544,7 @@ impl SessionBroker {
             id: Arc::from(temp_queue_subscription(name).as_str()),
             plan: QueuePlan::Temp,
             prefetch: 0,
+            arguments: FieldTable::default(),
         };
         let queue = self.start_consumer(spec).await?;
         self.temp.insert(name.to_owned(), queue.clone());
@@ -574,18 +594,31 @@ async fn release(own: &OwnConsumer) {
         )
         .await;
     }
-    let tags = {
+    let (tags, stream) = {
         let mut t = own.tracker.lock().unwrap_or_else(PoisonError::into_inner);
         t.closing = true;
-        std::mem::take(&mut t.unacked)
+        (std::mem::take(&mut t.unacked), t.stream)
     };
     for t in tags {
-        let options = BasicNackOptions {
-            multiple: false,
-            requeue: true,
-        };
-        let _ = channel.basic_nack(t, options).await;
+        let _ = give_back(&channel, t, stream).await;
     }
+}
+
+/// Gives a delivery back to its queue: basic.nack with requeue, except on
+/// a stream queue, which has no requeue (a message stays in the stream
+/// whatever its consumers do) and answers basic.nack with a connection
+/// error (NOT_IMPLEMENTED) that would close the channels of every session
+/// on that connection: there basic.ack, which only returns the consumer's
+/// credit.
+async fn give_back(channel: &Channel, tag: u64, stream: bool) -> lapin::Result<()> {
+    if stream {
+        return channel.basic_ack(tag, BasicAckOptions::default()).await;
+    }
+    let options = BasicNackOptions {
+        multiple: false,
+        requeue: true,
+    };
+    channel.basic_nack(tag, options).await
 }
 
 /// Checks or declares the queue as planned (on the plane's check channel,
@@ -703,7 +736,7 @@ async fn open_consumer(
             short("queue name", &queue)?,
             "".into(),
             BasicConsumeOptions::default(),
-            FieldTable::default(),
+            spec.arguments.clone(),
         ),
     )
     .await?;
@@ -727,21 +760,23 @@ async fn run_consumer(
             match consumer.next().await {
                 Some(Ok(delivery)) => {
                     let raw = delivery.delivery_tag;
-                    let (forward, generation, channel) = {
+                    let from_stream = delivery
+                        .properties
+                        .headers()
+                        .as_ref()
+                        .is_some_and(|h| h.inner().contains_key("x-stream-offset"));
+                    let (forward, generation, channel, stream) = {
                         let mut t = tracker.lock().unwrap_or_else(PoisonError::into_inner);
+                        t.stream |= from_stream;
                         let forward = !t.closing && !session_gone;
                         if forward {
                             t.unacked.insert(raw);
                         }
-                        (forward, t.generation, t.channel.clone())
+                        (forward, t.generation, t.channel.clone(), t.stream)
                     };
                     if !forward {
                         // Never handed to the session: requeue it here.
-                        let options = BasicNackOptions {
-                            multiple: false,
-                            requeue: true,
-                        };
-                        let _ = channel.basic_nack(raw, options).await;
+                        let _ = give_back(&channel, raw, stream).await;
                         continue;
                     }
                     let headers = stomp_headers_from_amqp(
@@ -778,11 +813,7 @@ async fn run_consumer(
                             .unacked
                             .remove(&raw);
                         if mine {
-                            let options = BasicNackOptions {
-                                multiple: false,
-                                requeue: true,
-                            };
-                            let _ = channel.basic_nack(raw, options).await;
+                            let _ = give_back(&channel, raw, stream).await;
                         }
                     }
                 }

@@ -229,9 +229,14 @@ pub fn handshake_token(headers: &axum::http::HeaderMap, uri: &axum::http::Uri) -
             return Some(token.trim().to_owned());
         }
     }
+    query_value(uri, "access_token")
+}
+
+/// The value of query parameter `name` (the first), percent-decoded.
+pub fn query_value(uri: &axum::http::Uri, name: &str) -> Option<String> {
     uri.query()?.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=')?;
-        (k == "access_token").then(|| percent_decode(v))
+        (k == name).then(|| percent_decode(v))
     })
 }
 

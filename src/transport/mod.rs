@@ -1,6 +1,7 @@
 //! Transports: how STOMP frames reach the gateway. WebSocket
-//! ([`websocket`]) and SockJS' HTTP fallbacks ([`sockjs`]), thin adapters
-//! around the same session [`driver`].
+//! ([`websocket`]), SockJS' HTTP fallbacks ([`sockjs`]) and Server-Sent
+//! Events for pages that only listen ([`sse`]), thin adapters around the
+//! same session [`driver`].
 
 pub mod coalesce;
 pub mod driver;
@@ -9,4 +10,5 @@ pub mod listener;
 pub mod outbound;
 pub mod rate_limit;
 pub mod sockjs;
+pub mod sse;
 pub mod websocket;
