@@ -307,3 +307,59 @@ async fn latency_of_forwarded_send_and_poll() {
         results[1].1 as i128 - results[0].1 as i128
     );
 }
+
+/// The other wires through a forwarding replica, heartbeats relayed, and a
+/// client that aborts a forwarded stream ending the session as a local
+/// abort does (echo service: each send comes back as a message).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wires_heartbeats_and_aborts_through_the_other_replica() {
+    let echo = |c: &mut Config| {
+        c.sockjs.echo = true;
+        c.sockjs.heartbeat_ms = 300;
+    };
+    let a = replica(echo).await;
+    let b = replica(echo).await;
+    let id = unique("fwd");
+    let url = format!("/sockjs/000/{id}");
+    assert_eq!(poll(&a, &url).await, "o\n");
+    bound_to(&id, &[control_queue(&a)]).await;
+
+    // jsonp: a send through B (form-encoded), the poll through B.
+    let sent = request(
+        b.addr,
+        "POST",
+        &format!("{url}/jsonp_send"),
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        b"d=%5B%22%3C%2Fscript%3E%22%5D",
+    )
+    .await;
+    assert_eq!(body_of(sent).await, (200, "ok".into()));
+    let mut jsonp = get(b.addr, &format!("{url}/jsonp?c=cb")).await;
+    assert_eq!(jsonp.header("x-content-type-options"), Some("nosniff"));
+    assert_eq!(
+        jsonp.rest().await,
+        "/**/cb(\"a[\\\"\\u003c/script\\u003e\\\"]\");\r\n"
+    );
+
+    // htmlfile through B: B's prelude (with the callback), A's frames, and
+    // A's heartbeats while nothing else comes.
+    let mut html = get(b.addr, &format!("{url}/htmlfile?c=cb")).await;
+    assert_eq!(html.status, 200);
+    assert_eq!(
+        html.header("content-type"),
+        Some("text/html; charset=UTF-8")
+    );
+    let prelude = until(&mut html, "var c = parent.cb;").await;
+    assert!(prelude.starts_with("<!doctype html>"), "{prelude}");
+    until(&mut html, "<script>\np(\"h\");\n</script>\r\n").await;
+    assert_eq!(post_to(&a, &url, "xhr_send", &stomp("via A")).await, 204);
+    until(&mut html, "via A").await;
+    drop(html);
+
+    // An aborted forwarded receiver ends the session at once, as a local
+    // one does: it is forgotten, and unbound.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(post_to(&a, &url, "xhr_send", &stomp("x")).await, 404);
+    assert_eq!(post_to(&b, &url, "xhr_send", &stomp("x")).await, 404);
+    bound_to(&id, &[]).await;
+}
