@@ -363,3 +363,36 @@ async fn wires_heartbeats_and_aborts_through_the_other_replica() {
     assert_eq!(post_to(&b, &url, "xhr_send", &stomp("x")).await, 404);
     bound_to(&id, &[]).await;
 }
+
+/// A client cannot make a replica forward without bound: at
+/// `sockjs.max_forwarded_requests` open forwarded requests, the next one is
+/// 503 at once; bodies are bounded before anything is forwarded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_is_bounded() {
+    let a = replica(|c| c.sockjs.echo = true).await;
+    let b = replica(|c| {
+        c.sockjs.echo = true;
+        c.sockjs.max_forwarded_requests = 1;
+        c.sockjs.max_body_bytes = 64;
+    })
+    .await;
+    let url = format!("/sockjs/000/{}", unique("fwd"));
+    assert_eq!(poll(&a, &url).await, "o\n");
+
+    // One forwarded poll waits on A for a message: B's only slot.
+    let waiting = {
+        let (addr, url) = (b.addr, url.clone());
+        tokio::spawn(async move { body_of(post(addr, &format!("{url}/xhr"), "").await).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(post_to(&b, &url, "xhr_send", &stomp("x")).await, 503);
+    let big = stomp(&"x".repeat(100));
+    assert_eq!(post_to(&b, &url, "xhr_send", &big).await, 413);
+
+    // Through A (local), the message ends the forwarded poll; B's slot is
+    // free again.
+    assert_eq!(post_to(&a, &url, "xhr_send", &stomp("m")).await, 204);
+    assert_eq!(waiting.await.expect("poll"), (200, "a[\"m\"]\n".to_owned()));
+    assert_eq!(post_to(&b, &url, "xhr_send", &stomp("n")).await, 204);
+    assert_eq!(poll(&b, &url).await, "a[\"n\"]\n");
+}

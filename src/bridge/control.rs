@@ -113,8 +113,10 @@ pub struct Incoming {
     pub key: String,
     pub message: Message,
     pub reply_to: ReplyTo,
-    /// Counts the request as waiting for the handler until dropped.
-    pub permit: tokio::sync::OwnedSemaphorePermit,
+    /// Counts the request under `max_incoming` until dropped; `None` for a
+    /// message that expects no reply (see [`Control::tell`]), which costs
+    /// the handler nothing to keep.
+    pub permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// The replies to one call, in order; ends when the control queue was lost
@@ -181,7 +183,9 @@ impl Control {
         pool: Arc<Pool>,
         config: ControlConfig,
     ) -> (Arc<Control>, mpsc::Receiver<Incoming>) {
-        let (tx, rx) = mpsc::channel(config.max_incoming.max(1));
+        // Room for every request holding a permit, and as many messages
+        // that expect no reply (beyond, those are dropped).
+        let (tx, rx) = mpsc::channel(config.max_incoming.max(1).saturating_mul(2));
         let control = Arc::new(Control {
             pool,
             incoming_permits: Arc::new(tokio::sync::Semaphore::new(config.max_incoming.max(1))),
@@ -603,28 +607,34 @@ impl Control {
     }
 
     async fn deliver_request(&self, key: String, message: Message, reply_to: ReplyTo) {
+        if reply_to.queue.is_empty() {
+            // A message about an earlier request (an abort): no work of its
+            // own, so no permit; dropped when the handler is that far behind.
+            let _ = self.incoming.try_send(Incoming {
+                key,
+                message,
+                reply_to,
+                permit: None,
+            });
+            return;
+        }
         let permit = Arc::clone(&self.incoming_permits).try_acquire_owned();
         let Ok(permit) = permit else {
-            if !reply_to.queue.is_empty() {
-                let _ = self
-                    .reply(
-                        &reply_to,
-                        Message {
-                            kind: BUSY.to_owned(),
-                            body: Bytes::new(),
-                        },
-                    )
-                    .await;
-            }
+            let busy = Message {
+                kind: BUSY.to_owned(),
+                body: Bytes::new(),
+            };
+            let _ = self.reply(&reply_to, busy).await;
             return;
         };
         let incoming = Incoming {
             key,
             message,
             reply_to,
-            permit,
+            permit: Some(permit),
         };
-        // Never blocks: there is a permit for every slot of the channel.
+        // Cannot be full for a request with a permit unless the handler is
+        // flooded with messages without one; then the caller times out.
         let _ = self.incoming.try_send(incoming);
     }
 }
