@@ -396,3 +396,98 @@ async fn forwarding_is_bounded() {
     assert_eq!(post_to(&b, &url, "xhr_send", &stomp("n")).await, 204);
     assert_eq!(poll(&b, &url).await, "a[\"n\"]\n");
 }
+
+/// A home that does not answer: a queue of this test bound with a session
+/// id plays it. No answer in `forward_timeout_ms`: 503. A stream the home
+/// started and then left silent beyond a heartbeat period plus that
+/// timeout ends with `c[1006,"Session home not answering"]`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_home_that_does_not_answer() {
+    use futures_util::StreamExt;
+    let b = replica(|c| {
+        c.sockjs.echo = true;
+        c.sockjs.heartbeat_ms = 300;
+        c.sockjs.forward_timeout_ms = 500;
+    })
+    .await;
+    let id = unique("mute");
+    let url = format!("/sockjs/000/{id}");
+    let conn = common::amqp().await;
+    let ch = common::confirm_channel(&conn).await;
+    let queue = ch
+        .queue_declare(
+            "".into(),
+            lapin::options::QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await
+        .expect("queue");
+    let queue = queue.name().as_str().to_owned();
+    ch.queue_bind(
+        queue.as_str().into(),
+        EXCHANGE.into(),
+        id.as_str().into(),
+        Default::default(),
+        Default::default(),
+    )
+    .await
+    .expect("bind");
+
+    let started = Instant::now();
+    assert_eq!(post_to(&b, &url, "xhr_send", &stomp("x")).await, 503);
+    assert_eq!(
+        post(b.addr, &format!("{url}/xhr"), "").await.status,
+        503,
+        "a poll"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(1000));
+
+    // Now the fake home answers a stream once ("attached"), then nothing.
+    let mut requests = common::consume_no_ack(&ch, &queue, "").await;
+    // (The response head waits for the home's first reply.)
+    let stream = {
+        let (addr, url) = (b.addr, url.clone());
+        tokio::spawn(async move { post(addr, &format!("{url}/xhr_streaming"), "").await })
+    };
+    let request = loop {
+        let delivery = tokio::time::timeout(LIMIT, requests.next())
+            .await
+            .expect("a forwarded request")
+            .expect("consumer")
+            .expect("delivery");
+        // The send and poll above wait in the queue too.
+        if String::from_utf8_lossy(&delivery.data).contains("xhr_streaming") {
+            break delivery;
+        }
+    };
+    let reply_to = request.properties.reply_to().clone().expect("reply_to");
+    let correlation = request
+        .properties
+        .correlation_id()
+        .clone()
+        .expect("correlation id");
+    common::publish(
+        &ch,
+        "",
+        reply_to.as_str(),
+        b"",
+        BasicProperties::default()
+            .with_type("attached".into())
+            .with_correlation_id(correlation),
+    )
+    .await;
+    let mut stream = stream.await.expect("stream");
+    assert_eq!(stream.status, 200);
+    stream.read(2049).await;
+    let started = Instant::now();
+    assert_eq!(
+        stream.rest().await,
+        "c[1006,\"Session home not answering\"]\n"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(700));
+    let _ = conn.close(200, "bye".into()).await;
+}
