@@ -517,10 +517,13 @@ async fn start(
             control.clone(),
         ));
         if let Some(control) = control {
-            if let Err(error) = control.bind(id).await {
+            match control.bind(id).await {
+                Ok(()) => {}
+                // The control queue is down: bound when it is back.
+                Err(crate::bridge::BridgeError::Unavailable) => {}
                 // The session still works through this replica (a sticky
                 // balancer); other replicas answer 404 until it is bound.
-                tracing::warn!(%error, "SockJS session not bound for forwarding");
+                Err(error) => tracing::warn!(%error, "SockJS session not bound for forwarding"),
             }
         }
     }
