@@ -290,6 +290,23 @@ pub struct SockjsConfig {
     /// `cookie_needed:true`), for load balancers that stick on it. Off:
     /// IE 8/9 can use XDomainRequest, which sends no cookies.
     pub jsessionid: bool,
+    /// Forward requests for sessions held by another replica over RabbitMQ
+    /// (no sticky sessions needed: a per-replica control queue, one binding
+    /// per session; see docs/protocol.md). Off: such requests get 404, and
+    /// the load balancer must keep a session on one replica
+    /// (deploy/haproxy-sockjs-uri.cfg).
+    pub forward: bool,
+    /// The direct exchange the gateway declares for forwarding.
+    pub forward_exchange: String,
+    /// How long a forwarded request waits for the session's replica to
+    /// answer (503 when it does not; a response already started ends with
+    /// `c[1006,"Session home not answering"]` after a heartbeat period plus
+    /// this).
+    pub forward_timeout_ms: u64,
+    /// Forwarded requests open at once, in each direction (this replica's
+    /// requests waiting for another, and requests run for others); beyond,
+    /// 503.
+    pub max_forwarded_requests: usize,
     /// Run SockJS' echo service instead of STOMP (what the SockJS protocol
     /// test suite needs). For conformance testing only.
     pub echo: bool,
@@ -345,6 +362,10 @@ impl Default for SockjsConfig {
             client_url: None,
             client_file: None,
             jsessionid: false,
+            forward: true,
+            forward_exchange: "stompgate.sockjs".to_owned(),
+            forward_timeout_ms: 5_000,
+            max_forwarded_requests: 1_000,
             echo: false,
         }
     }
@@ -648,6 +669,18 @@ impl Config {
             if sockjs.heartbeat_ms == 0 || sockjs.disconnect_delay_ms == 0 {
                 return Err(ConfigError::Invalid(
                     "sockjs.heartbeat_ms and sockjs.disconnect_delay_ms must be at least 1".into(),
+                ));
+            }
+            if sockjs.forward
+                && (sockjs.forward_timeout_ms == 0
+                    || sockjs.max_forwarded_requests == 0
+                    || sockjs.forward_exchange.is_empty()
+                    || sockjs.forward_exchange.len() > 255
+                    || sockjs.forward_exchange.starts_with("amq."))
+            {
+                return Err(ConfigError::Invalid(
+                    "sockjs.forward needs forward_timeout_ms and max_forwarded_requests of at least 1 and a forward_exchange name (not amq.*)"
+                        .into(),
                 ));
             }
         }

@@ -34,12 +34,16 @@
 //!   session's consumers, acks and publishes; [`bridge::seam`] is the trait
 //!   the driver runs against; [`bridge::pool`] the connections (cluster
 //!   nodes), [`bridge::vhosts`] one plane per served vhost,
-//!   [`bridge::properties`] STOMP headers to AMQP properties and back.
+//!   [`bridge::properties`] STOMP headers to AMQP properties and back;
+//!   [`bridge::control`] the replica's control queue (request/reply between
+//!   replicas by key: SockJS sessions reached from any replica).
 //! - [`transport`]: how STOMP reaches the gateway, as thin adapters over one
 //!   session driver ([`transport::driver`]): [`transport::websocket`],
 //!   [`transport::sockjs`] (long polling, streaming, htmlfile, JSONP,
-//!   EventSource), [`transport::sse`] (native Server-Sent Events for pages
-//!   that only listen), the bounded per-client queue ([`transport::outbound`])
+//!   EventSource; requests for a session held by another replica are
+//!   forwarded to it over the control queue), [`transport::sse`] (native
+//!   Server-Sent Events for pages that only listen), the bounded per-client
+//!   queue ([`transport::outbound`])
 //!   and its writer's [`transport::coalesce`], what the gateway lends every
 //!   transport ([`transport::host`]), and the TCP/TLS [`transport::listener`].
 //! - [`server`]: builds the gateway from the [`config`], serves the HTTP

@@ -129,6 +129,21 @@ pub struct SockjsMetrics {
     /// Requests turned away: `max_sessions`, `max_concurrent_polls`,
     /// body too large, unknown session.
     refused: [Counter; 4],
+    /// Requests forwarded between replicas: [transport][outcome].
+    forwarded: [[Counter; 3]; 9],
+}
+
+/// What happened to a forwarded SockJS request, for the `outcome` label of
+/// `stompgate_sockjs_forwarded_total`.
+#[derive(Debug, Clone, Copy)]
+pub enum Forwarded {
+    /// This replica forwarded a request to the session's replica.
+    Sent,
+    /// This replica received a request for one of its sessions.
+    Received,
+    /// The broker returned a forwarded request: no replica holds the
+    /// session (404, or a new session here for a receiving request).
+    Returned,
 }
 
 /// Why a SockJS request was refused, for `stompgate_sockjs_refused_total`.
@@ -158,6 +173,15 @@ impl SockjsMetrics {
                 "unknown_session",
             ]
             .map(|r| metrics::counter!("stompgate_sockjs_refused_total", "reason" => r)),
+            forwarded: SockjsTransport::ALL.map(|t| {
+                ["sent", "received", "returned"].map(|o| {
+                    metrics::counter!(
+                        "stompgate_sockjs_forwarded_total",
+                        "transport" => t.as_str(),
+                        "outcome" => o
+                    )
+                })
+            }),
         }
     }
 
@@ -180,6 +204,10 @@ impl SockjsMetrics {
 
     pub fn refused(&self, reason: SockjsRefusal) {
         self.refused[reason as usize].increment(1);
+    }
+
+    pub fn forwarded(&self, transport: SockjsTransport, outcome: Forwarded) {
+        self.forwarded[transport as usize][outcome as usize].increment(1);
     }
 }
 

@@ -89,7 +89,31 @@ impl Gateway {
             let timeout = Duration::from_millis(config.amqp.broker_timeout_ms);
             Box::new(move || bridge.session().with_vhosts(Arc::clone(&vhosts), timeout))
         };
-        let host = Arc::new(Host::new(config.clone(), driver, draining.clone(), brokers));
+        let mut host = Host::new(config.clone(), driver, draining.clone(), brokers);
+        // SockJS without sticky sessions: the replica's control queue
+        // (src/bridge/control.rs) on the default vhost's connections.
+        let sockjs = &config.sockjs;
+        if sockjs.enabled && sockjs.forward {
+            let limit = sockjs.max_forwarded_requests;
+            let (control, requests) = crate::bridge::control::Control::start(
+                Arc::clone(&bridge.pool),
+                crate::bridge::control::ControlConfig {
+                    exchange: sockjs.forward_exchange.clone(),
+                    timeout: Duration::from_millis(sockjs.forward_timeout_ms),
+                    max_pending: limit,
+                    max_incoming: limit,
+                    // A streaming response ends at the response limit.
+                    max_reply_bytes: sockjs.response_limit_bytes.saturating_add(64 * 1024),
+                    max_message_bytes: sockjs
+                        .max_body_bytes
+                        .max(sockjs.response_limit_bytes)
+                        .saturating_add(64 * 1024),
+                    prefetch: 256,
+                },
+            );
+            host = host.with_forwarding(control, requests);
+        }
+        let host = Arc::new(host);
         Ok(Arc::new(Gateway {
             session_config,
             host,
@@ -239,10 +263,21 @@ async fn readyz(State(gateway): State<Arc<Gateway>>) -> impl IntoResponse {
             StatusCode::SERVICE_UNAVAILABLE,
             "broker blocks publishing (memory or disk alarm)\n",
         )
-    } else if gateway.bridge.is_ready() {
-        (StatusCode::OK, "ready\n")
-    } else {
+    } else if !gateway.bridge.is_ready() {
         (StatusCode::SERVICE_UNAVAILABLE, "AMQP connection down\n")
+    } else if gateway
+        .host
+        .forwarding
+        .as_ref()
+        .is_some_and(|control| control.queue().is_none())
+    {
+        // Sessions of other replicas cannot be reached from here.
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "SockJS control queue down\n",
+        )
+    } else {
+        (StatusCode::OK, "ready\n")
     }
 }
 

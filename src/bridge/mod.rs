@@ -15,6 +15,7 @@
 //!   stay usable, so the lock is taken anyway rather than panicking again, or
 //!   skipping the work (a route never removed, a waiter never answered).
 
+pub mod control;
 pub mod fanout;
 pub mod matcher;
 pub mod plane;

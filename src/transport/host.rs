@@ -20,6 +20,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::driver::Context;
+use crate::bridge::control::{Control, Incoming};
 use crate::bridge::SessionBroker;
 use crate::config::Config;
 
@@ -39,6 +40,11 @@ pub struct Host {
     /// Sessions admitted under `security.max_connections` and
     /// `security.max_connections_per_ip`.
     admitted: Mutex<Admitted>,
+    /// The replica's control queue (SockJS forwarding), when on.
+    pub forwarding: Option<Arc<Control>>,
+    /// Requests other replicas forward here; taken by the transport that
+    /// serves them.
+    forwarded: Mutex<Option<tokio::sync::mpsc::Receiver<Incoming>>>,
 }
 
 impl std::fmt::Debug for Host {
@@ -81,7 +87,30 @@ impl Host {
             connections: AtomicUsize::new(0),
             all_closed: Notify::new(),
             admitted: Mutex::new(Admitted::default()),
+            forwarding: None,
+            forwarded: Mutex::new(None),
         }
+    }
+
+    /// Lends the transports the replica's control queue and the requests
+    /// it receives (see [`crate::bridge::control`]).
+    pub fn with_forwarding(
+        mut self,
+        control: Arc<Control>,
+        requests: tokio::sync::mpsc::Receiver<Incoming>,
+    ) -> Host {
+        self.forwarding = Some(control);
+        self.forwarded = Mutex::new(Some(requests));
+        self
+    }
+
+    /// The requests forwarded to this replica, once (the transport that
+    /// serves them takes them).
+    pub fn take_forwarded(&self) -> Option<tokio::sync::mpsc::Receiver<Incoming>> {
+        self.forwarded
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
     }
 
     /// The broker side of a new session.

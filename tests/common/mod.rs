@@ -3,6 +3,8 @@
 //! talk to the real RabbitMQ on 127.0.0.1:5672.
 #![allow(dead_code)]
 
+pub mod sockjs_http;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,6 +48,13 @@ pub async fn start_gateway(tweak: impl FnOnce(&mut Config)) -> TestGateway {
             .await,
         "gateway did not connect to RabbitMQ on 127.0.0.1:5672 (run scripts/ensure-rabbitmq.sh)"
     );
+    // SockJS forwarding: the replica's control queue too.
+    if let Some(control) = &gw.gateway.host.forwarding {
+        assert!(
+            control.wait_ready(Duration::from_secs(15)).await,
+            "the SockJS control queue did not come up"
+        );
+    }
     gw
 }
 

@@ -16,6 +16,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use super::body::{self, BodyError};
+use super::forward::{ForwardError, Forwarding, Remote};
 use super::frame::{self, Wire};
 use super::pages;
 use super::registry::{self, Entry, PollGuard, Registry};
@@ -31,6 +32,10 @@ const YEAR: u64 = 365 * 24 * 3600;
 /// Chunks waiting for the STOMP session, per session.
 const INBOUND_CHUNKS: usize = 64;
 
+/// Longest session id (it is a routing key when forwarding; sockjs-client
+/// makes 8 random characters).
+const MAX_SESSION_ID: usize = 128;
+
 const NO_CACHE: &str = "no-store, no-cache, no-transform, must-revalidate, max-age=0";
 const TEXT: &str = "text/plain; charset=UTF-8";
 const JAVASCRIPT: &str = "application/javascript; charset=UTF-8";
@@ -41,6 +46,8 @@ pub struct Sockjs {
     pub host: Arc<Host>,
     pub registry: Arc<Registry>,
     pub settings: Settings,
+    /// Forwarding to and from other replicas (`sockjs.forward`).
+    pub forwarding: Option<Arc<Forwarding>>,
     iframe: String,
     iframe_etag: String,
 }
@@ -54,6 +61,12 @@ pub fn router<S: Clone + Send + Sync + 'static>(host: &Arc<Host>) -> Router<S> {
         .clone()
         .unwrap_or_else(|| format!("{prefix}/sockjs.min.js"));
     let iframe = pages::iframe_html(&client_url);
+    let forwarding = host.forwarding.as_ref().map(|control| {
+        Arc::new(Forwarding::new(
+            Arc::clone(control),
+            Duration::from_millis(config.forward_timeout_ms),
+        ))
+    });
     let ctx = Arc::new(Sockjs {
         host: Arc::clone(host),
         registry: Arc::new(Registry::new(config.max_sessions)),
@@ -63,9 +76,18 @@ pub fn router<S: Clone + Send + Sync + 'static>(host: &Arc<Host>) -> Router<S> {
             response_limit: config.response_limit_bytes,
             max_buffered_bytes: config.max_buffered_bytes,
         },
+        forwarding: forwarding.clone(),
         iframe_etag: pages::etag(iframe.as_bytes()),
         iframe,
     });
+    // Requests other replicas forward for this replica's sessions.
+    if let (Some(forwarding), Some(requests)) = (forwarding, host.take_forwarded()) {
+        tokio::spawn(super::forward::serve(
+            Arc::clone(&ctx),
+            forwarding,
+            requests,
+        ));
+    }
     Router::new()
         .route(&prefix, get(greeting))
         .route(&format!("{prefix}/"), get(greeting))
@@ -342,7 +364,7 @@ async fn session(
     Path((server, session, transport)): Path<(String, String, String)>,
     request: Request,
 ) -> Response {
-    if !valid_segment(&server) || !valid_segment(&session) {
+    if !valid_segment(&server) || !valid_segment(&session) || session.len() > MAX_SESSION_ID {
         return not_found();
     }
     let method = request.method().clone();
@@ -416,6 +438,7 @@ async fn session(
                 request.headers(),
                 request.uri(),
             )
+            .await
         }
     };
     let out = response.headers_mut();
@@ -441,8 +464,11 @@ fn admissible(ctx: &Sockjs, headers: &HeaderMap) -> Result<(), Refusal> {
     Ok(())
 }
 
-/// Starts the STOMP session and the session task of a new SockJS session.
-fn start(
+/// Starts the STOMP session and the session task of a new SockJS session;
+/// with forwarding on, the session's id is bound to this replica's control
+/// queue before the first response goes out (so that the client's next
+/// request finds it from any replica).
+async fn start(
     ctx: &Arc<Sockjs>,
     id: &str,
     transport: SockjsTransport,
@@ -481,21 +507,34 @@ fn start(
             ping_every: None,
         };
         let driver = super::glue::spawn_session(&ctx.host, handshake, chunks, Arc::clone(&link));
+        let control = ctx.forwarding.as_ref().map(|f| Arc::clone(&f.control));
         tokio::spawn(registry::run(
             Arc::clone(&ctx.registry),
             id.to_owned(),
-            entry,
+            Arc::clone(&entry),
             link,
             driver,
+            control.clone(),
         ));
+        if let Some(control) = control {
+            match control.bind(id).await {
+                Ok(()) => {}
+                // The control queue is down: bound when it is back.
+                Err(crate::bridge::BridgeError::Unavailable) => {}
+                // The session still works through this replica (a sticky
+                // balancer); other replicas answer 404 until it is bound.
+                Err(error) => tracing::warn!(%error, "SockJS session not bound for forwarding"),
+            }
+        }
     }
     Ok(entry)
 }
 
 /// A receiving request: attaches to (or opens) the session and streams
-/// what the state machine gives it.
+/// what the state machine gives it. A session held by another replica is
+/// reached through it (see [`super::forward`]).
 #[allow(clippy::too_many_arguments)]
-fn receive(
+async fn receive(
     ctx: &Arc<Sockjs>,
     id: &str,
     transport: SockjsTransport,
@@ -510,18 +549,6 @@ fn receive(
         SockjsTransport::Htmlfile => "text/html; charset=UTF-8",
         _ => JAVASCRIPT,
     };
-    let entry = match ctx.registry.get(id) {
-        Some(entry) => entry,
-        None => {
-            if let Err(refusal) = admissible(ctx, headers) {
-                return refusal.into_response();
-            }
-            match start(ctx, id, transport, headers, uri) {
-                Ok(entry) => entry,
-                Err(refusal) => return refusal.into_response(),
-            }
-        }
-    };
     let Some(poll) = ctx
         .registry
         .begin_poll(ctx.host.config.sockjs.max_concurrent_polls)
@@ -531,36 +558,38 @@ fn receive(
             .refused(SockjsRefusal::MaxPolls);
         return error(StatusCode::SERVICE_UNAVAILABLE, "too many open requests");
     };
-    let attached = entry
-        .lock()
-        .attach(kind, wire.clone(), std::time::Instant::now());
-    let mut response = match attached {
-        Attach::AnotherStillOpen(close) => {
-            let mut data = prelude;
-            wire.wrap(&close, &mut data);
-            crate::metrics::get()
-                .sockjs
-                .bytes_out(transport, data.len());
-            Response::new(Body::from(data))
+    let entry = ctx.registry.get(id);
+    let mut remote = None;
+    if let (None, Some(forwarding)) = (&entry, &ctx.forwarding) {
+        match forwarding
+            .receive(id, transport, &wire, ctx.settings.heartbeat)
+            .await
+        {
+            Ok(found) => remote = Some(found),
+            // Nobody holds it: a new session, here.
+            Err(ForwardError::NotFound) => {}
+            Err(ForwardError::Unavailable(reason)) => {
+                tracing::debug!(%reason, "forwarded receive failed");
+                return error(StatusCode::SERVICE_UNAVAILABLE, "session unavailable\n");
+            }
         }
-        Attach::Attached(receiver) => {
-            entry.to_task.notify_one();
-            let stream = ReceiverStream {
-                entry,
-                receiver,
-                transport,
-                first: Some(prelude),
-                done: false,
-                _poll: poll,
-            };
-            Response::new(Body::from_stream(futures_util::stream::unfold(
-                stream,
-                |mut stream| async move {
-                    let data = stream.next().await?;
-                    Some((Ok::<Bytes, Infallible>(data), stream))
-                },
-            )))
-        }
+    }
+    let mut response = if let Some(remote) = remote {
+        remote_response(remote, transport, prelude, poll)
+    } else {
+        let entry = match entry {
+            Some(entry) => entry,
+            None => {
+                if let Err(refusal) = admissible(ctx, headers) {
+                    return refusal.into_response();
+                }
+                match start(ctx, id, transport, headers, uri).await {
+                    Ok(entry) => entry,
+                    Err(refusal) => return refusal.into_response(),
+                }
+            }
+        };
+        local_response(entry, transport, kind, wire, prelude, poll)
     };
     set(response.headers_mut(), header::CONTENT_TYPE, content_type);
     if matches!(transport, SockjsTransport::Jsonp) {
@@ -573,8 +602,86 @@ fn receive(
     response
 }
 
+/// The body of a receiving request on a local session.
+fn local_response(
+    entry: Arc<Entry>,
+    transport: SockjsTransport,
+    kind: Kind,
+    wire: Wire,
+    prelude: Vec<u8>,
+    poll: PollGuard,
+) -> Response {
+    let attached = entry
+        .lock()
+        .attach(kind, wire.clone(), std::time::Instant::now());
+    match attached {
+        Attach::AnotherStillOpen(close) => {
+            let mut data = prelude;
+            wire.wrap(&close, &mut data);
+            crate::metrics::get()
+                .sockjs
+                .bytes_out(transport, data.len());
+            Response::new(Body::from(data))
+        }
+        Attach::Attached(receiver) => {
+            entry.to_task.notify_one();
+            let stream = ReceiverStream::new(entry, receiver, transport, Some(prelude), poll, true);
+            Response::new(Body::from_stream(futures_util::stream::unfold(
+                stream,
+                |mut stream| async move {
+                    let data = stream.next().await?;
+                    Some((Ok::<Bytes, Infallible>(data), stream))
+                },
+            )))
+        }
+    }
+}
+
+/// The body of a receiving request forwarded to the session's replica:
+/// the prelude, then the frames as they come.
+fn remote_response(
+    remote: Remote,
+    transport: SockjsTransport,
+    prelude: Vec<u8>,
+    poll: PollGuard,
+) -> Response {
+    let state = (remote, Some(prelude), poll);
+    Response::new(Body::from_stream(futures_util::stream::unfold(
+        state,
+        move |(mut remote, mut prelude, poll)| async move {
+            let mut data = Vec::new();
+            match prelude.take() {
+                // The first write: the prelude and what came with the
+                // home's first reply, at once.
+                Some(prelude) => {
+                    data = prelude;
+                    data.extend_from_slice(&remote.take_first());
+                    if data.is_empty() {
+                        data.extend_from_slice(&remote.next().await.unwrap_or_default());
+                    }
+                }
+                None => {
+                    if let Some(frames) = remote.next().await {
+                        data.extend_from_slice(&frames);
+                    }
+                }
+            }
+            if data.is_empty() {
+                return None;
+            }
+            crate::metrics::get()
+                .sockjs
+                .bytes_out(transport, data.len());
+            Some((
+                Ok::<Bytes, Infallible>(Bytes::from(data)),
+                (remote, None, poll),
+            ))
+        },
+    )))
+}
+
 /// The body of a receiving request.
-struct ReceiverStream {
+pub(super) struct ReceiverStream {
     entry: Arc<Entry>,
     receiver: ReceiverId,
     transport: SockjsTransport,
@@ -582,11 +689,38 @@ struct ReceiverStream {
     first: Option<Vec<u8>>,
     /// The state machine ended the response.
     done: bool,
+    /// Count the bytes as written to a client here (not for a remote
+    /// receiver: the forwarding replica counts them).
+    count: bool,
     _poll: PollGuard,
 }
 
 impl ReceiverStream {
-    async fn next(&mut self) -> Option<Bytes> {
+    pub(super) fn new(
+        entry: Arc<Entry>,
+        receiver: ReceiverId,
+        transport: SockjsTransport,
+        prelude: Option<Vec<u8>>,
+        poll: PollGuard,
+        count: bool,
+    ) -> ReceiverStream {
+        ReceiverStream {
+            entry,
+            receiver,
+            transport,
+            first: prelude,
+            done: false,
+            count,
+            _poll: poll,
+        }
+    }
+
+    /// Whether the state machine ended the response.
+    pub(super) fn is_done(&self) -> bool {
+        self.done
+    }
+
+    pub(super) async fn next(&mut self) -> Option<Bytes> {
         if self.done {
             return None;
         }
@@ -607,9 +741,11 @@ impl ReceiverStream {
             let mut data = self.first.take().unwrap_or_default();
             data.extend_from_slice(&output.data);
             if !data.is_empty() {
-                crate::metrics::get()
-                    .sockjs
-                    .bytes_out(self.transport, data.len());
+                if self.count {
+                    crate::metrics::get()
+                        .sockjs
+                        .bytes_out(self.transport, data.len());
+                }
                 return Some(Bytes::from(data));
             }
             if self.done {
@@ -632,13 +768,30 @@ impl Drop for ReceiverStream {
     }
 }
 
-/// `xhr_send` and `jsonp_send`: the messages go to the STOMP session.
+/// Hands what a client sent to its session's STOMP session (nothing once
+/// the session is closed).
+pub(super) async fn deliver(entry: &Entry, messages: Vec<String>) {
+    if entry.lock().is_closed() {
+        return;
+    }
+    if let Some(inbound) = entry.inbound() {
+        for message in messages.into_iter().filter(|m| !m.is_empty()) {
+            if inbound.send(Bytes::from(message)).await.is_err() {
+                break;
+            }
+        }
+    }
+}
+
+/// `xhr_send` and `jsonp_send`: the messages go to the STOMP session, here
+/// or on the replica that holds it.
 async fn send(ctx: &Sockjs, id: &str, transport: SockjsTransport, request: Request) -> Response {
     let metrics = &crate::metrics::get().sockjs;
-    let Some(entry) = ctx.registry.get(id) else {
+    let entry = ctx.registry.get(id);
+    if entry.is_none() && ctx.forwarding.is_none() {
         metrics.refused(SockjsRefusal::UnknownSession);
         return error(StatusCode::NOT_FOUND, "session not found");
-    };
+    }
     let limit = ctx.host.config.sockjs.max_body_bytes;
     let content_type = request
         .headers()
@@ -669,14 +822,20 @@ async fn send(ctx: &Sockjs, id: &str, transport: SockjsTransport, request: Reque
         }
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
-    if !entry.lock().is_closed() {
-        if let Some(inbound) = entry.inbound() {
-            for message in messages.into_iter().filter(|m| !m.is_empty()) {
-                if inbound.send(Bytes::from(message)).await.is_err() {
-                    break;
-                }
+    match (entry, &ctx.forwarding) {
+        (Some(entry), _) => deliver(&entry, messages).await,
+        (None, Some(forwarding)) => match forwarding.send(id, transport, messages).await {
+            Ok(()) => {}
+            Err(ForwardError::NotFound) => {
+                metrics.refused(SockjsRefusal::UnknownSession);
+                return error(StatusCode::NOT_FOUND, "session not found");
             }
-        }
+            Err(ForwardError::Unavailable(reason)) => {
+                tracing::debug!(%reason, "forwarded send failed");
+                return error(StatusCode::SERVICE_UNAVAILABLE, "session unavailable\n");
+            }
+        },
+        (None, None) => {}
     }
     if transport == SockjsTransport::JsonpSend {
         ([(header::CONTENT_TYPE, TEXT)], "ok").into_response()

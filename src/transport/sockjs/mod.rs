@@ -20,14 +20,23 @@
 //! - [`writer`]: the STOMP session's outbound queue into SockJS messages;
 //! - [`registry`]: this replica's sessions and the task that runs each;
 //! - [`http`] and [`ws`]: the axum endpoints;
-//! - [`glue`]: the seam to the STOMP session driver.
+//! - [`glue`]: the seam to the STOMP session driver;
+//! - [`relay`] (pure) and [`forward`]: no sticky sessions. A request for a
+//!   session held by another replica is forwarded to it over RabbitMQ.
+//!
+//! Operators who control their load balancer can make every request of a
+//! session land on one replica instead (HAProxy `balance uri` on the
+//! session segment: deploy/haproxy-sockjs-uri.cfg); forwarding then costs
+//! nothing but one binding per session.
 
 pub mod body;
+pub mod forward;
 pub mod frame;
 pub mod glue;
 pub mod http;
 pub mod pages;
 pub mod registry;
+pub mod relay;
 pub mod session;
 pub mod writer;
 pub mod ws;

@@ -21,6 +21,7 @@ use tokio::time::Instant;
 
 use super::session::{SessionState, Timeout};
 use super::writer::{self, Encoded};
+use crate::bridge::control::Control;
 use crate::metrics::SockjsTransport;
 use crate::transport::outbound::ClientLink;
 
@@ -178,6 +179,7 @@ pub async fn run(
     entry: Arc<Entry>,
     link: Arc<ClientLink>,
     mut driver: JoinHandle<bool>,
+    control: Option<Arc<Control>>,
 ) {
     let gauge = crate::metrics::get().sockjs.sessions(entry.transport);
     gauge.increment(1.0);
@@ -258,6 +260,9 @@ pub async fn run(
         }
     }
     registry.remove(&id, &entry);
+    if let Some(control) = control {
+        control.unbind(&id);
+    }
     // The STOMP session sees its client close, and its writes fail.
     entry.end_inbound();
     link.close();
