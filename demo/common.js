@@ -179,26 +179,76 @@
   };
 
   // ----------------------------------------------------------- transport --
-  // The transports the selector offers. One entry per transport: the SockJS
-  // fallbacks (xhr-streaming, xhr-polling, ...) become entries here once the
-  // gateway speaks SockJS.
+  // The transports the selector offers: WebSocket, then (when the gateway
+  // serves SockJS, see /demo/config.json) one entry per SockJS transport,
+  // forced with sockjs-client's `transports` option. sockjs-client is loaded
+  // from the gateway itself (sockjs.client_file), never from a CDN.
+  const wsUrl = (config) => `${location.protocol === 'https:' ? 'wss:' : 'ws:'}//${location.host}${config.ws_path}`;
+  const sockjsUrl = (config) => `${location.protocol}//${location.host}${config.sockjs.path}`;
   Demo.TRANSPORTS = [
     {
       id: 'websocket',
       label: 'WebSocket',
-      url: (config) => `${location.protocol === 'https:' ? 'wss:' : 'ws:'}//${location.host}${config.ws_path}`,
+      url: wsUrl,
       open: (url) => new WebSocket(url, ['v12.stomp', 'v11.stomp', 'v10.stomp']),
     },
   ];
-  Demo.TRANSPORT_NOTE = 'Fallbacks for browsers without WebSocket (SockJS) will be listed here once the gateway speaks SockJS.';
+  // sockjs-client's transport names, best first, and what each is for.
+  Demo.SOCKJS_TRANSPORTS = [
+    ['websocket', 'SockJS websocket (SockJS framing over WebSocket)'],
+    ['xhr-streaming', 'SockJS xhr-streaming (HTTP streaming)'],
+    ['eventsource', 'SockJS eventsource (Server-Sent Events)'],
+    ['iframe-eventsource', 'SockJS iframe-eventsource (EventSource in a gateway iframe)'],
+    ['iframe-htmlfile', 'SockJS iframe-htmlfile (IE 8/9 htmlfile)'],
+    ['xhr-polling', 'SockJS xhr-polling (long polling)'],
+    ['iframe-xhr-polling', 'SockJS iframe-xhr-polling (long polling in a gateway iframe)'],
+    ['jsonp-polling', 'SockJS jsonp-polling (IE 6/7)'],
+  ];
+  Demo.TRANSPORT_NOTE = 'This gateway does not serve SockJS (sockjs.enabled and sockjs.client_file, see scripts/run.sh): WebSocket only.';
 
-  Demo.transport = () => {
-    const select = document.getElementById('transport');
-    const id = (select && select.value) || Demo.TRANSPORTS[0].id;
-    return Demo.TRANSPORTS.find((t) => t.id === id) || Demo.TRANSPORTS[0];
+  const loadScript = (src) =>
+    new Promise((resolve, reject) => {
+      const script = document.createElement('script');
+      script.src = src;
+      script.onload = resolve;
+      script.onerror = () => reject(new Error(`could not load ${src}`));
+      document.head.appendChild(script);
+    });
+
+  // Adds the SockJS entries when the gateway serves SockJS and its
+  // sockjs-client bundle loads.
+  let sockjsAdded = null;
+  const addSockjs = async () => {
+    const config = await Demo.config();
+    if (!config.sockjs) return;
+    if (!window.SockJS) {
+      try {
+        await loadScript(config.sockjs.client_url);
+      } catch (error) {
+        Demo.TRANSPORT_NOTE = `SockJS is on, but sockjs-client did not load (${config.sockjs.client_url}): WebSocket only.`;
+        return;
+      }
+    }
+    for (const [name, label] of Demo.SOCKJS_TRANSPORTS) {
+      Demo.TRANSPORTS.push({
+        id: `sockjs-${name}`,
+        label,
+        url: sockjsUrl,
+        // The HTTP transports' requests are counted by Resource Timing.
+        sockjs: true,
+        open: (url) => new SockJS(url, null, { transports: [name] }),
+      });
+    }
+    Demo.TRANSPORT_NOTE =
+      'SockJS entries force one sockjs-client transport each (what an old browser or a proxy that breaks WebSocket would fall back to); ' +
+      'the same STOMP session runs over each. Pick one before logging in; ?transport=<id> in the URL preselects it.';
   };
 
-  Demo.fillTransports = () => {
+  // Fills the selector (WebSocket, then SockJS when the gateway serves it);
+  // `?transport=sockjs-xhr-streaming` preselects an entry.
+  Demo.fillTransports = async () => {
+    if (!sockjsAdded) sockjsAdded = addSockjs();
+    await sockjsAdded;
     const select = document.getElementById('transport');
     if (!select) return;
     select.innerHTML = '';
@@ -208,8 +258,16 @@
       option.textContent = t.label;
       select.appendChild(option);
     }
+    const wanted = new URLSearchParams(location.search).get('transport');
+    if (wanted && Demo.TRANSPORTS.some((t) => t.id === wanted)) select.value = wanted;
     const note = document.getElementById('transport-note');
     if (note) note.textContent = Demo.TRANSPORT_NOTE;
+  };
+
+  Demo.transport = () => {
+    const select = document.getElementById('transport');
+    const id = (select && select.value) || Demo.TRANSPORTS[0].id;
+    return Demo.TRANSPORTS.find((t) => t.id === id) || Demo.TRANSPORTS[0];
   };
 
   // --------------------------------------------------------------- state --
@@ -242,7 +300,10 @@
       webSocketFactory: () => {
         const ws = transport.open(url);
         Demo.setState('connecting', `${transport.label}, ${url}`);
-        if (Demo.meter) {
+        // Over SockJS the page's HTTP requests are counted by Resource
+        // Timing (each poll or stream once it ends); only SockJS' own
+        // websocket is counted as WebSocket frames.
+        if (Demo.meter && (!transport.sockjs || transport.id === 'sockjs-websocket')) {
           Demo.meter.wsOpened();
           const send = ws.send.bind(ws);
           ws.send = (data) => {

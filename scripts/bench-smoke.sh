@@ -5,7 +5,9 @@
 #   fanout 200 subscribers for 3 s at max rate, idle 200 sessions,
 #   send 20 sessions for 3 s;
 # then `scale` tiny: 300 sessions on a topic each, 30 of them users on
-# /user/queue/scale, 20 consuming one /queue, each SENDing once.
+# /user/queue/scale, 20 consuming one /queue, each SENDing once; then
+# `sockjs` tiny: 100 idle sessions and 100 fan-out subscribers over
+# WebSocket and over SockJS xhr-streaming, 3 s per phase.
 # Exits non-zero on any loss, duplicate, failed or dropped session or
 # missing receipt, misrouted message, or a gateway holding more AMQP
 # channels or queues than its configuration allows (never on speed).
@@ -14,6 +16,7 @@
 #   BENCH_PROFILE=release scripts/bench-smoke.sh
 #   scripts/bench-smoke.sh --subscribers 500    # extra args go to `smoke`
 #   BENCH_SCALE_ARGS="--sessions 1000" scripts/bench-smoke.sh   # to `scale`
+#   BENCH_SOCKJS_ARGS="--subscribers 300" scripts/bench-smoke.sh # to `sockjs`
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -50,3 +53,9 @@ timeout 120 "target/$PROFILE/stompgate-bench" scale \
     --sessions 300 --users 30 --queue-consumers 20 \
     --setup-timeout 20s --deliver-timeout 20s \
     --out-dir "$OUT/scale" ${BENCH_SCALE_ARGS:-}
+
+# shellcheck disable=SC2086 # word splitting of BENCH_SOCKJS_ARGS is wanted
+timeout 180 "target/$PROFILE/stompgate-bench" sockjs \
+    --gateway-bin "target/$PROFILE/stompgate" \
+    --subscribers 100 --idle-sessions 100 --hold 1s --duration 3s \
+    --out-dir "$OUT/sockjs" ${BENCH_SOCKJS_ARGS:-}

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Makes sure a headless-capable Chromium is there for the browser tests of the
-# demo pages (tests/demo_browser.rs): Debian's `chromium` package when
-# /usr/bin/chromium is missing (apt-get; sudo only when not root), and that
-# tests/browser has its npm dependencies (`puppeteer-core`, which never
-# downloads a browser: the tests point it at /usr/bin/chromium). Node and npm
+# Makes sure a headless-capable Chromium is there for the browser tests
+# (tests/demo_browser.rs, tests/sockjs_browser.rs): Debian's `chromium`
+# package when /usr/bin/chromium is missing (apt-get; sudo only when not
+# root), and that tests/browser has its npm dependencies (`puppeteer-core`,
+# which never downloads a browser: the tests point it at /usr/bin/chromium;
+# `sockjs-client`, whose dist/sockjs.min.js the gateway serves in the tests
+# and in scripts/run.sh; `@stomp/stompjs`). Node and npm
 # themselves come from scripts/ensure-node.sh, which runs first.
 #
 # Idempotent; quick when everything is already there.

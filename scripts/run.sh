@@ -17,6 +17,12 @@
 # - Both get the same HS256 secret: DEMO_JWT_SECRET when set, else one made
 #   for this checkout and kept in target/demo-jwt-secret (so tokens survive a
 #   restart of this script).
+# - SockJS is on (demo/stompgate.toml): http://127.0.0.1:15674/sockjs, and the
+#   demo pages list every SockJS transport next to WebSocket. The
+#   sockjs-client bundle the gateway serves (/sockjs/sockjs.min.js) is the
+#   locked npm package of tests/browser (`npm ci` there when missing; never
+#   committed, never from a CDN). Without npm or network, SockJS is turned
+#   off and the demos run over WebSocket only.
 # - RUN_PROFILE=dev builds and runs debug binaries instead.
 # - When the gateway stops on its own (e.g. `kill <its pid>`, to watch the
 #   pages reconnect), it is started again after 2 s.
@@ -64,6 +70,27 @@ export STOMPGATE_AUTH__JWT__HS256_SECRET="$DEMO_JWT_SECRET"
 export STOMPGATE_AUTH__ANONYMOUS="${STOMPGATE_AUTH__ANONYMOUS:-true}"
 export STOMPGATE_DEMO__BACKEND_URL="${STOMPGATE_DEMO__BACKEND_URL:-http://$backend_listen}"
 
+# The sockjs-client bundle for SockJS (demo/stompgate.toml enables it).
+sockjs_dir="$ROOT/tests/browser"
+sockjs_bundle="$sockjs_dir/node_modules/sockjs-client/dist/sockjs.min.js"
+sockjs_stamp="$sockjs_dir/node_modules/.package-lock.json"
+if [ "${STOMPGATE_SOCKJS__ENABLED:-true}" = "true" ]; then
+    if [ ! -f "$sockjs_bundle" ] || [ "$sockjs_dir/package-lock.json" -nt "$sockjs_stamp" ]; then
+        echo "run.sh: npm ci in tests/browser (the sockjs-client bundle the gateway serves)"
+        if ! command -v npm >/dev/null 2>&1; then
+            "$ROOT/scripts/ensure-node.sh" || true
+        fi
+        (cd "$sockjs_dir" && PUPPETEER_SKIP_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error </dev/null) ||
+            echo "run.sh: npm ci in tests/browser failed" >&2
+    fi
+    if [ -f "$sockjs_bundle" ]; then
+        export STOMPGATE_SOCKJS__CLIENT_FILE="$sockjs_bundle"
+    else
+        echo "run.sh: $sockjs_bundle is missing: SockJS is off, the demos use WebSocket only" >&2
+        export STOMPGATE_SOCKJS__ENABLED=false
+    fi
+fi
+
 # RUN_PROFILE=dev: a debug build (quicker to build, slower to run).
 case "${RUN_PROFILE:-release}" in
 release) build_flags=(--release) bin_dir="$ROOT/target/release" ;;
@@ -106,9 +133,15 @@ for _ in $(seq 1 100); do
 done
 
 base="http://$listen"
+if [ "${STOMPGATE_SOCKJS__ENABLED:-true}" = "true" ]; then
+    sockjs_line="$base/sockjs  (xhr-streaming, eventsource, htmlfile, xhr/jsonp polling; the demos' transport selector)"
+else
+    sockjs_line="off (no sockjs-client bundle: npm ci in tests/browser)"
+fi
 cat <<MSG
 
   stompgate      ws://$listen/ws        (STOMP over WebSocket; AMQP: $amqp_url)
+  SockJS         $sockjs_line
   demo backend   http://$backend_listen (order simulator, QR login, demo JWTs)
 
   Demos:

@@ -5,7 +5,9 @@
 # then runs every Rust test target (unit tests, tests/*.rs, including
 # tests/stompjs.rs which drives the real @stomp/stompjs client through node,
 # tests/sockjs_node.rs which runs it over the real sockjs-client in node,
-# and tests/demo_browser.rs which drives the demo pages in headless Chromium).
+# tests/demo_browser.rs which drives the demo pages in headless Chromium, and
+# tests/sockjs_browser.rs which drives every sockjs-client transport in
+# Chromium against two replicas behind HAProxy).
 #
 #   scripts/test.sh                      # everything
 #   scripts/test.sh -- --nocapture       # extra args go to `cargo test --all-targets`

@@ -294,7 +294,7 @@ pub struct SockjsConfig {
     /// (no sticky sessions needed: a per-replica control queue, one binding
     /// per session; see docs/protocol.md). Off: such requests get 404, and
     /// the load balancer must keep a session on one replica
-    /// (deploy/haproxy-sockjs-uri.cfg).
+    /// (deploy/haproxy-sockjs.cfg).
     pub forward: bool,
     /// The direct exchange the gateway declares for forwarding.
     pub forward_exchange: String,

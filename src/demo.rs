@@ -1,7 +1,9 @@
 //! The demo pages, served only when `demo.enabled`: the files of `demo.dir`
 //! (the repository's `demo/`) under `/demo/`, and `/demo/config.json`, which
-//! tells the pages the WebSocket path and where the demo backend's HTTP API
-//! is (`demo.backend_url`). See README, "The demos".
+//! tells the pages the WebSocket path, the SockJS prefix and where its
+//! sockjs-client bundle is (when `sockjs.enabled` and a bundle is
+//! configured; `null` otherwise), and where the demo backend's HTTP API is
+//! (`demo.backend_url`). See README, "The demos".
 //!
 //! Files are read from disk on each request (no cache), so editing a page
 //! needs no rebuild. Only plain files below `demo.dir` are served: no `..`,
@@ -31,11 +33,25 @@ pub fn router<S>(config: &Config) -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
 {
+    // SockJS, when the gateway serves it and a sockjs-client bundle the
+    // pages can load from the gateway (`client_file`) or a configured URL.
+    let sockjs = &config.sockjs;
+    let sockjs = (sockjs.enabled && (sockjs.client_file.is_some() || sockjs.client_url.is_some()))
+        .then(|| {
+            serde_json::json!({
+                "path": sockjs.prefix,
+                "client_url": sockjs
+                    .client_url
+                    .clone()
+                    .unwrap_or_else(|| format!("{}/sockjs.min.js", sockjs.prefix)),
+            })
+        });
     let demo = Arc::new(Demo {
         dir: config.demo.dir.clone(),
         config_json: serde_json::json!({
             "ws_path": config.ws_path,
             "backend_url": config.demo.backend_url.trim_end_matches('/'),
+            "sockjs": sockjs,
         })
         .to_string(),
     });

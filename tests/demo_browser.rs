@@ -121,6 +121,9 @@ fn demo_config(secret: &str, backend: SocketAddr) -> Config {
     .expect("demo/stompgate.toml loads");
     assert!(config.demo.enabled, "demo/stompgate.toml enables the demo");
     config.demo.dir = repo().join("demo");
+    assert!(config.sockjs.enabled, "demo/stompgate.toml enables SockJS");
+    config.sockjs.client_file =
+        Some(repo().join("tests/browser/node_modules/sockjs-client/dist/sockjs.min.js"));
     config.demo.backend_url = format!("http://{backend}");
     config.amqp.url = amqp_url();
     config.drain_window_ms = 200;
@@ -169,6 +172,17 @@ async fn demo_pages_are_served_only_when_enabled() {
     assert!(
         text.contains(r#""backend_url":"http://127.0.0.1:9""#)
             && text.contains(r#""ws_path":"/ws""#),
+        "{text}"
+    );
+    let json: serde_json::Value = serde_json::from_str(
+        text.split_once("\r\n\r\n")
+            .map(|(_, body)| body)
+            .unwrap_or_default(),
+    )
+    .expect("config.json is JSON");
+    assert_eq!(
+        json["sockjs"],
+        serde_json::json!({"path": "/sockjs", "client_url": "/sockjs/sockjs.min.js"}),
         "{text}"
     );
     let (status, text) = http_get(addr, "/demo/merchant").await.expect("GET");

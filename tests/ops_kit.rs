@@ -9,7 +9,7 @@
 //!   docs/operations.md's table, is exported by a running gateway's /metrics
 //!   (an in-process gateway on the real RabbitMQ, after a little traffic);
 //! - `haproxy -c` accepts deploy/haproxy.cfg, the SockJS example
-//!   deploy/haproxy-sockjs-uri.cfg (`balance uri`) and the local template
+//!   deploy/haproxy-sockjs.cfg (`balance uri`) and the local template
 //!   deploy/haproxy-local.cfg.in once its placeholders are filled in (HAProxy
 //!   must be installed: `apt-get install -y haproxy`; it is never started).
 
@@ -984,11 +984,11 @@ fn haproxy_configurations_are_valid() {
 
     // The SockJS example: sessions kept on one replica by the session
     // segment of the path (`balance uri`), the same defaults.
-    let uri_path = root().join("deploy/haproxy-sockjs-uri.cfg");
+    let uri_path = root().join("deploy/haproxy-sockjs.cfg");
     let (ok, output) = haproxy_check(&haproxy, &uri_path);
     assert!(
         ok,
-        "haproxy -c rejects deploy/haproxy-sockjs-uri.cfg:\n{output}"
+        "haproxy -c rejects deploy/haproxy-sockjs.cfg:\n{output}"
     );
     for line in output
         .lines()
@@ -996,10 +996,10 @@ fn haproxy_configurations_are_valid() {
     {
         assert!(
             line.contains("could not resolve address 'gateway"),
-            "haproxy -c warns about deploy/haproxy-sockjs-uri.cfg: {line}"
+            "haproxy -c warns about deploy/haproxy-sockjs.cfg: {line}"
         );
     }
-    let uri = read("deploy/haproxy-sockjs-uri.cfg");
+    let uri = read("deploy/haproxy-sockjs.cfg");
     let sessions = haproxy_section(&uri, "backend sockjs_sessions");
     for setting in [
         "balance uri path-only depth 3",
@@ -1017,7 +1017,7 @@ fn haproxy_configurations_are_valid() {
     assert_eq!(
         haproxy_section(&compose, "defaults"),
         haproxy_section(&uri, "defaults"),
-        "deploy/haproxy.cfg and deploy/haproxy-sockjs-uri.cfg differ in `defaults`"
+        "deploy/haproxy.cfg and deploy/haproxy-sockjs.cfg differ in `defaults`"
     );
     assert_eq!(
         haproxy_section(&compose, "defaults"),

@@ -14,6 +14,8 @@
 //!   stompgate's channel bound asserted (or against Web-STOMP).
 //! - `smoke`: tiny runs of everything against a gateway; non-zero exit on
 //!   loss or duplicates.
+//! - `sockjs`: SockJS xhr-streaming next to WebSocket on one gateway:
+//!   memory per idle session, fan-out msgs/s, latency, gateway CPU and RSS.
 //!
 //! Progress goes to stderr, results to stdout (and JSON files when asked).
 
@@ -28,6 +30,7 @@ mod send;
 mod servers;
 mod sessions;
 mod smoke;
+mod sockjs;
 mod stats;
 mod svg;
 mod util;
@@ -79,6 +82,12 @@ enum Cmd {
     /// broker channels/queues/memory printed, the gateway's channel bound
     /// asserted (non-zero exit on loss, duplicates, misrouting, bound).
     Scale(ScaleArgs),
+    /// STOMP over SockJS xhr-streaming next to STOMP over WebSocket, on one
+    /// spawned gateway: memory per idle session (N idle sessions of each),
+    /// then fan-out to N subscribers of each (max rate: msgs/s delivered and
+    /// gateway CPU per delivery; fixed rate: latency). Non-zero exit on
+    /// loss, duplicates or failed sessions (never on speed).
+    Sockjs(SockjsArgs),
     /// Draws the SVG plot of a `compare` results JSON again.
     Plot(PlotArgs),
     /// (internal) one process's share of `idle --procs K`.
@@ -334,6 +343,52 @@ struct SmokeArgs {
     out_dir: PathBuf,
 }
 
+#[derive(Debug, Args)]
+struct SockjsArgs {
+    /// The gateway binary to spawn (with [sockjs] enabled).
+    #[arg(long, default_value = "target/release/stompgate")]
+    gateway_bin: PathBuf,
+    #[arg(long, default_value = "amqp://127.0.0.1:5672/%2f")]
+    amqp: String,
+    /// Fan-out subscribers per transport (0: no fan-out).
+    #[arg(long, default_value_t = 1000)]
+    subscribers: usize,
+    /// Idle sessions per transport (0: no idle measurement).
+    #[arg(long, default_value_t = 1000)]
+    idle_sessions: usize,
+    /// How long the idle sessions are held before RSS is read.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    hold: Duration,
+    /// Duration of each fan-out phase (max rate, then fixed rate).
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Rate of the latency phase, msgs/s.
+    #[arg(long, default_value_t = 10.0)]
+    fixed_rate: f64,
+    /// Max rate: messages in flight (published, not yet seen by the slowest
+    /// subscriber).
+    #[arg(long, default_value_t = 128)]
+    window: u64,
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    max_age: Duration,
+    #[arg(long, default_value_t = 100)]
+    body_bytes: usize,
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    drain: Duration,
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    max_drain: Duration,
+    #[arg(long, default_value_t = 4)]
+    source_ips: usize,
+    /// Session setups in flight at once.
+    #[arg(long, default_value_t = 128)]
+    concurrency: usize,
+    /// Where the gateway's configuration and log go.
+    #[arg(long, default_value = "bench-results/sockjs")]
+    out_dir: PathBuf,
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum ScaleTargetArg {
     /// stompgate (target/release/stompgate) on the machine's broker.
@@ -485,6 +540,7 @@ async fn run(command: Cmd) -> ExitCode {
         }
         Cmd::Compare(a) => compare_cmd(a).await,
         Cmd::Scale(a) => scale_cmd(a).await,
+        Cmd::Sockjs(a) => sockjs_cmd(a).await,
         Cmd::Plot(a) => {
             let text = match std::fs::read_to_string(&a.json) {
                 Ok(t) => t,
@@ -769,5 +825,53 @@ async fn scale_cmd(a: ScaleArgs) -> ExitCode {
             }
         }
         Err(e) => fail(format!("scale: {e}")),
+    }
+}
+
+async fn sockjs_cmd(a: SockjsArgs) -> ExitCode {
+    if a.body_bytes < wire::MIN_BODY {
+        return fail(format!("--body-bytes must be at least {}", wire::MIN_BODY));
+    }
+    // Two connections per session at setup (stream and send), both sets of
+    // idle sessions open at once.
+    check_fd_limit(2 * a.idle_sessions.max(a.subscribers) + 64);
+    let cfg = sockjs::SockjsConfig {
+        gateway_bin: a.gateway_bin,
+        amqp: a.amqp,
+        out_dir: a.out_dir,
+        subscribers: a.subscribers,
+        idle_sessions: a.idle_sessions,
+        hold: a.hold,
+        duration: a.duration,
+        fixed_rate: a.fixed_rate,
+        window: a.window.max(1),
+        max_age: a.max_age,
+        body_bytes: a.body_bytes,
+        drain: a.drain,
+        max_drain: a.max_drain,
+        sessions: SessionOpts {
+            source_ips: a.source_ips,
+            source_offset: 0,
+            concurrency: a.concurrency,
+            setup_timeout: Duration::from_secs(60),
+            label: "sockjs".into(),
+        },
+    };
+    match sockjs::run_sockjs(&cfg).await {
+        Ok(report) => {
+            report.print();
+            if let Err(e) = write_json(a.json.as_deref(), &report) {
+                return fail(e);
+            }
+            if report.clean() {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!(
+                    "stompgate-bench: sockjs: loss, duplicates or failed sessions (see above)"
+                );
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => fail(format!("sockjs: {e}")),
     }
 }

@@ -58,7 +58,7 @@ pub struct Shared {
 }
 
 impl Shared {
-    fn error(&self, message: String) {
+    pub(crate) fn error(&self, message: String) {
         let n = self.error_count.fetch_add(1, Ordering::Relaxed);
         if n < 10 {
             if let Ok(mut e) = self.errors.lock() {
@@ -87,6 +87,17 @@ impl SessionSet {
         destination: &str,
         opts: &SessionOpts,
     ) -> SessionSet {
+        SessionSet::open_over(target, n, destination, opts, Transport::WebSocket).await
+    }
+
+    /// [`SessionSet::open`] over `transport`.
+    pub async fn open_over(
+        target: &Target,
+        n: usize,
+        destination: &str,
+        opts: &SessionOpts,
+        transport: Transport,
+    ) -> SessionSet {
         let shared = Arc::new(Shared {
             slots: (0..n)
                 .map(|_| Slot {
@@ -107,17 +118,23 @@ impl SessionSet {
         let mut tasks = Vec::with_capacity(n);
         for index in 0..n {
             let local = source_ip(index + opts.source_offset, opts.source_ips);
-            tasks.push(tokio::spawn(session_task(
+            let task = TaskArgs {
                 index,
-                target.clone(),
+                target: target.clone(),
                 local,
-                destination.to_owned(),
-                Arc::clone(&shared),
-                Arc::clone(&semaphore),
-                opts.setup_timeout,
-                flush_tx.subscribe(),
-                stop_tx.subscribe(),
-            )));
+                destination: destination.to_owned(),
+                shared: Arc::clone(&shared),
+                semaphore: Arc::clone(&semaphore),
+                setup_timeout: opts.setup_timeout,
+                flush_rx: flush_tx.subscribe(),
+                stop_rx: stop_tx.subscribe(),
+            };
+            tasks.push(match &transport {
+                Transport::WebSocket => tokio::spawn(session_task(task)),
+                Transport::XhrStreaming { prefix } => {
+                    tokio::spawn(crate::sockjs::xhr_streaming_task(task, prefix.clone()))
+                }
+            });
         }
         let mut set = SessionSet {
             shared,
@@ -245,18 +262,41 @@ impl SessionSet {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn session_task(
-    index: usize,
-    target: Target,
-    local: std::net::Ipv4Addr,
-    destination: String,
-    shared: Arc<Shared>,
-    semaphore: Arc<Semaphore>,
-    setup_timeout: Duration,
-    mut flush_rx: watch::Receiver<u64>,
-    mut stop_rx: watch::Receiver<bool>,
-) {
+/// How the sessions of a set reach the server.
+#[derive(Debug, Clone)]
+pub enum Transport {
+    /// STOMP over WebSocket at the target's URL.
+    WebSocket,
+    /// STOMP over SockJS xhr-streaming under `prefix` (e.g. `/sockjs`) on
+    /// the target's address.
+    XhrStreaming { prefix: String },
+}
+
+/// What one session's task gets.
+pub struct TaskArgs {
+    pub index: usize,
+    pub target: Target,
+    pub local: std::net::Ipv4Addr,
+    pub destination: String,
+    pub shared: Arc<Shared>,
+    pub semaphore: Arc<Semaphore>,
+    pub setup_timeout: Duration,
+    pub flush_rx: watch::Receiver<u64>,
+    pub stop_rx: watch::Receiver<bool>,
+}
+
+async fn session_task(task: TaskArgs) {
+    let TaskArgs {
+        index,
+        target,
+        local,
+        destination,
+        shared,
+        semaphore,
+        setup_timeout,
+        mut flush_rx,
+        mut stop_rx,
+    } = task;
     let slot = &shared.slots[index];
     let setup = async {
         let _permit = semaphore.acquire().await.map_err(|e| e.to_string())?;

@@ -5,7 +5,7 @@
 (async function () {
   const $ = (id) => document.getElementById(id);
   Demo.startMeter();
-  Demo.fillTransports();
+  await Demo.fillTransports();
   const config = await Demo.config();
 
   let client = null;

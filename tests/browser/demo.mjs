@@ -128,8 +128,30 @@ try {
   await waitState(m2, 'connected');
   const detail = await m1.$eval('#state-detail', (el) => el.textContent);
   assert.match(detail, /WebSocket, ws:\/\/127\.0\.0\.1:\d+\/ws, STOMP 1\.2/, 'the page shows its transport');
-  const transports = await m1.$$eval('#transport option', (os) => os.map((o) => o.textContent));
-  assert.deepEqual(transports, ['WebSocket']);
+  const transports = await m1.$$eval('#transport option', (os) => os.map((o) => o.value));
+  assert.deepEqual(
+    transports,
+    ['websocket', 'websocket', 'xhr-streaming', 'eventsource', 'iframe-eventsource', 'iframe-htmlfile', 'xhr-polling', 'iframe-xhr-polling', 'jsonp-polling'].map(
+      (t, i) => (i === 0 ? t : `sockjs-${t}`),
+    ),
+    'WebSocket, then every SockJS transport (demo/stompgate.toml enables SockJS)',
+  );
+
+  log('merchant-3 over SockJS (xhr-streaming, then jsonp-polling): sockjs-client from the gateway');
+  for (const transport of ['sockjs-xhr-streaming', 'sockjs-jsonp-polling']) {
+    const m3 = await newPage(`merchant-3 ${transport}`);
+    await m3.goto(`${BASE}/demo/merchant/?merchant=merchant-3&transport=${transport}`);
+    await waitState(m3, 'connected');
+    const via = await m3.$eval('#state-detail', (el) => el.textContent);
+    assert.match(via, /^SockJS [a-z-]+ .*, http:\/\/127\.0\.0\.1:\d+\/sockjs, STOMP 1\.2$/, 'the page shows its SockJS transport');
+    assert.equal(await m3.evaluate(() => typeof SockJS), 'function');
+    const scripts = await m3.$$eval('script[src]', (ss) => ss.map((s) => s.src));
+    assert.ok(scripts.every((src) => src.startsWith(BASE)), `every script from the gateway: ${scripts}`);
+    await m3.waitForFunction(() => document.querySelectorAll('#orders li[data-latency-ms]').length >= 2, { timeout: STEP });
+    for (const order of await allOrders(m3)) assert.equal(order.merchant, 'merchant-3');
+    log(`merchant-3 over ${transport}: ${(await pushedOrders(m3)).length} pushed orders`);
+    await m3.browserContext().close();
+  }
 
   log('waiting for simulated orders on both pages');
   await m1.waitForFunction(() => document.querySelectorAll('#orders li[data-latency-ms]').length >= 3, { timeout: STEP });

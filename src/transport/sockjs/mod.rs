@@ -26,7 +26,7 @@
 //!
 //! Operators who control their load balancer can make every request of a
 //! session land on one replica instead (HAProxy `balance uri` on the
-//! session segment: deploy/haproxy-sockjs-uri.cfg); forwarding then costs
+//! session segment: deploy/haproxy-sockjs.cfg); forwarding then costs
 //! nothing but one binding per session.
 
 pub mod body;
