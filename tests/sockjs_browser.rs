@@ -489,9 +489,21 @@ async fn run_in_chromium(sticky: bool) {
                 .status();
         }
     }
+    // Requests one replica ran for the other (forwarded over RabbitMQ).
+    let mut ran_for_the_other = 0.0;
     for r in &replicas {
+        let received: f64 = metrics_text(r.addr)
+            .await
+            .lines()
+            .filter(|l| {
+                l.starts_with("stompgate_sockjs_forwarded_total")
+                    && l.contains("outcome=\"received\"")
+            })
+            .filter_map(|l| l.rsplit_once(' ')?.1.trim().parse::<f64>().ok())
+            .sum();
+        ran_for_the_other += received;
         println!(
-            "sockjs_browser: {} served {} SockJS requests",
+            "sockjs_browser: {} served {} SockJS requests, {received} of them for the other replica",
             r.name,
             family_total(r.addr, "stompgate_sockjs_requests_total").await
         );
@@ -518,6 +530,17 @@ async fn run_in_chromium(sticky: bool) {
                 transports.len(),
                 "a result for every transport: {results:?}"
             );
+            if sticky {
+                assert_eq!(
+                    ran_for_the_other, 0.0,
+                    "balance uri keeps each session on one replica: nothing forwarded"
+                );
+            } else {
+                assert!(
+                    ran_for_the_other > 0.0,
+                    "round-robin: requests reached their session through the other replica"
+                );
+            }
         }
     }
     drop(replicas);
