@@ -723,3 +723,61 @@ async fn non_utf8_bodies_end_the_session_with_an_error() {
     let seen = until(&mut stream, "c[3000,\"Go away!\"]").await;
     assert!(seen.contains("not valid UTF-8"), "{seen}");
 }
+
+/// The token of a SockJS session can ride on its URLs (`access_token`),
+/// as on the WebSocket handshake: a CONNECT without passcode is then
+/// authenticated by it; without it, refused.
+#[tokio::test]
+async fn access_token_on_the_session_url_authenticates_the_session() {
+    const SECRET: &str = "sockjs-url-token-secret";
+    let gw = start_gateway(|c| {
+        c.sockjs.enabled = true;
+        c.auth.anonymous = false;
+        c.auth.jwt = Some(stompgate::config::JwtConfig {
+            hs256_secret: Some(SECRET.into()),
+            ..Default::default()
+        });
+    })
+    .await;
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+        + 600;
+    let token = common::jwt_hs256(SECRET, serde_json::json!({"sub": "merchant-7", "exp": exp}));
+    let connect = "CONNECT\naccept-version:1.2\nhost:/\nheart-beat:0,0\n\n\0";
+    for (query, expected) in [
+        (format!("?access_token={token}"), "CONNECTED"),
+        (String::new(), "ERROR"),
+    ] {
+        let url = session_url();
+        let poll = || {
+            let path = format!("{url}/xhr{query}");
+            async move { body_of(post(gw.addr, &path, "").await).await.1 }
+        };
+        assert_eq!(poll().await, "o\n");
+        let path = format!("{url}/xhr_send{query}");
+        assert_eq!(post(gw.addr, &path, &stomp(connect)).await.status, 204);
+        let answer = poll().await;
+        assert!(
+            answer.starts_with(&format!("a[\"{expected}\\n")),
+            "{query:?}: {answer}"
+        );
+    }
+}
+
+/// A drain reaches SockJS sessions too: the STOMP session ends with the
+/// shutdown ERROR and the SockJS session with its close frame.
+#[tokio::test]
+async fn a_drain_ends_sockjs_sessions_with_the_shutdown_error() {
+    let gw = start_gateway(|c| {
+        c.sockjs.enabled = true;
+        c.drain_window_ms = 200;
+    })
+    .await;
+    let (mut stream, _url, _topic) = subscribed_stream(gw.addr).await;
+    gw.gateway.begin_drain();
+    let seen = until(&mut stream, "c[3000,\"Go away!\"]\n").await;
+    assert!(seen.contains("server shutting down"), "{seen}");
+    assert!(stream.ended_within(Duration::from_secs(2)).await);
+}
