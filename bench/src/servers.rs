@@ -95,8 +95,10 @@ pub async fn spawn_gateway(
         .args(["--listen", &addr.to_string(), "--amqp-url", amqp])
         .env(
             "RUST_LOG",
-            std::env::var("STOMPGATE_BENCH_RUST_LOG").unwrap_or_else(|_| "warn".to_owned()),
+            std::env::var("BENCH_GATEWAY_RUST_LOG").unwrap_or_else(|_| "warn".to_owned()),
         )
+        // The gateway reads every `STOMPGATE_*` variable as a setting (and
+        // refuses unknown ones): the bench's own settings stay out of them.
         .stdin(Stdio::null())
         .stdout(file)
         .stderr(err)
