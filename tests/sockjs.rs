@@ -781,3 +781,23 @@ async fn a_drain_ends_sockjs_sessions_with_the_shutdown_error() {
     assert!(seen.contains("server shutting down"), "{seen}");
     assert!(stream.ended_within(Duration::from_secs(2)).await);
 }
+
+/// HTTP SockJS sessions count under the connection limits as WebSockets
+/// do: a client cannot open sessions beyond `max_connections_per_ip`.
+#[tokio::test]
+async fn new_sessions_count_under_the_per_ip_limit() {
+    let gw = start_gateway(|c| {
+        c.sockjs.enabled = true;
+        c.security.max_connections_per_ip = 1;
+    })
+    .await;
+    let first = session_url();
+    let (status, body) = body_of(post(gw.addr, &format!("{first}/xhr"), "").await).await;
+    assert_eq!((status, body.as_str()), (200, "o\n"));
+    // The same session again is no new connection.
+    let again = post(gw.addr, &format!("{first}/xhr"), "").await;
+    assert_eq!(again.status, 200);
+    let second = post(gw.addr, &format!("{}/xhr", session_url()), "").await;
+    assert_eq!(second.status, 429, "a second session from the same address");
+    assert_eq!(gw.gateway.admitted(), 1);
+}

@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::transport::driver::{self, Incoming, Options, Outcome};
-use crate::transport::host::Host;
+use crate::transport::host::{Admission, Host};
 use crate::transport::outbound::{ClientLink, Outbound};
 use crate::transport::websocket::Handshake;
 
@@ -37,12 +37,15 @@ pub fn spawn_session(
     handshake: Handshake,
     chunks: Chunks,
     link: Arc<ClientLink>,
+    admission: Option<Admission>,
 ) -> JoinHandle<bool> {
     if host.config.sockjs.echo {
         return tokio::spawn(echo(chunks, link));
     }
     let host = Arc::clone(host);
     tokio::spawn(async move {
+        // Admitted (and counted) until the STOMP session ends.
+        let _admission = admission;
         let _connection = host.track_connection();
         let broker = host.broker();
         let input = futures_util::stream::unfold(chunks, |mut chunks| async move {

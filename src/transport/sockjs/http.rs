@@ -21,8 +21,8 @@ use super::frame::{self, Wire};
 use super::pages;
 use super::registry::{self, Entry, PollGuard, Registry};
 use super::session::{Attach, Kind, ReceiverId, SessionState, Settings};
-use crate::metrics::{SockjsRefusal, SockjsTransport};
-use crate::transport::host::Host;
+use crate::metrics::{RejectReason, SockjsRefusal, SockjsTransport};
+use crate::transport::host::{AdmitError, Host};
 use crate::transport::outbound::ClientLink;
 use crate::transport::websocket::Handshake;
 
@@ -405,6 +405,10 @@ async fn session(
     }
     metrics.request(kind);
     let headers = request.headers().clone();
+    let peer = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
     let mut response = match kind {
         SockjsTransport::XhrSend | SockjsTransport::JsonpSend => {
             send(&ctx, &session, kind, request).await
@@ -437,6 +441,7 @@ async fn session(
                 prelude,
                 request.headers(),
                 request.uri(),
+                peer,
             )
             .await
         }
@@ -474,7 +479,29 @@ async fn start(
     transport: SockjsTransport,
     headers: &HeaderMap,
     uri: &axum::http::Uri,
+    peer: Option<std::net::IpAddr>,
 ) -> Result<Arc<Entry>, Refusal> {
+    // A new session counts under the same connection limits as a WebSocket
+    // (`security.max_connections`, `max_connections_per_ip`), for as long
+    // as its STOMP session runs.
+    let admission = match peer.map(|ip| ctx.host.admit(ip)) {
+        None => None,
+        Some(Ok(admission)) => Some(admission),
+        Some(Err(AdmitError::MaxConnections)) => {
+            crate::metrics::get().rejected(RejectReason::MaxConnections);
+            return Err(Refusal(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many connections",
+            ));
+        }
+        Some(Err(AdmitError::PerIp)) => {
+            crate::metrics::get().rejected(RejectReason::PerIp);
+            return Err(Refusal(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many connections from this address",
+            ));
+        }
+    };
     let mut started = None;
     let result = ctx.registry.get_or_create(id, || {
         let (tx, rx) = mpsc::channel(INBOUND_CHUNKS);
@@ -506,7 +533,8 @@ async fn start(
             token: crate::transport::host::handshake_token(headers, uri),
             ping_every: None,
         };
-        let driver = super::glue::spawn_session(&ctx.host, handshake, chunks, Arc::clone(&link));
+        let driver =
+            super::glue::spawn_session(&ctx.host, handshake, chunks, Arc::clone(&link), admission);
         let control = ctx.forwarding.as_ref().map(|f| Arc::clone(&f.control));
         tokio::spawn(registry::run(
             Arc::clone(&ctx.registry),
@@ -543,6 +571,7 @@ async fn receive(
     prelude: Vec<u8>,
     headers: &HeaderMap,
     uri: &axum::http::Uri,
+    peer: Option<std::net::IpAddr>,
 ) -> Response {
     let content_type = match transport {
         SockjsTransport::Eventsource => "text/event-stream",
@@ -583,7 +612,7 @@ async fn receive(
                 if let Err(refusal) = admissible(ctx, headers) {
                     return refusal.into_response();
                 }
-                match start(ctx, id, transport, headers, uri).await {
+                match start(ctx, id, transport, headers, uri, peer).await {
                     Ok(entry) => entry,
                     Err(refusal) => return refusal.into_response(),
                 }

@@ -147,7 +147,8 @@ async fn run(socket: WebSocket, ctx: Arc<Sockjs>, handshake: Handshake) {
         limits.outbound_queue_bytes,
         limits.slow_client_policy,
     );
-    let mut driver = super::glue::spawn_session(&ctx.host, handshake, rx, Arc::clone(&link));
+    // Admitted above, for the life of this socket.
+    let mut driver = super::glue::spawn_session(&ctx.host, handshake, rx, Arc::clone(&link), None);
     let mut driver_done = false;
     let heartbeat = ctx.settings.heartbeat;
     let mut last_write = Instant::now();
