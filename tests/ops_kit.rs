@@ -18,6 +18,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+use common::process::haproxy_binary;
 use common::*;
 use lapin::BasicProperties;
 use serde::Deserialize;
@@ -860,21 +861,6 @@ async fn dashboard_and_documented_metrics_are_exported() {
 }
 
 // ---- HAProxy -----------------------------------------------------------------
-
-/// The haproxy binary: on PATH, or in /usr/sbin where Debian puts it (not on
-/// every PATH); `None` when it is not installed.
-fn haproxy_binary() -> Option<PathBuf> {
-    let found = std::process::Command::new("sh")
-        .args(["-c", "command -v haproxy"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
-    found.or_else(|| {
-        let sbin = PathBuf::from("/usr/sbin/haproxy");
-        sbin.exists().then_some(sbin)
-    })
-}
 
 /// `haproxy -c -f path`: (success, stderr and stdout).
 fn haproxy_check(haproxy: &Path, path: &Path) -> (bool, String) {

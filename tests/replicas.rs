@@ -16,7 +16,7 @@ mod common;
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command as Process, Stdio};
+use std::process::{Command as Process, Stdio};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,6 +26,7 @@ use lapin::BasicProperties;
 use stompgate::stomp::{Command, Frame};
 use tokio::sync::{mpsc, watch, Semaphore};
 
+use common::process::{spawn_haproxy, ChildGuard};
 use common::*;
 
 /// One test at a time (see the module comment).
@@ -37,42 +38,6 @@ const READY_TIMEOUT: Duration = Duration::from_secs(15);
 
 // ---------------------------------------------------------------------------
 // Child processes
-
-/// A child process that is killed (SIGKILL) and reaped when dropped.
-struct ChildGuard {
-    name: String,
-    child: Option<Child>,
-}
-
-impl ChildGuard {
-    fn new(name: &str, child: Child) -> ChildGuard {
-        ChildGuard {
-            name: name.to_owned(),
-            child: Some(child),
-        }
-    }
-
-    /// SIGKILL and reap; the guard then holds nothing.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// The exit status if the process has ended.
-    fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child
-            .as_mut()
-            .and_then(|c| c.try_wait().ok().flatten())
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 /// A scratch directory for configs and logs. [`ScratchDir::finish`] removes
 /// it; when a test panics or times out before that, it is kept for its logs.
@@ -215,22 +180,6 @@ impl Haproxy {
     }
 }
 
-fn haproxy_bin() -> PathBuf {
-    let on_path = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join("haproxy"))
-            .find(|p| p.is_file())
-    });
-    on_path
-        .or_else(|| {
-            ["/usr/sbin/haproxy", "/usr/local/sbin/haproxy"]
-                .iter()
-                .map(PathBuf::from)
-                .find(|p| p.is_file())
-        })
-        .expect("haproxy is not installed: run scripts/ensure-haproxy.sh")
-}
-
 /// deploy/haproxy-local.cfg.in with its placeholders filled in.
 fn haproxy_config(port: u16, replicas: &[Replica]) -> String {
     let template_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/haproxy-local.cfg.in");
@@ -260,38 +209,14 @@ fn haproxy_config(port: u16, replicas: &[Replica]) -> String {
 /// Starts HAProxy (`haproxy -db -f FILE`) and waits until it routes
 /// `GET /readyz` to a replica.
 async fn start_haproxy(replicas: &[Replica], dir: &Path) -> Haproxy {
-    let bin = haproxy_bin();
     let mut attempts = 0;
     loop {
         attempts += 1;
         let port = free_port();
         let cfg = dir.join("haproxy.cfg");
         std::fs::write(&cfg, haproxy_config(port, replicas)).expect("write haproxy.cfg");
-        let check = Process::new(&bin)
-            .arg("-c")
-            .arg("-f")
-            .arg(&cfg)
-            .stdin(Stdio::null())
-            .output()
-            .expect("haproxy -c");
-        assert!(
-            check.status.success(),
-            "haproxy rejects the config: {}{}",
-            String::from_utf8_lossy(&check.stdout),
-            String::from_utf8_lossy(&check.stderr)
-        );
         let log_path = dir.join("haproxy.log");
-        let log = std::fs::File::create(&log_path).expect("haproxy log");
-        let child = Process::new(&bin)
-            .arg("-db")
-            .arg("-f")
-            .arg(&cfg)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log fd"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn haproxy");
-        let mut process = ChildGuard::new("haproxy", child);
+        let mut process = spawn_haproxy(&cfg, &log_path);
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         match wait_http_ready(addr, "/readyz", &mut process).await {
             Ok(()) => {

@@ -31,13 +31,14 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command as Process, Stdio};
+use std::process::{Command as Process, Stdio};
 use std::time::{Duration, Instant};
 
 use lapin::BasicProperties;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 
+use common::process::{haproxy_bin, spawn_haproxy, ChildGuard};
 use common::*;
 
 /// Every transport sockjs-client 1.6 has in a browser, in the order tried.
@@ -126,24 +127,6 @@ fn check_tools() {
 // ---------------------------------------------------------------------------
 // Processes
 
-/// A child process, killed (SIGKILL) and reaped when dropped.
-struct ChildGuard(Option<Child>);
-
-impl ChildGuard {
-    fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.0.as_mut().and_then(|c| c.try_wait().ok().flatten())
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
 /// Configs, logs and the page; removed by [`Scratch::finish`], kept (for
 /// the logs) when a test fails.
 struct Scratch(PathBuf, bool);
@@ -220,7 +203,7 @@ fn spawn_replica(name: &str, dir: &Path) -> Replica {
     Replica {
         name: name.to_owned(),
         addr,
-        process: ChildGuard(Some(child)),
+        process: ChildGuard::new(name, child),
     }
 }
 
@@ -242,22 +225,6 @@ async fn wait_ready(addr: SocketAddr, process: &mut ChildGuard, what: &str, log:
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-fn haproxy_bin() -> PathBuf {
-    std::env::var_os("PATH")
-        .and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|p| p.join("haproxy"))
-                .find(|p| p.is_file())
-        })
-        .or_else(|| {
-            ["/usr/sbin/haproxy", "/usr/local/sbin/haproxy"]
-                .iter()
-                .map(PathBuf::from)
-                .find(|p| p.is_file())
-        })
-        .expect("haproxy is not installed: run scripts/ensure-haproxy.sh")
 }
 
 const STICKY: &str = "    balance uri depth 3\n";
@@ -294,34 +261,11 @@ fn haproxy_config(port: u16, replicas: &[Replica], sticky: bool) -> String {
 
 /// HAProxy in the foreground; its port.
 async fn start_haproxy(replicas: &[Replica], dir: &Path, sticky: bool) -> (u16, ChildGuard) {
-    let bin = haproxy_bin();
     let port = free_port();
     let cfg = dir.join("haproxy.cfg");
     std::fs::write(&cfg, haproxy_config(port, replicas, sticky)).expect("write haproxy.cfg");
-    let check = Process::new(&bin)
-        .args(["-c", "-f"])
-        .arg(&cfg)
-        .stdin(Stdio::null())
-        .output()
-        .expect("haproxy -c");
-    assert!(
-        check.status.success(),
-        "haproxy rejects the config: {}{}",
-        String::from_utf8_lossy(&check.stdout),
-        String::from_utf8_lossy(&check.stderr)
-    );
     let log_path = dir.join("haproxy.log");
-    let log = std::fs::File::create(&log_path).expect("haproxy log");
-    let child = Process::new(&bin)
-        .arg("-db")
-        .arg("-f")
-        .arg(&cfg)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("log fd"))
-        .stderr(log)
-        .spawn()
-        .expect("spawn haproxy");
-    let mut process = ChildGuard(Some(child));
+    let mut process = spawn_haproxy(&cfg, &log_path);
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     wait_ready(addr, &mut process, "haproxy", &log_path).await;
     (port, process)

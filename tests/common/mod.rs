@@ -3,6 +3,7 @@
 //! talk to the real RabbitMQ on 127.0.0.1:5672.
 #![allow(dead_code)]
 
+pub mod process;
 pub mod sockjs_http;
 
 use std::sync::Arc;
