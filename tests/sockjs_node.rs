@@ -21,7 +21,6 @@ use std::time::Duration;
 
 use common::*;
 use lapin::BasicProperties;
-use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 
 const TRANSPORTS: [&str; 4] = ["websocket", "xhr-streaming", "xhr-polling", "eventsource"];
@@ -66,7 +65,7 @@ async fn stompjs_over_sockjs_client_in_node() {
     }
 
     let url = format!("http://{}/sockjs", gw.addr);
-    let mut child = Command::new("node")
+    let child = Command::new("node")
         .arg("--test")
         .arg("--test-reporter=spec")
         .arg("sockjs-client.mjs")
@@ -86,39 +85,7 @@ async fn stompjs_over_sockjs_client_in_node() {
         .process_group(0)
         .spawn()
         .unwrap_or_else(|e| panic!("spawn node ({e}): run scripts/ensure-node.sh"));
-    let pid = child.id();
-    let mut stdout = child.stdout.take().expect("node stdout");
-    let mut stderr = child.stderr.take().expect("node stderr");
-    let out_task = tokio::spawn(async move {
-        let mut buf = Vec::new();
-        let _ = stdout.read_to_end(&mut buf).await;
-        buf
-    });
-    let err_task = tokio::spawn(async move {
-        let mut buf = Vec::new();
-        let _ = stderr.read_to_end(&mut buf).await;
-        buf
-    });
-    let status = match tokio::time::timeout(NODE_TIMEOUT, child.wait()).await {
-        Ok(status) => Some(status.expect("wait for node")),
-        Err(_) => {
-            if let Some(pid) = pid {
-                let _ = std::process::Command::new("kill")
-                    .args(["-KILL", &format!("-{pid}")])
-                    .status();
-            }
-            let _ = child.kill().await;
-            None
-        }
-    };
-    let collect = |task: tokio::task::JoinHandle<Vec<u8>>| async move {
-        match tokio::time::timeout(Duration::from_secs(5), task).await {
-            Ok(Ok(buf)) => String::from_utf8_lossy(&buf).into_owned(),
-            _ => String::from("(output not collected)"),
-        }
-    };
-    let out = collect(out_task).await;
-    let err = collect(err_task).await;
+    let (status, out, err) = common::process::wait_bounded(child, NODE_TIMEOUT).await;
     println!("----- node --test stdout -----\n{out}");
     println!("----- node --test stderr -----\n{err}");
     match status {

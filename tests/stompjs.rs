@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 
 use common::try_http_get;
@@ -204,7 +203,7 @@ async fn stompjs_client_against_gateway() {
     ));
     let _ = std::fs::remove_file(&queue_log);
     eprintln!("running node {node_version} --test against {url}");
-    let mut child = Command::new("node")
+    let child = Command::new("node")
         .arg("--test")
         .arg("--test-reporter=spec")
         .args(&files)
@@ -225,40 +224,7 @@ async fn stompjs_client_against_gateway() {
         .process_group(0)
         .spawn()
         .expect("spawn node");
-    let pid = child.id();
-    let mut stdout = child.stdout.take().expect("node stdout");
-    let mut stderr = child.stderr.take().expect("node stderr");
-    let out_task = tokio::spawn(async move {
-        let mut buf = Vec::new();
-        let _ = stdout.read_to_end(&mut buf).await;
-        buf
-    });
-    let err_task = tokio::spawn(async move {
-        let mut buf = Vec::new();
-        let _ = stderr.read_to_end(&mut buf).await;
-        buf
-    });
-
-    let status = match tokio::time::timeout(NODE_TIMEOUT, child.wait()).await {
-        Ok(status) => Some(status.expect("wait for node")),
-        Err(_) => {
-            if let Some(pid) = pid {
-                let _ = std::process::Command::new("kill")
-                    .args(["-KILL", &format!("-{pid}")])
-                    .status();
-            }
-            let _ = child.kill().await;
-            None
-        }
-    };
-    let collect = |task: tokio::task::JoinHandle<Vec<u8>>| async move {
-        match tokio::time::timeout(Duration::from_secs(5), task).await {
-            Ok(Ok(buf)) => String::from_utf8_lossy(&buf).into_owned(),
-            _ => String::from("(output not collected)"),
-        }
-    };
-    let out = collect(out_task).await;
-    let err = collect(err_task).await;
+    let (status, out, err) = common::process::wait_bounded(child, NODE_TIMEOUT).await;
     server.abort();
     delete_queues(&amqp_url, &queue_log).await;
 

@@ -95,3 +95,47 @@ pub fn spawn_haproxy(cfg: &Path, log: &Path) -> ChildGuard {
         .expect("spawn haproxy");
     ChildGuard::new("haproxy", child)
 }
+
+/// Waits at most `timeout` for `child` (spawned with piped stdout and
+/// stderr, in a process group of its own), collecting its output; on a
+/// timeout the whole group is killed. Returns the exit status (`None` on a
+/// timeout), stdout and stderr.
+pub async fn wait_bounded(
+    mut child: tokio::process::Child,
+    timeout: std::time::Duration,
+) -> (Option<std::process::ExitStatus>, String, String) {
+    use tokio::io::AsyncReadExt;
+    let pid = child.id();
+    let read = |pipe: Option<Box<dyn tokio::io::AsyncRead + Send + Unpin>>| {
+        tokio::spawn(async move {
+            let mut buf = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut buf).await;
+            }
+            buf
+        })
+    };
+    let out_task = read(child.stdout.take().map(|p| Box::new(p) as _));
+    let err_task = read(child.stderr.take().map(|p| Box::new(p) as _));
+    let status = match tokio::time::timeout(timeout, child.wait()).await {
+        Ok(status) => Some(status.expect("wait for the child")),
+        Err(_) => {
+            if let Some(pid) = pid {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &format!("-{pid}")])
+                    .status();
+            }
+            let _ = child.kill().await;
+            None
+        }
+    };
+    let collect = |task: tokio::task::JoinHandle<Vec<u8>>| async move {
+        match tokio::time::timeout(std::time::Duration::from_secs(5), task).await {
+            Ok(Ok(buf)) => String::from_utf8_lossy(&buf).into_owned(),
+            _ => String::from("(output not collected)"),
+        }
+    };
+    let out = collect(out_task).await;
+    let err = collect(err_task).await;
+    (status, out, err)
+}
