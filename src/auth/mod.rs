@@ -208,6 +208,20 @@ impl Auth {
                 });
             }
         }
+        // With RabbitMQ's users, RabbitMQ's permissions decide which queue
+        // `x-queue-name` may name (checked by the session as Web-STOMP's
+        // declare, bind and consume would be); rules, when there are any,
+        // still have to list it.
+        if self.mode == AuthMode::Rabbitmq && self.rules.is_empty() {
+            let arguments: Vec<&str> = arguments
+                .iter()
+                .copied()
+                .filter(|a| *a != "x-queue-name")
+                .collect();
+            return self
+                .rules
+                .authorize(verb, written, destination, identity, &arguments);
+        }
         self.rules
             .authorize(verb, written, destination, identity, arguments)
     }

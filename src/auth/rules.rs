@@ -58,6 +58,11 @@ impl Rules {
         }
     }
 
+    /// No rule is configured.
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
     pub fn authorize(
         &self,
         verb: Verb,

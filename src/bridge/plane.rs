@@ -199,6 +199,9 @@ pub struct Plane {
     consumers: Vec<tokio::sync::Mutex<Option<Channel>>>,
     next_consumer: AtomicUsize,
     seq: AtomicU64,
+    /// Named exclusive queues held by this replica's sessions, and which
+    /// session holds each (see [`Plane::claim_exclusive`]).
+    exclusive: Mutex<HashMap<String, u64>>,
 }
 
 impl Plane {
@@ -234,6 +237,7 @@ impl Plane {
                 .collect(),
             next_consumer: AtomicUsize::new(0),
             seq: AtomicU64::new(0),
+            exclusive: Mutex::new(HashMap::new()),
             config,
         });
         for shard in &plane.shards {
@@ -663,6 +667,30 @@ impl Plane {
         self.on_check(|ch| async move { ch.queue_declare(queue, options, args).await })
             .await
             .map(|_| ())
+    }
+
+    /// Session `session` takes named exclusive queue `name`; false when
+    /// another session of this replica holds it. RabbitMQ keeps exclusive
+    /// queues to one *connection*, and sessions share the replica's
+    /// connections: without this, a second session could declare and read
+    /// the first one's queue, as no Web-STOMP connection can.
+    pub fn claim_exclusive(&self, name: &str, session: u64) -> bool {
+        let mut held = self
+            .exclusive
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        *held.entry(name.to_owned()).or_insert(session) == session
+    }
+
+    /// Session `session` no longer holds exclusive queue `name`.
+    pub fn release_exclusive(&self, name: &str, session: u64) {
+        let mut held = self
+            .exclusive
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if held.get(name) == Some(&session) {
+            held.remove(name);
+        }
     }
 
     /// Deletes a queue (a durable subscription's) on the check channel.

@@ -84,11 +84,15 @@ enum QueuePlan {
     /// `/amq/queue/<name>`: exists already, never declared.
     Existing { name: String },
     /// A broadcast subscription with a queue of its own (durable, or named
-    /// by `x-queue-name`), bound to the exchange.
+    /// by `x-queue-name`), bound to the exchange, with the flags RabbitMQ's
+    /// STOMP plugin gives it. An exclusive one is declared and bound on the
+    /// consumer channel (it belongs to that channel's connection), after a
+    /// trial declaration on the check channel.
     Own {
         name: String,
         durable: bool,
         auto_delete: bool,
+        exclusive: bool,
         args: Vec<(String, String)>,
         exchange: String,
         key: String,
@@ -129,8 +133,14 @@ struct Tracker {
 #[derive(Debug)]
 struct OwnConsumer {
     serial: u64,
-    /// The named queue of a durable subscription.
-    durable_queue: Option<String>,
+    /// The queue UNSUBSCRIBE with `durable:true` deletes: the queue of its
+    /// own of a `/topic` subscription, as RabbitMQ's plugin does (not of an
+    /// `/exchange` one).
+    deletable: Option<String>,
+    /// A named exclusive queue this session claimed on the plane, and
+    /// whether it is auto-delete (else the gateway deletes it when the
+    /// subscription ends).
+    exclusive: Option<(String, bool)>,
     tracker: Arc<Mutex<Tracker>>,
 }
 
@@ -264,17 +274,23 @@ impl SessionBroker {
             }
             Destination::Topic { .. } | Destination::Exchange { .. } => {
                 let (exchange, key) = req.destination.publish_target();
-                // The session names durable queues (with the user in the
-                // name, so that two users never share one): no fallback here.
+                // The session names durable queues: no fallback here.
                 let Some(name) = req.queue_name.clone() else {
                     return Err(BridgeError::Invalid(
                         "a durable subscription needs a queue name".into(),
                     ));
                 };
+                if req.exclusive && !self.plane.claim_exclusive(&name, self.key) {
+                    return Err(BridgeError::Refused(format!(
+                        "RESOURCE_LOCKED - cannot obtain exclusive access to locked queue '{name}': \
+                         it is the exclusive queue of another session"
+                    )));
+                }
                 QueuePlan::Own {
                     name,
                     durable: req.durable,
                     auto_delete: req.auto_delete,
+                    exclusive: req.exclusive,
                     args: req.queue_arguments.clone(),
                     exchange: exchange.to_owned(),
                     key: key.to_owned(),
@@ -292,7 +308,20 @@ impl SessionBroker {
             prefetch: req.prefetch,
             arguments: consumer_arguments(&req.queue_arguments),
         };
-        self.start_consumer(spec).await?;
+        let claimed = match &spec.plan {
+            QueuePlan::Own {
+                name,
+                exclusive: true,
+                ..
+            } => Some(name.clone()),
+            _ => None,
+        };
+        if let Err(e) = self.start_consumer(spec).await {
+            if let Some(name) = claimed {
+                self.plane.release_exclusive(&name, self.key);
+            }
+            return Err(e);
+        }
         Ok(())
     }
 
@@ -310,13 +339,18 @@ impl SessionBroker {
             stream: false,
         }));
         let id = spec.id.to_string();
-        let durable_queue = match &spec.plan {
+        let (deletable, exclusive) = match &spec.plan {
             QueuePlan::Own {
-                durable: true,
                 name,
+                exchange,
+                exclusive,
+                auto_delete,
                 ..
-            } => Some(name.clone()),
-            _ => None,
+            } => (
+                (exchange == "amq.topic").then(|| name.clone()),
+                exclusive.then(|| (name.clone(), *auto_delete)),
+            ),
+            _ => (None, None),
         };
         let sender = self
             .inbound
@@ -335,11 +369,12 @@ impl SessionBroker {
             id,
             OwnConsumer {
                 serial,
-                durable_queue,
+                deletable,
+                exclusive,
                 tracker,
             },
         ) {
-            release(&old).await;
+            self.finish(&old).await;
         }
         let metrics = crate::metrics::get();
         metrics.subscriptions.increment(1.0);
@@ -365,17 +400,43 @@ impl SessionBroker {
         if let Some(own) = self.own.remove(id) {
             metrics.subscriptions.decrement(1.0);
             metrics.amqp_consumers.decrement(1.0);
-            release(&own).await;
+            self.finish(&own).await;
         }
     }
 
-    /// UNSUBSCRIBE with `durable:true`: cancels the subscription and
-    /// deletes its durable queue (on the check channel).
+    /// Ends an own consumer: cancels it, requeues what the client had not
+    /// settled, and lets go of its exclusive queue (deleted here unless
+    /// auto-delete did it: RabbitMQ's plugin deletes it with its connection).
+    async fn finish(&self, own: &OwnConsumer) {
+        release(own).await;
+        if let Some((name, auto_delete)) = &own.exclusive {
+            if !auto_delete {
+                let channel = own
+                    .tracker
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .channel
+                    .clone();
+                delete_on(&channel, name, self.plane.config().timeout).await;
+            }
+            self.plane.release_exclusive(name, self.key);
+        }
+    }
+
+    /// UNSUBSCRIBE with `durable:true`: cancels the subscription and, for a
+    /// `/topic` subscription with a queue of its own (durable or named),
+    /// deletes that queue, as RabbitMQ's plugin does: the queue is the
+    /// subscription's, never one the frame names.
     pub async fn delete_durable(&mut self, id: &str) -> Result<(), BridgeError> {
-        let queue = self.own.get(id).and_then(|o| o.durable_queue.clone());
+        let queue = self
+            .own
+            .get(id)
+            .and_then(|o| o.deletable.clone().map(|q| (q, o.exclusive.is_some())));
         self.unsubscribe(id).await;
-        if let Some(queue) = queue {
-            self.plane.delete_queue(&queue).await?;
+        match queue {
+            // Exclusive: gone with its consumer, or deleted by `finish`.
+            Some((_, true)) | None => {}
+            Some((queue, false)) => self.plane.delete_queue(&queue).await?,
         }
         Ok(())
     }
@@ -561,9 +622,25 @@ impl SessionBroker {
         for (id, (binding, shard)) in self.fanout.drain() {
             self.plane.unsubscribe(&shard, &binding, self.key, &id);
         }
-        for (_, own) in self.own.drain() {
-            release(&own).await;
+        let own: Vec<OwnConsumer> = self.own.drain().map(|(_, o)| o).collect();
+        for own in own {
+            self.finish(&own).await;
         }
+    }
+}
+
+/// Deletes an exclusive queue of this gateway on the channel of the
+/// connection that owns it (best effort: a lost connection took it along).
+async fn delete_on(channel: &Channel, name: &str, timeout: std::time::Duration) {
+    let Ok(queue) = short("queue name", name) else {
+        return;
+    };
+    if channel.status().connected() {
+        let _ = tokio::time::timeout(
+            timeout,
+            channel.queue_delete(queue, lapin::options::QueueDeleteOptions::default()),
+        )
+        .await;
     }
 }
 
@@ -629,6 +706,7 @@ async fn open_consumer(
     spec: &ConsumeSpec,
 ) -> Result<(Channel, lapin::Consumer, String), BridgeError> {
     let timeout = plane.config().timeout;
+    let mut exclusive_declaration = None;
     let queue = match &spec.plan {
         QueuePlan::Shared { name, args } => {
             plane
@@ -660,22 +738,32 @@ async fn open_consumer(
             name,
             durable,
             auto_delete,
+            exclusive,
             args,
             exchange,
             key,
         } => {
-            plane
-                .check_queue(
-                    name,
-                    QueueDeclareOptions {
-                        durable: *durable,
-                        auto_delete: *auto_delete,
-                        ..QueueDeclareOptions::default()
-                    },
-                    queue_arguments(args)?,
-                )
-                .await?;
-            plane.check_bind(name, exchange, key).await?;
+            let options = QueueDeclareOptions {
+                durable: *durable,
+                auto_delete: *auto_delete,
+                exclusive: *exclusive,
+                ..QueueDeclareOptions::default()
+            };
+            let arguments = queue_arguments(args)?;
+            if *exclusive {
+                // Whatever RabbitMQ would refuse (a missing exchange,
+                // arguments an exclusive queue cannot have, a name another
+                // connection holds or a backend's queue has) is refused on
+                // the check channel, where it closes nothing shared; the
+                // trial queue, the check connection's own, goes at once.
+                plane.check_exchange(exchange).await?;
+                plane.check_queue(name, options, arguments.clone()).await?;
+                plane.delete_queue(name).await?;
+                exclusive_declaration = Some((options, arguments));
+            } else {
+                plane.check_queue(name, options, arguments).await?;
+                plane.check_bind(name, exchange, key).await?;
+            }
             Some(name.clone())
         }
         QueuePlan::Transient { exchange, .. } => {
@@ -709,7 +797,25 @@ async fn open_consumer(
         .as_str()
         .to_owned(),
     };
-    if let QueuePlan::Transient { exchange, key } = &spec.plan {
+    if let Some((options, arguments)) = exclusive_declaration {
+        timed(
+            timeout,
+            "declaring an exclusive queue",
+            channel.queue_declare(short("queue name", &queue)?, options, arguments),
+        )
+        .await?;
+    }
+    let bind_here = match &spec.plan {
+        QueuePlan::Transient { exchange, key }
+        | QueuePlan::Own {
+            exclusive: true,
+            exchange,
+            key,
+            ..
+        } => Some((exchange, key)),
+        _ => None,
+    };
+    if let Some((exchange, key)) = bind_here {
         timed(
             timeout,
             "queue.bind",

@@ -46,8 +46,13 @@ pub struct SubscribeRequest {
     pub prefetch: u16,
     /// `durable` header: a named, durable queue that outlives the session.
     pub durable: bool,
-    /// `auto-delete` header.
+    /// Flags of a broadcast subscription's queue of its own (durable or
+    /// named), as RabbitMQ's STOMP plugin sets them: the `auto-delete`
+    /// header, else true.
     pub auto_delete: bool,
+    /// The `exclusive` header, else true unless `durable`: the queue
+    /// belongs to the session (declared on the connection that consumes it).
+    pub exclusive: bool,
     /// `x-queue-name` header: the name of the queue to declare.
     pub queue_name: Option<String>,
     /// Other `x-*` headers, passed as queue arguments on declaration.

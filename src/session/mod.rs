@@ -35,7 +35,9 @@ use crate::auth::rabbit::{AuthRequest, RabbitRefusal};
 use crate::auth::user::UserDestination;
 use crate::auth::{Auth, Identity, Verb};
 use crate::config::{AuthMode, HeartbeatConfig, Limits, UnknownHost};
-use crate::stomp::destination::{temp_queue_name, temp_queue_subscription, Destination};
+use crate::stomp::destination::{
+    temp_queue_name, temp_queue_subscription, webstomp_subscription_queue, Destination,
+};
 use crate::stomp::{Command, Frame};
 
 /// Settings a session needs, taken from the gateway's configuration.
@@ -1035,6 +1037,7 @@ impl Session {
     }
 
     fn subscribe(&mut self, frame: &Frame, out: &mut Vec<Action>) -> Result<(), Refusal> {
+        require_durable_id(frame)?;
         let durable = parse_bool(frame, "durable")?.unwrap_or(false)
             || parse_bool(frame, "persistent")?.unwrap_or(false);
         let mut arguments: Vec<String> = frame
@@ -1115,7 +1118,13 @@ impl Session {
                 }
             },
         };
-        let auto_delete = parse_bool(frame, "auto-delete")?.unwrap_or(!durable);
+        // The flags of a broadcast subscription's queue of its own, as
+        // RabbitMQ's STOMP plugin sets them: `auto-delete` and `exclusive`
+        // headers, else auto-delete, and exclusive unless durable (a named
+        // transient queue is the subscription's alone; RabbitMQ 4 refuses
+        // transient queues that are not exclusive).
+        let auto_delete = parse_bool(frame, "auto-delete")?.unwrap_or(true);
+        let exclusive = parse_bool(frame, "exclusive")?.unwrap_or(!durable);
         let mut queue_name = frame.header("x-queue-name").map(|q| q.into_owned());
         if queue_name
             .as_deref()
@@ -1135,9 +1144,7 @@ impl Session {
             )));
         }
         if durable && queue_name.is_none() && destination.is_broadcast() {
-            // Named after the identity as well as the id: two users with
-            // stompjs' default id `sub-0` never share a queue.
-            queue_name = Some(self.durable_queue_name(&id)?);
+            queue_name = Some(self.durable_queue_name(&destination, &id)?);
         }
         let queue_arguments = frame
             .headers()
@@ -1171,6 +1178,7 @@ impl Session {
             prefetch,
             durable,
             auto_delete,
+            exclusive,
             queue_name,
             queue_arguments,
         };
@@ -1190,10 +1198,22 @@ impl Session {
         Ok(())
     }
 
-    /// `stomp-subscription-<user>.<id>`, both percent-encoded as for
-    /// `/user/` (so no two (user, id) pairs give one name); anonymous
-    /// sessions are `%anonymous`, a name no encoded user can take.
-    fn durable_queue_name(&self, id: &str) -> Result<String, Refusal> {
+    /// The queue of durable subscription `id` to `destination`.
+    ///
+    /// With `auth.mode = "rabbitmq"`, RabbitMQ's own name
+    /// ([`webstomp_subscription_queue`]): the users are RabbitMQ's and so
+    /// are the permissions that decide who may declare, consume or share
+    /// that queue, as on Web-STOMP. Otherwise (users of the gateway's own,
+    /// JWTs, anonymous) `stomp-subscription-<user>.<id>`, both
+    /// percent-encoded as for `/user/` (so no two (user, id) pairs give one
+    /// name; anonymous sessions are `%anonymous`, a name no encoded user
+    /// can take): two users with stompjs' default id `sub-0` never share a
+    /// queue.
+    fn durable_queue_name(&self, destination: &Destination, id: &str) -> Result<String, Refusal> {
+        if self.config.auth.mode == AuthMode::Rabbitmq {
+            let (_, key) = destination.publish_target();
+            return Ok(webstomp_subscription_queue(key, id));
+        }
         let user = match self.identity.as_ref().and_then(|i| i.user.as_deref()) {
             Some(user) => crate::auth::user::encode_user(user),
             None => "%anonymous".to_owned(),
@@ -1211,6 +1231,7 @@ impl Session {
     }
 
     fn unsubscribe(&mut self, frame: &Frame, out: &mut Vec<Action>) -> Result<(), Refusal> {
+        require_durable_id(frame)?;
         let id = match (frame.header("id"), self.version) {
             (Some(id), _) => id.into_owned(),
             (None, Version::V1_0) => frame
@@ -1606,11 +1627,27 @@ fn transaction_name(frame: &Frame) -> Result<String, Refusal> {
         })
 }
 
+/// RabbitMQ's STOMP plugin refuses a SUBSCRIBE or UNSUBSCRIBE with
+/// `durable:true` (or `persistent:true`) and no `id`, in every version
+/// (`rabbit_stomp_processor:validate_frame`), before anything else.
+fn require_durable_id(frame: &Frame) -> Result<(), Refusal> {
+    let durable = |name| frame.header(name).as_deref() == Some("true");
+    if frame.header("id").is_none() && (durable("durable") || durable("persistent")) {
+        return Err(Refusal::rabbit(
+            "Missing Header",
+            "Header 'id' is required for durable subscriptions",
+        ));
+    }
+    Ok(())
+}
+
+/// A boolean header as RabbitMQ reads one: `true`, `false`, `True`, `False`
+/// (what Python clients send for `True`/`False`).
 fn parse_bool(frame: &Frame, name: &str) -> Result<Option<bool>, Refusal> {
     match frame.header(name).as_deref() {
         None => Ok(None),
-        Some("true") => Ok(Some(true)),
-        Some("false") => Ok(Some(false)),
+        Some("true" | "True") => Ok(Some(true)),
+        Some("false" | "False") => Ok(Some(false)),
         Some(other) => Err(Refusal::rabbit(
             "Invalid header",
             format!("invalid {name} header '{other}': expected true or false\n"),

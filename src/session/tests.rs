@@ -1138,6 +1138,7 @@ fn subscribe_defaults_to_non_durable_auto_delete_without_arguments() {
             prefetch: SessionConfig::default().auto_ack_prefetch,
             durable: false,
             auto_delete: true,
+            exclusive: true,
             queue_name: None,
             queue_arguments: Vec::new(),
         }
@@ -1155,10 +1156,10 @@ fn subscribe_durable_auto_delete_queue_name_and_arguments() {
         .with_header("other", "not an argument");
     let request = subscribe(&mut session, frame);
     assert!(request.durable);
-    assert!(
-        !request.auto_delete,
-        "durable defaults to auto-delete false"
-    );
+    // RabbitMQ's STOMP plugin: auto-delete unless `auto-delete:false`, and
+    // a durable queue is not exclusive unless `exclusive:true`.
+    assert!(request.auto_delete, "durable defaults to auto-delete true");
+    assert!(!request.exclusive, "durable defaults to exclusive false");
     assert_eq!(request.queue_name.as_deref(), Some("my-q"));
     assert_eq!(
         request.queue_arguments,
@@ -1171,10 +1172,27 @@ fn subscribe_durable_auto_delete_queue_name_and_arguments() {
     // `persistent` is an alias of `durable`; auto-delete can be given.
     let frame = subscribe_frame("1", "/topic/t", "auto")
         .with_header("persistent", "true")
-        .with_header("auto-delete", "true");
+        .with_header("auto-delete", "false")
+        .with_header("exclusive", "true");
     let request = subscribe(&mut session, frame);
     assert!(request.durable);
+    assert!(!request.auto_delete);
+    assert!(request.exclusive);
+
+    // What Python clients send for True and False (RabbitMQ reads both).
+    let frame = subscribe_frame("3", "/topic/t", "auto")
+        .with_header("durable", "True")
+        .with_header("auto-delete", "False");
+    let request = subscribe(&mut session, frame);
+    assert!(request.durable);
+    assert!(!request.auto_delete);
+
+    // Named but transient: exclusive and auto-delete.
+    let frame = subscribe_frame("4", "/topic/t", "auto").with_header("x-queue-name", "mine");
+    let request = subscribe(&mut session, frame);
+    assert!(!request.durable);
     assert!(request.auto_delete);
+    assert!(request.exclusive);
 
     let frame = subscribe_frame("2", "/queue/q", "auto").with_header("auto-delete", "false");
     let request = subscribe(&mut session, frame);
@@ -1183,8 +1201,45 @@ fn subscribe_durable_auto_delete_queue_name_and_arguments() {
 }
 
 #[test]
+fn durable_subscribe_or_unsubscribe_without_id_is_refused_as_rabbitmq_does() {
+    for version in ["1.0", "1.2"] {
+        for header in ["durable", "persistent"] {
+            let mut session = connect(version);
+            let frame = Frame::new(Command::Subscribe)
+                .with_header("destination", "/topic/t")
+                .with_header(header, "true");
+            let out = handle(&mut session, frame);
+            assert_refused(
+                &session,
+                &out,
+                "Header 'id' is required for durable subscriptions",
+            );
+            let error = out
+                .iter()
+                .find_map(|a| match a {
+                    Action::Send(f) if f.command == Command::Error => Some(f.clone()),
+                    _ => None,
+                })
+                .expect("an ERROR");
+            assert_eq!(error.header("message").as_deref(), Some("Missing Header"));
+
+            let mut session = connect(version);
+            let frame = Frame::new(Command::Unsubscribe)
+                .with_header("destination", "/topic/t")
+                .with_header(header, "true");
+            let out = handle(&mut session, frame);
+            assert_refused(
+                &session,
+                &out,
+                "Header 'id' is required for durable subscriptions",
+            );
+        }
+    }
+}
+
+#[test]
 fn invalid_boolean_subscribe_header_is_refused() {
-    for name in ["durable", "persistent", "auto-delete"] {
+    for name in ["durable", "persistent", "auto-delete", "exclusive"] {
         let mut session = connect("1.2");
         let frame = subscribe_frame("0", "/queue/q", "auto").with_header(name, "yes");
         let out = handle(&mut session, frame);

@@ -34,6 +34,49 @@ pub fn temp_queue_name(id: &str) -> Option<&str> {
     id.strip_prefix(TEMP_QUEUE_PREFIX)
 }
 
+/// The queue RabbitMQ's STOMP plugin (3.x to 4.2, Web-STOMP included)
+/// declares for a durable subscription `id` to a `/topic/<key>` or
+/// `/exchange/<name>/<key>` destination without `x-queue-name`
+/// (`rabbit_stomp_util:subscription_queue_name`): `stomp-subscription-`
+/// and the MD5 digest of the Erlang term `{Key, Id}` (both strings, as its
+/// parser keeps them: lists of bytes), base64url without padding. A client
+/// moving over from Web-STOMP finds its durable queues, and what they kept,
+/// under the same names.
+pub fn webstomp_subscription_queue(key: &str, id: &str) -> String {
+    use base64::Engine as _;
+    use md5::Digest as _;
+    // External term format, version 131: a 2-tuple of two strings.
+    let mut term = vec![131u8, 104, 2];
+    for s in [key, id] {
+        let bytes = s.as_bytes();
+        match u16::try_from(bytes.len()) {
+            // `[]` is NIL_EXT.
+            Ok(0) => term.push(106),
+            // STRING_EXT: a list of bytes, 2-byte length.
+            Ok(len) => {
+                term.push(107);
+                term.extend_from_slice(&len.to_be_bytes());
+                term.extend_from_slice(bytes);
+            }
+            // LIST_EXT of SMALL_INTEGER_EXT, then NIL_EXT (never reached:
+            // names and ids are bounded far below 65,536 bytes).
+            Err(_) => {
+                term.push(108);
+                term.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+                for b in bytes {
+                    term.extend_from_slice(&[97, *b]);
+                }
+                term.push(106);
+            }
+        }
+    }
+    let digest = md5::Md5::digest(&term);
+    format!(
+        "{DURABLE_QUEUE_PREFIX}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest)
+    )
+}
+
 /// Longest AMQP short string: exchange, queue and routing-key names.
 const MAX_NAME: usize = 255;
 
@@ -254,6 +297,35 @@ fn truncate(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durable_queue_names_are_those_of_rabbitmq_s_stomp_plugin() {
+        // Names Web-STOMP 3.10.8 declared (python suite, destinations.py).
+        for (key, id, name) in [
+            (
+                "durable-separate",
+                "test.subscription",
+                "stomp-subscription-j7FLeUn7ehTatYVNiBy6UA",
+            ),
+            (
+                "durable-separate",
+                "other.id",
+                "stomp-subscription-eWSXV2ty1R7VqfsnULKEkA",
+            ),
+            (
+                "durable-shared",
+                "test.subscription",
+                "stomp-subscription-As-CQ37wutHLc9H0PmjIPw",
+            ),
+        ] {
+            assert_eq!(webstomp_subscription_queue(key, id), name);
+        }
+        // `/exchange/x` without a key: the empty list.
+        assert_ne!(
+            webstomp_subscription_queue("", "a"),
+            webstomp_subscription_queue("a", "")
+        );
+    }
 
     #[test]
     fn parses_every_form() {
