@@ -227,7 +227,8 @@ async fn two_sessions_share_a_durable_subscription() {
     let id = unique("shared");
     let queue = durable_queue(&id);
     let _cleanup = QueueCleanup(queue.clone());
-    let headers = [("durable", "true"), ("auto-delete", "false")];
+    // What the suite's stomp.py sends: `durable: 'true'`, `auto-delete: False`.
+    let headers = [("durable", "true"), ("auto-delete", "False")];
     let mut a = login(&gw, "1.2").await;
     let mut b = login(&gw, "1.2").await;
     a.subscribe(&id, &destination, &headers).await;
@@ -417,7 +418,7 @@ async fn client_ack_durable_subscription_redelivers_to_the_next_subscriber() {
     let _cleanup = QueueCleanup(queue.clone());
     let headers = [
         ("durable", "true"),
-        ("auto-delete", "false"),
+        ("auto-delete", "False"),
         ("ack", "client-individual"),
         ("prefetch-count", "5"),
     ];
