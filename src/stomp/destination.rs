@@ -15,9 +15,11 @@
 use std::fmt;
 
 /// Prefix of the queues of durable subscriptions, which the session names
-/// `stomp-subscription-<user>.<id>` (both percent-encoded as for `/user/`):
-/// never shared between identities, and reserved (no `/queue/`,
-/// `/amq/queue/`, `/reply-queue/` or `x-queue-name` may name them).
+/// `stomp-subscription-<user>.<id>` (both percent-encoded as for `/user/`:
+/// never shared between identities) with the gateway's own users, and as
+/// RabbitMQ does ([`webstomp_subscription_queue`]) with RabbitMQ's users.
+/// Reserved: no `/queue/`, `/amq/queue/`, `/reply-queue/` or `x-queue-name`
+/// may name them.
 pub const DURABLE_QUEUE_PREFIX: &str = "stomp-subscription-";
 /// Prefix of `/temp-queue/<name>` destinations, and of the subscription
 /// id under which a session receives the replies to temp queue `<name>`.
