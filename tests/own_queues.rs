@@ -185,6 +185,31 @@ async fn durable_topic_subscription_is_web_stomp_s() {
     }
 }
 
+/// UNSUBSCRIBE with `durable:true` deletes the queue of a `/topic`
+/// subscription only: RabbitMQ's plugin leaves a durable `/exchange`
+/// subscription's queue in place (`maybe_delete_durable_sub_queue`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_unsubscribe_keeps_an_exchange_subscription_s_queue() {
+    let gw = rabbit_gateway(|_| {}).await;
+    let id = unique("ex");
+    let queue = durable_queue(&id);
+    let _cleanup = QueueCleanup(queue.clone());
+    let destination = format!("/exchange/amq.direct/{}", unique("k"));
+    let mut c = login(&gw, "1.2").await;
+    c.subscribe(
+        &id,
+        &destination,
+        &[("durable", "true"), ("auto-delete", "false")],
+    )
+    .await;
+    assert!(exists(&queue));
+    c.send(&unsubscribe(&id, "u").with_header("durable", "true"))
+        .await;
+    c.expect(Command::Receipt).await;
+    assert!(exists(&queue), "an /exchange subscription's queue stays");
+    c.disconnect().await;
+}
+
 /// destinations.TestDurableSubscription.test_durable_subscribe_no_id:
 /// `durable:true` (or `persistent:true`) without `id` is refused with
 /// Web-STOMP's `Missing Header`, in 1.0 too (where `id` is optional).
