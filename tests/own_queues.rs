@@ -294,9 +294,9 @@ async fn two_sessions_share_a_durable_subscription() {
 /// x_queue_name.TestQueueName (`test_topic_dest`, `test_exchange_dest`):
 /// `x-queue-name` on a `/topic` or `/exchange` subscription names the queue
 /// the messages come through (a backend can publish to it by name). Not
-/// durable: exclusive and auto-delete, so it is the session's alone (a
+/// durable: exclusive and auto-delete, so it is the subscription's alone (a
 /// second session gets `resource_locked`, as a second Web-STOMP connection
-/// does) and goes with its subscription.
+/// does) and goes with it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn x_queue_name_names_the_subscription_s_queue() {
     let gw = rabbit_gateway(|_| {}).await;
@@ -342,11 +342,22 @@ async fn x_queue_name_names_the_subscription_s_queue() {
             .await;
         let error = other.expect(Command::Error).await;
         assert_eq!(error.header("message").as_deref(), Some("resource_locked"));
-
-        c.disconnect().await;
+        // Nor a second subscription of the same session (it would delete
+        // the first one's queue in the trial declaration).
+        c.send(
+            &Frame::new(Command::Subscribe)
+                .with_header("id", "again")
+                .with_header("destination", &destination)
+                .with_header("x-queue-name", &queue),
+        )
+        .await;
+        let error = c.expect(Command::Error).await;
+        assert_eq!(error.header("message").as_deref(), Some("resource_locked"));
+        // The ERROR ended the session: the queue goes with it.
+        drop(c);
         assert!(
             eventually(|| !exists(&queue)).await,
-            "gone with its subscription"
+            "gone with its session"
         );
     }
 }

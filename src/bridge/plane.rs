@@ -669,17 +669,22 @@ impl Plane {
             .map(|_| ())
     }
 
-    /// Session `session` takes named exclusive queue `name`; false when
-    /// another session of this replica holds it. RabbitMQ keeps exclusive
-    /// queues to one *connection*, and sessions share the replica's
-    /// connections: without this, a second session could declare and read
-    /// the first one's queue, as no Web-STOMP connection can.
+    /// Session `session` takes named exclusive queue `name`; false when a
+    /// subscription of this replica holds it (another session's, or another
+    /// of this session's: one exclusive queue, one subscription). RabbitMQ
+    /// keeps exclusive queues to one *connection*, and sessions share the
+    /// replica's connections: without this, a second session could declare
+    /// and read the first one's queue, as no Web-STOMP connection can.
     pub fn claim_exclusive(&self, name: &str, session: u64) -> bool {
         let mut held = self
             .exclusive
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        *held.entry(name.to_owned()).or_insert(session) == session
+        if held.contains_key(name) {
+            return false;
+        }
+        held.insert(name.to_owned(), session);
+        true
     }
 
     /// Session `session` no longer holds exclusive queue `name`.

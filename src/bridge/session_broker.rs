@@ -283,7 +283,7 @@ impl SessionBroker {
                 if req.exclusive && !self.plane.claim_exclusive(&name, self.key) {
                     return Err(BridgeError::Refused(format!(
                         "RESOURCE_LOCKED - cannot obtain exclusive access to locked queue '{name}': \
-                         it is the exclusive queue of another session"
+                         it is the exclusive queue of another subscription"
                     )));
                 }
                 QueuePlan::Own {
