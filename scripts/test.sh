@@ -23,6 +23,7 @@ cd "$ROOT"
 "$ROOT/scripts/ensure-chromium.sh"
 "$ROOT/scripts/ensure-haproxy.sh"
 "$ROOT/scripts/ensure-python.sh" >/dev/null
+"$ROOT/scripts/ensure-python.sh" suite >/dev/null
 
 # --all-targets unless the arguments pick targets themselves (cargo would
 # otherwise add them to all targets rather than select them).
