@@ -63,9 +63,16 @@ fn start_node() -> PrivateNode {
     PrivateNode::start_with(NODE, AMQP_PORT, &[("PRIVATE_RABBIT_PLUGINS", PLUGINS)])
 }
 
-/// Runs the harness against `ws_url`; test id -> result (pass, fail,
-/// skip, timeout).
-async fn run_harness(node: &PrivateNode, ws_url: &str, label: &str) -> BTreeMap<String, String> {
+/// Runs the harness against `ws_url`: test id -> result (pass, fail,
+/// skip, timeout), and the directory holding the results and one log per
+/// test (the caller removes it when nothing needs reading).
+async fn run_harness(
+    node: &PrivateNode,
+    ws_url: &str,
+    label: &str,
+    only: Option<&str>,
+    jobs: &str,
+) -> (BTreeMap<String, String>, PathBuf) {
     let work = std::env::temp_dir().join(format!(
         "stompgate-rabbitmq-suite-{label}-{}",
         std::process::id()
@@ -84,7 +91,7 @@ async fn run_harness(node: &PrivateNode, ws_url: &str, label: &str) -> BTreeMap<
             "/tmp/stompgate-rabbit-{}/enabled_plugins",
             node.name
         ))
-        .args(["--jobs", JOBS, "--timeout", PER_TEST_TIMEOUT_SECS])
+        .args(["--jobs", jobs, "--timeout", PER_TEST_TIMEOUT_SECS])
         .arg("--out")
         .arg(&out)
         .arg("--log-dir")
@@ -93,8 +100,8 @@ async fn run_harness(node: &PrivateNode, ws_url: &str, label: &str) -> BTreeMap<
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
-    if let Ok(only) = std::env::var("RABBITMQ_SUITE_ONLY") {
-        cmd.args(["--only", &only]);
+    if let Some(only) = only {
+        cmd.args(["--only", only]);
     }
     let child = cmd.spawn().expect("spawn the suite harness");
     let (status, stdout, stderr) = wait_bounded(child, HARNESS_TIMEOUT).await;
@@ -107,7 +114,8 @@ async fn run_harness(node: &PrivateNode, ws_url: &str, label: &str) -> BTreeMap<
         "harness logs, one file per test: {}",
         work.join("logs").display()
     );
-    parse_results(&std::fs::read_to_string(&out).expect("harness results"))
+    let results = parse_results(&std::fs::read_to_string(&out).expect("harness results"));
+    (results, work)
 }
 
 /// `test\tresult[\t...]` lines; `#` comments and blank lines skipped.
@@ -185,12 +193,46 @@ async fn every_test_web_stomp_passes_passes_on_stompgate() {
         c.auth.rabbitmq.default_passcode = Some("guest".into());
     })
     .await;
-    let results = run_harness(&node, &gw.ws_url(), "stompgate").await;
+    let only = std::env::var("RABBITMQ_SUITE_ONLY").ok();
+    let (mut results, work) =
+        run_harness(&node, &gw.ws_url(), "stompgate", only.as_deref(), JOBS).await;
+    // A test Web-STOMP passes that failed here runs once more, alone: the
+    // suite has timed waits (4-10 s) that a loaded machine can miss.
+    let suspects: Vec<String> = results
+        .iter()
+        .filter(|(t, r)| {
+            *r != "pass"
+                && webstomp.get(*t).map(String::as_str) == Some("pass")
+                && !deliberate.contains_key(*t)
+                && !pending.contains_key(*t)
+        })
+        .map(|(t, _)| t.clone())
+        .collect();
+    let mut retried = Vec::new();
+    if !suspects.is_empty() {
+        let pattern = format!(
+            "^({})$",
+            suspects
+                .iter()
+                .map(|t| t.replace('.', "\\."))
+                .collect::<Vec<_>>()
+                .join("|")
+        );
+        println!("running again, alone: {suspects:?}");
+        let (again, again_work) =
+            run_harness(&node, &gw.ws_url(), "stompgate-again", Some(&pattern), "1").await;
+        for (test, result) in again {
+            if result == "pass" {
+                retried.push(test.clone());
+            }
+            results.insert(test, result);
+        }
+        let _ = std::fs::remove_dir_all(&again_work);
+    }
     drop(gw);
     drop(node);
 
-    let only = std::env::var("RABBITMQ_SUITE_ONLY").is_ok();
-    if !only {
+    if only.is_none() {
         let missing: Vec<_> = webstomp
             .keys()
             .filter(|t| !results.contains_key(*t))
@@ -214,7 +256,9 @@ async fn every_test_web_stomp_passes_passes_on_stompgate() {
     for (test, result) in &results {
         let expected = webstomp.get(test).map(String::as_str).unwrap_or("?");
         let listed = deliberate.contains_key(test) || pending.contains_key(test);
-        let note = if result == "pass" && listed {
+        let note = if retried.contains(test) {
+            "passed when run again alone (a timed wait missed under load?)"
+        } else if result == "pass" && listed {
             "passes now: remove it from deliberate_differences.txt / pending_ownq.txt"
         } else if result == "pass" || expected != "pass" {
             ""
@@ -242,6 +286,9 @@ async fn every_test_web_stomp_passes_passes_on_stompgate() {
             pending_failed.len()
         );
     }
+    if regressions.is_empty() {
+        let _ = std::fs::remove_dir_all(&work);
+    }
     assert!(
         regressions.is_empty(),
         "tests Web-STOMP passes that fail on stompgate: {regressions:?} (logs above)"
@@ -254,7 +301,8 @@ async fn every_test_web_stomp_passes_passes_on_stompgate() {
 #[ignore = "regenerates the committed Web-STOMP results"]
 async fn regenerate_webstomp_results() {
     let node = start_node();
-    let results = run_harness(&node, &node.web_stomp_url(), "webstomp").await;
+    let (results, work) = run_harness(&node, &node.web_stomp_url(), "webstomp", None, JOBS).await;
+    let _ = std::fs::remove_dir_all(&work);
     let version = node.ctl(&["eval", "rabbit_misc:version()."]);
     drop(node);
     let mut text = format!(

@@ -541,10 +541,16 @@ impl Session {
 
     /// The codec could not decode the input: an unknown command is
     /// RabbitMQ's `Bad command` (`rabbit_stomp_processor`: message header
-    /// `Bad command`, body `Could not interpret command "<command>"`),
-    /// anything else a [`Session::protocol_error`] with the codec's text.
+    /// `Bad command`, body `Could not interpret command "<command>"`), or
+    /// before CONNECT its `Illegal command`, as any frame then; anything
+    /// else a [`Session::protocol_error`] with the codec's text.
     pub fn decode_error(&mut self, error: &DecodeError, out: &mut Vec<Action>) {
         match error {
+            // Before CONNECT, as any other frame then.
+            DecodeError::UnknownCommand(command) if self.phase == Phase::AwaitingConnect => {
+                let detail = format!("You must log in using CONNECT first (got {command})\n");
+                self.fail(CloseReason::Protocol, "Illegal command", &detail, None, out);
+            }
             DecodeError::UnknownCommand(command) if self.phase != Phase::Closed => {
                 let detail = format!("Could not interpret command \"{command}\"\n");
                 self.fail(CloseReason::Protocol, "Bad command", &detail, None, out);

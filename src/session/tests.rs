@@ -2102,6 +2102,17 @@ fn an_unknown_command_is_rabbitmq_s_bad_command() {
         error.body,
         Bytes::from_static(b"Could not interpret command \"WRONGCOMMAND\"\n")
     );
+    // Before CONNECT, an unknown command is refused as any other command.
+    let mut session = new_session(SessionConfig::default());
+    let mut out = Vec::new();
+    let error = crate::stomp::DecodeError::UnknownCommand("FOO".into());
+    session.decode_error(&error, &mut out);
+    assert_refused(
+        &session,
+        &out,
+        "You must log in using CONNECT first (got FOO)",
+    );
+    assert_eq!(error_message(&out).as_deref(), Some("Illegal command"));
     // Other decoding errors keep the codec's text.
     let mut session = connect("1.2");
     let mut out = Vec::new();
