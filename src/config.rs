@@ -106,6 +106,12 @@ pub struct RabbitAuthConfig {
     pub cache_max_entries: usize,
     /// Bound on one login or one management API request.
     pub timeout_ms: u64,
+    /// Login and passcode used when CONNECT has no `login` (or no
+    /// `passcode`) header, as Web-STOMP's `stomp.default_user` /
+    /// `stomp.default_pass` (RabbitMQ's default there is guest/guest).
+    /// Unset (the default): such a CONNECT is refused.
+    pub default_login: Option<String>,
+    pub default_passcode: Option<String>,
 }
 
 impl std::fmt::Debug for RabbitAuthConfig {
@@ -117,6 +123,11 @@ impl std::fmt::Debug for RabbitAuthConfig {
             .field("cache_ttl_ms", &self.cache_ttl_ms)
             .field("cache_max_entries", &self.cache_max_entries)
             .field("timeout_ms", &self.timeout_ms)
+            .field("default_login", &self.default_login)
+            .field(
+                "default_passcode",
+                &self.default_passcode.as_ref().map(|_| "<hidden>"),
+            )
             .finish()
     }
 }
@@ -130,6 +141,8 @@ impl Default for RabbitAuthConfig {
             cache_ttl_ms: 5_000,
             cache_max_entries: 10_000,
             timeout_ms: 5_000,
+            default_login: None,
+            default_passcode: None,
         }
     }
 }

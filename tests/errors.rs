@@ -126,9 +126,43 @@ async fn header_line_without_colon_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_command_is_refused() {
     let gw = start_gateway(|_| {}).await;
-    refused_after_connect(&gw, b"FOO\n\n\0", false, "unknown command 'FOO'").await;
-    // Before CONNECT too.
-    refused_before_connect(&gw, b"FOO\n\n\0", false, "unknown command 'FOO'").await;
+    // As RabbitMQ (its suite's parsing.test_bad_command).
+    let error = refused_after_connect(
+        &gw,
+        b"WRONGCOMMAND\ndestination:a\nexchange:amq.fanout\n\n\0",
+        false,
+        "Could not interpret command \"WRONGCOMMAND\"\n",
+    )
+    .await;
+    assert_eq!(error_message(&error), "Bad command");
+    assert_eq!(error.header("version").as_deref(), Some("1.0,1.1,1.2"));
+    // Before CONNECT, as any other command then.
+    let error = refused_before_connect(
+        &gw,
+        b"FOO\n\n\0",
+        false,
+        "You must log in using CONNECT first (got FOO)",
+    )
+    .await;
+    assert_eq!(error_message(&error), "Illegal command");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nul_octets_between_frames_are_skipped() {
+    // RabbitMQ's suite, parsing.test_newline_after_nul_and_leading_nul.
+    let gw = start_gateway(|_| {}).await;
+    let mut c = connected(&gw).await;
+    let name = unique("leading-nul");
+    let _cleanup = QueueCleanup(name.clone());
+    let queue = format!("/queue/{name}");
+    let frames = format!(
+        "\n\0SUBSCRIBE\nid:s\ndestination:{queue}\nreceipt:r\n\n\0\n\0SEND\ndestination:{queue}\ncontent-type:text/plain\n\nhello\n\0\n"
+    );
+    c.send_bytes(frames.into_bytes(), false).await;
+    c.expect(Command::Receipt).await;
+    let m = c.expect(Command::Message).await;
+    assert_eq!(&m.body[..], b"hello\n");
+    c.disconnect().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

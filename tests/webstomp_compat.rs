@@ -246,6 +246,105 @@ async fn queue_declared_by_a_backend_with_x_expires_is_equivalent() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_a_send_declares_has_the_send_s_arguments() {
+    // RabbitMQ's suite, queue_properties.test_send: a SEND with x-* queue
+    // headers to a missing /queue/ declares it with those arguments, typed,
+    // so that a backend declaring it with the same values (pika: 32-bit
+    // integers) is equivalent. Other x-* headers are not arguments.
+    let gw = start_gateway(|_| {}).await;
+    let queue = unique("send-args");
+    let _cleanup = QueueCleanup(queue.clone());
+    let (mut c, _) = StompClient::connect(&gw.ws_url(), "1.2").await;
+    let mut send = send_frame(&format!("/queue/{queue}"), "test1")
+        .with_header("x-message-ttl", "60000")
+        .with_header("x-expires", "70000")
+        .with_header("x-max-length", "10")
+        .with_header("x-max-length-bytes", "20000")
+        .with_header("x-dead-letter-exchange", "dead-letter-exchange")
+        .with_header("x-dead-letter-routing-key", "dead-letter-routing-key")
+        .with_header("x-max-priority", "6")
+        .with_header("x-custom-header-1", "value1")
+        .with_header("receipt", "r");
+    send.push_header("content-type", "text/plain");
+    c.send(&send).await;
+    let receipt = c.expect(Command::Receipt).await;
+    assert_eq!(receipt.header("receipt-id").as_deref(), Some("r"));
+    c.disconnect().await;
+
+    let conn = amqp().await;
+    let ch = conn.create_channel().await.expect("channel");
+    let mut args = FieldTable::default();
+    args.insert("x-message-ttl".into(), AMQPValue::LongInt(60_000));
+    args.insert("x-expires".into(), AMQPValue::LongInt(70_000));
+    args.insert("x-max-length".into(), AMQPValue::LongInt(10));
+    args.insert("x-max-length-bytes".into(), AMQPValue::LongInt(20_000));
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString("dead-letter-exchange".into()),
+    );
+    args.insert(
+        "x-dead-letter-routing-key".into(),
+        AMQPValue::LongString("dead-letter-routing-key".into()),
+    );
+    args.insert("x-max-priority".into(), AMQPValue::LongInt(6));
+    let declared = ch
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            args,
+        )
+        .await
+        .expect("the backend's declaration is equivalent to the SEND's");
+    assert_eq!(declared.message_count(), 1);
+    let _ = conn.close(200, "done".into()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_raw_1_0_subscribers_of_an_amq_topic_key_both_get_the_message() {
+    // RabbitMQ's suite, parsing.test_broadcast, without its wait for one
+    // binding per subscriber (stompgate binds a topic once per replica,
+    // docs/protocol.md): what the test then checks.
+    let gw = start_gateway(|_| {}).await;
+    let key = unique("da9d4779").replace('-', "");
+    let connect = "CONNECT\nlogin:guest\npasscode:guest\n\n\n\0";
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let mut c = StompClient::open(&gw.ws_url(), &["v10.stomp", "v11.stomp", "v12.stomp"]).await;
+        c.send_bytes(connect.as_bytes().to_vec(), false).await;
+        let connected = c.expect(Command::Connected).await;
+        assert_eq!(connected.header("version").as_deref(), Some("1.0"));
+        c.escaping = Escaping::None;
+        clients.push(c);
+    }
+    for c in &mut clients[1..] {
+        // As the suite sends it: no receipt, an id with a leading space.
+        let subscribe = format!(
+            "SUBSCRIBE\nid: XsKNhAf\ndestination:/exchange/amq.topic/{key}\nreceipt:sub\n\n\0"
+        );
+        c.send_bytes(subscribe.into_bytes(), false).await;
+        c.expect(Command::Receipt).await;
+    }
+    let send = format!(
+        "SEND\ncontent-type:text/plain\ndestination:/exchange/amq.topic/{key}\n\nmessage\n\0"
+    );
+    clients[0].send_bytes(send.into_bytes(), false).await;
+    for c in &mut clients[1..] {
+        let m = c.expect(Command::Message).await;
+        assert_eq!(
+            m.header("destination").as_deref(),
+            Some(format!("/topic/{key}").as_str())
+        );
+        assert_eq!(m.header("redelivered").as_deref(), Some("false"));
+        assert_eq!(m.header("content-type").as_deref(), Some("text/plain"));
+        assert_eq!(m.header("content-length").as_deref(), Some("8"));
+        assert_eq!(&m.body[..], b"message\n");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quorum_queue_by_x_queue_type() {
     let gw = start_gateway(|_| {}).await;
     let queue = unique("quorum");

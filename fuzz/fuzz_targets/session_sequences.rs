@@ -219,7 +219,7 @@ enum Op {
     /// ACK of a delivered message inside a transaction, are reached quickly).
     Typical(Typical),
     /// Bytes through a codec set up as the transport does, frames handed to
-    /// the session, a decode error reported with `protocol_error`.
+    /// the session, a decode error reported with `decode_error`.
     Wire(Vec<u8>),
     Deliver {
         sub: Name,
@@ -691,8 +691,10 @@ impl Model {
                 Ok(Some(Inbound::Heartbeat)) => {}
                 Ok(None) => break,
                 Err(e) => {
-                    let text = e.to_string();
-                    self.protocol_error(&text);
+                    // As the transport's driver reports it.
+                    let mut out = Vec::new();
+                    self.session.decode_error(&e, &mut out);
+                    self.check(Cause::Error(&e.to_string()), &out);
                     // The transport closes; the codec's state is unspecified
                     // after an error, so later bytes go to a fresh one.
                     let mut fresh = StompCodec::new(large_limits());

@@ -92,6 +92,10 @@ pub struct Auth {
     rules: Rules,
     /// Exchange of `/user/` destinations.
     pub user_exchange: String,
+    /// `auth.rabbitmq.default_login` / `default_passcode`: the credentials
+    /// of a CONNECT that has none (mode `rabbitmq` only).
+    pub rabbit_default_login: Option<String>,
+    pub rabbit_default_passcode: Option<String>,
 }
 
 impl Auth {
@@ -108,6 +112,8 @@ impl Auth {
             users: config.users.clone(),
             rules: Rules::from_config(&config.rules),
             user_exchange: config.user_exchange.clone(),
+            rabbit_default_login: config.rabbitmq.default_login.clone(),
+            rabbit_default_passcode: config.rabbitmq.default_passcode.clone(),
         }))
     }
 
@@ -120,6 +126,8 @@ impl Auth {
             users: Vec::new(),
             rules: Rules::default(),
             user_exchange: "stompgate.user".to_owned(),
+            rabbit_default_login: None,
+            rabbit_default_passcode: None,
         })
     }
 

@@ -268,6 +268,33 @@ pub fn queue_arguments(args: &[(String, String)]) -> Result<FieldTable, BridgeEr
     Ok(table)
 }
 
+/// The queue arguments a SEND to `/queue/<name>` declares a missing queue
+/// with: the `x-*` headers of RabbitMQ's STOMP plugin's list
+/// (`?HEADER_ARGUMENTS`, `rabbit_stomp_util:build_arguments`), typed as
+/// [`queue_arguments`] types them. Other `x-*` headers of a SEND are the
+/// message's own headers, not arguments.
+pub fn send_queue_arguments(headers: &[(String, String)]) -> Result<FieldTable, BridgeError> {
+    const SEND_ARGUMENTS: [&str; 11] = [
+        "x-dead-letter-exchange",
+        "x-dead-letter-routing-key",
+        "x-expires",
+        "x-max-length",
+        "x-max-age",
+        "x-stream-max-segment-size-bytes",
+        "x-max-length-bytes",
+        "x-max-priority",
+        "x-message-ttl",
+        "x-queue-type",
+        "x-stream-filter-size-bytes",
+    ];
+    let args: Vec<(String, String)> = headers
+        .iter()
+        .filter(|(name, _)| SEND_ARGUMENTS.contains(&name.as_str()))
+        .cloned()
+        .collect();
+    queue_arguments(&args)
+}
+
 /// Consumer arguments from `x-*` SUBSCRIBE headers, as RabbitMQ's STOMP
 /// plugin passes them: `x-stream-offset` (where a consumer of a stream
 /// queue starts: an offset, as a long, or `first`, `last`, `next`, or an
@@ -355,6 +382,33 @@ mod tests {
         assert!(back.contains(&("n".to_owned(), "7".to_owned())));
         assert!(back.contains(&("redelivered".to_owned(), "true".to_owned())));
         assert!(back.contains(&("destination".to_owned(), "/queue/q".to_owned())));
+    }
+
+    #[test]
+    fn a_send_declares_with_rabbitmq_s_typed_arguments_only() {
+        // RabbitMQ's suite, queue_properties.test_send: the queue a SEND
+        // declares must be equivalent to pika's declaration with the same
+        // values (integers as integers), and other x-* headers are not
+        // arguments.
+        let table = send_queue_arguments(&h(&[
+            ("x-expires", "70000"),
+            ("x-message-ttl", " 60000"),
+            ("x-max-priority", "6"),
+            ("x-dead-letter-exchange", "dlx"),
+            ("x-custom-header-1", "value1"),
+            ("content-type", "text/plain"),
+        ]))
+        .expect("valid");
+        let get = |k: &str| table.inner().get(k).cloned();
+        assert_eq!(get("x-expires"), Some(AMQPValue::LongLongInt(70000)));
+        assert_eq!(get("x-message-ttl"), Some(AMQPValue::LongLongInt(60000)));
+        assert_eq!(get("x-max-priority"), Some(AMQPValue::LongLongInt(6)));
+        assert_eq!(
+            get("x-dead-letter-exchange"),
+            Some(AMQPValue::LongString("dlx".into()))
+        );
+        assert_eq!(table.inner().len(), 4, "{table:?}");
+        assert!(send_queue_arguments(&h(&[("x-expires", "soon")])).is_err());
     }
 
     #[test]

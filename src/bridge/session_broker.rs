@@ -35,7 +35,8 @@ use tokio::sync::mpsc;
 use super::fanout::{Binding, Subscriber};
 use super::plane::{timed, Plane, Shard};
 use super::properties::{
-    consumer_arguments, properties_from_stomp, queue_arguments, short, stomp_headers_from_amqp,
+    consumer_arguments, properties_from_stomp, queue_arguments, send_queue_arguments, short,
+    stomp_headers_from_amqp,
 };
 use super::{Backoff, BridgeError};
 use crate::session::{
@@ -531,6 +532,9 @@ impl SessionBroker {
                     .check_queue(name, passive, FieldTable::default())
                     .await
                     .is_ok();
+                // Declared with the SEND's queue arguments (`x-expires`,
+                // ...), as Web-STOMP declares it: a backend's later
+                // declaration with the same values is then equivalent.
                 let declared = if exists {
                     Ok(())
                 } else {
@@ -541,7 +545,7 @@ impl SessionBroker {
                                 durable: true,
                                 ..QueueDeclareOptions::default()
                             },
-                            FieldTable::default(),
+                            send_queue_arguments(&req.headers)?,
                         )
                         .await
                 };

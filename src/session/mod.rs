@@ -38,7 +38,7 @@ use crate::config::{AuthMode, HeartbeatConfig, Limits, UnknownHost};
 use crate::stomp::destination::{
     temp_queue_name, temp_queue_subscription, webstomp_subscription_queue, Destination,
 };
-use crate::stomp::{Command, Frame};
+use crate::stomp::{Command, DecodeError, Frame};
 
 /// Settings a session needs, taken from the gateway's configuration.
 #[derive(Debug, Clone)]
@@ -541,6 +541,26 @@ impl Session {
         self.close_with(CloseReason::Protocol, message, out);
     }
 
+    /// The codec could not decode the input: an unknown command is
+    /// RabbitMQ's `Bad command` (`rabbit_stomp_processor`: message header
+    /// `Bad command`, body `Could not interpret command "<command>"`), or
+    /// before CONNECT its `Illegal command`, as any frame then; anything
+    /// else a [`Session::protocol_error`] with the codec's text.
+    pub fn decode_error(&mut self, error: &DecodeError, out: &mut Vec<Action>) {
+        match error {
+            // Before CONNECT, as any other frame then.
+            DecodeError::UnknownCommand(command) if self.phase == Phase::AwaitingConnect => {
+                let detail = format!("You must log in using CONNECT first (got {command})\n");
+                self.fail(CloseReason::Protocol, "Illegal command", &detail, None, out);
+            }
+            DecodeError::UnknownCommand(command) if self.phase != Phase::Closed => {
+                let detail = format!("Could not interpret command \"{command}\"\n");
+                self.fail(CloseReason::Protocol, "Bad command", &detail, None, out);
+            }
+            other => self.protocol_error(&other.to_string(), out),
+        }
+    }
+
     /// Ends the session with an ERROR saying `message`, for `reason`.
     pub fn close_with(&mut self, reason: CloseReason, message: &str, out: &mut Vec<Action>) {
         if self.phase != Phase::Closed {
@@ -669,8 +689,17 @@ impl Session {
         if self.config.auth.mode == AuthMode::Rabbitmq {
             // RabbitMQ checks the credentials: the transport asks it and
             // calls `authenticated` with the answer.
-            let login = frame.header("login").map(|l| l.into_owned());
-            let passcode = frame.header("passcode").map(|p| p.into_owned());
+            // Each missing header falls back to the configured default
+            // user, as in RabbitMQ's STOMP plugin (`creds/3`).
+            let auth = &self.config.auth;
+            let login = frame
+                .header("login")
+                .map(|l| l.into_owned())
+                .or_else(|| auth.rabbit_default_login.clone());
+            let passcode = frame
+                .header("passcode")
+                .map(|p| p.into_owned())
+                .or_else(|| auth.rabbit_default_passcode.clone());
             let (Some(login), Some(passcode)) = (login, passcode) else {
                 return Err(Refusal::rabbit(
                     "Bad CONNECT",
@@ -950,6 +979,14 @@ impl Session {
     fn send(&mut self, frame: &Frame, out: &mut Vec<Action>, replay: bool) -> Result<(), Refusal> {
         if frame.header("destination").as_deref() == Some(TOKEN_REFRESH_DESTINATION) {
             return self.refresh_token(frame, out);
+        }
+        // Checked before the destination, as RabbitMQ does
+        // (`ensure_no_headers(?HEADERS_NOT_ON_SEND, ...)`).
+        if frame.header("message-id").is_some() {
+            return Err(Refusal::rabbit(
+                "Invalid header",
+                "'message-id' is not allowed on 'SEND'.\n",
+            ));
         }
         let destination = self.authorized_destination(frame, Verb::Send, &[])?;
         if let Destination::TempQueue { .. } = destination {
@@ -1510,9 +1547,9 @@ impl Session {
         if let Some(receipt) = receipt {
             error.push_header("receipt-id", receipt);
         }
-        if self.phase == Phase::AwaitingConnect {
-            error.push_header("version", "1.0,1.1,1.2");
-        }
+        // Every ERROR lists the versions spoken, as RabbitMQ's
+        // (`rabbit_stomp_processor:send_error_frame`).
+        error.push_header("version", "1.0,1.1,1.2");
         error.push_header("content-type", "text/plain");
         error.body = Bytes::from(if detail.is_empty() {
             message.clone()

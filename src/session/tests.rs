@@ -541,8 +541,11 @@ fn second_connect_is_refused() {
         let frame = Frame::new(command).with_header("accept-version", "1.2");
         let out = handle(&mut session, frame);
         assert_refused(&session, &out, "already connected");
-        // Once connected, ERROR has no version header.
-        assert_eq!(error_frame(&out).unwrap().header("version"), None);
+        // Connected or not, ERROR lists the versions, as RabbitMQ's does.
+        assert_eq!(
+            error_frame(&out).unwrap().header("version").as_deref(),
+            Some("1.0,1.1,1.2")
+        );
     }
 }
 
@@ -2138,6 +2141,61 @@ fn protocol_error_sends_error_then_closes() {
 }
 
 #[test]
+fn an_unknown_command_is_rabbitmq_s_bad_command() {
+    // RabbitMQ's suite, parsing.test_bad_command: Web-STOMP answers
+    // `WRONGCOMMAND` with exactly this ERROR.
+    let mut session = connect("1.0");
+    let mut out = Vec::new();
+    let error = crate::stomp::DecodeError::UnknownCommand("WRONGCOMMAND".into());
+    session.decode_error(&error, &mut out);
+    assert_refused(&session, &out, "Could not interpret command");
+    let error = error_frame(&out).expect("ERROR");
+    assert_eq!(error.header("message").as_deref(), Some("Bad command"));
+    assert_eq!(error.header("content-type").as_deref(), Some("text/plain"));
+    assert_eq!(error.header("version").as_deref(), Some("1.0,1.1,1.2"));
+    assert_eq!(
+        error.body,
+        Bytes::from_static(b"Could not interpret command \"WRONGCOMMAND\"\n")
+    );
+    // Before CONNECT, an unknown command is refused as any other command.
+    let mut session = new_session(SessionConfig::default());
+    let mut out = Vec::new();
+    let error = crate::stomp::DecodeError::UnknownCommand("FOO".into());
+    session.decode_error(&error, &mut out);
+    assert_refused(
+        &session,
+        &out,
+        "You must log in using CONNECT first (got FOO)",
+    );
+    assert_eq!(error_message(&out).as_deref(), Some("Illegal command"));
+    // Other decoding errors keep the codec's text.
+    let mut session = connect("1.2");
+    let mut out = Vec::new();
+    session.decode_error(&crate::stomp::DecodeError::MalformedHeader, &mut out);
+    assert_eq!(
+        error_message(&out).as_deref(),
+        Some("malformed header line (no ':')")
+    );
+}
+
+#[test]
+fn message_id_on_send_is_refused_before_the_destination_is_read() {
+    // RabbitMQ's suite, connect_disconnect.test_bad_header_on_send: the
+    // destination `a` is not valid either, but the header is checked first.
+    for destination in ["a", "/queue/q"] {
+        let mut session = connect("1.2");
+        let out = handle(
+            &mut session,
+            Frame::new(Command::Send)
+                .with_header("destination", destination)
+                .with_header("message-id", "1"),
+        );
+        assert_refused(&session, &out, "'message-id' is not allowed on 'SEND'.\n");
+        assert_eq!(error_message(&out).as_deref(), Some("Invalid header"));
+    }
+}
+
+#[test]
 fn protocol_error_before_connect_lists_versions() {
     let mut session = new_session(SessionConfig::default());
     let mut out = Vec::new();
@@ -2457,6 +2515,41 @@ fn rabbitmq_refusals_are_web_stomp_errors() {
     let mut session = new_session(rabbit_config());
     let out = handle(&mut session, connect_to(Some("/")));
     assert_refused(&session, &out, "Missing login or passcode header(s)");
+}
+
+#[test]
+fn rabbitmq_default_user_logs_in_a_connect_without_credentials() {
+    // RabbitMQ's suite, connect_disconnect.test_default_user: Web-STOMP's
+    // `stomp.default_user` logs in a CONNECT without login and passcode.
+    let mut config = crate::config::Config::default();
+    config.auth.mode = crate::config::AuthMode::Rabbitmq;
+    config.auth.rabbitmq.default_login = Some("guest".into());
+    config.auth.rabbitmq.default_passcode = Some("secret".into());
+    let config = SessionConfig {
+        auth: Auth::from_config(&config.auth).expect("auth"),
+        ..SessionConfig::default()
+    };
+    for (frame, login, passcode) in [
+        (connect_to(Some("/")), "guest", "secret"),
+        (
+            connect_to(Some("/")).with_header("login", "alice"),
+            "alice",
+            "secret",
+        ),
+        (rabbit_connect_frame(), "alice", "pw"),
+    ] {
+        let mut session = new_session(config.clone());
+        let out = handle(&mut session, frame);
+        let request = out
+            .iter()
+            .find_map(|a| match a {
+                Action::Authenticate(r) => Some(r),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no Authenticate in {out:?}"));
+        assert_eq!(request.login, login);
+        assert_eq!(request.passcode, passcode);
+    }
 }
 
 #[test]

@@ -6,7 +6,9 @@
 //! and header escaping across versions. This codec follows the 1.2
 //! specification, plus 1.0 and 1.1:
 //!
-//! * EOLs between frames are heart-beats and are reported as such.
+//! * EOLs between frames are heart-beats and are reported as such; so are
+//!   NUL octets there, which RabbitMQ's parser skips as noise between frames
+//!   (`noise ::= *(NUL | eol)`; a client may end a frame with a NUL too many).
 //! * `content-length`, when present, is trusted for the body (which may hold
 //!   NUL) and checked: the octet after the body must be NUL. The encoder
 //!   always writes the true length itself.
@@ -224,7 +226,7 @@ impl StompCodec {
 
 /// What the buffer starts with when no frame is pending.
 enum Lead {
-    /// A run of EOLs of that many octets: a heart-beat.
+    /// A run of EOLs (and NULs) of that many octets: a heart-beat.
     Eols(usize),
     /// Something else: the first octet of a command.
     Command,
@@ -236,7 +238,7 @@ fn leading_eols(src: &[u8]) -> Result<Lead, DecodeError> {
     let mut i = 0;
     loop {
         match src.get(i) {
-            Some(b'\n') => i += 1,
+            Some(b'\n' | 0) => i += 1,
             Some(b'\r') => match src.get(i + 1) {
                 Some(b'\n') => i += 2,
                 Some(_) => return Err(DecodeError::StrayCarriageReturn),

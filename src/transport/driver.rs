@@ -338,8 +338,7 @@ impl<B: BrokerSession> Driver<B> {
                 Ok(Some(stomp::Inbound::Heartbeat)) => continue,
                 Ok(None) => break,
                 Err(error) => {
-                    self.session
-                        .protocol_error(&error.to_string(), &mut actions);
+                    self.session.decode_error(&error, &mut actions);
                 }
             }
             self.execute(actions).await;

@@ -514,7 +514,27 @@ fn lone_cr_waits_then_must_be_followed_by_lf() {
 
     assert_eq!(err(b"\rSEND\n\n\0"), DecodeError::StrayCarriageReturn);
     assert_eq!(err(b"\n\rX"), DecodeError::StrayCarriageReturn);
-    assert_eq!(err(b"\n\n\0"), DecodeError::MalformedCommandLine);
+}
+
+#[test]
+fn nul_between_frames_is_noise_as_in_rabbitmq() {
+    // RabbitMQ's parser skips NUL and EOL between frames
+    // (rabbit_stomp_frame: `noise ::= *(NUL | eol)`); RabbitMQ's suite
+    // (parsing.test_newline_after_nul_and_leading_nul) sends `\n\0SUBSCRIBE`.
+    let input = b"\n\0SEND\n\na\0\n\0\0SEND\n\nb\0\0";
+    let (items, rest) = decode_all(&mut codec(), input).unwrap();
+    assert!(rest.is_empty());
+    let bodies: Vec<_> = items
+        .iter()
+        .filter_map(|i| match i {
+            Inbound::Frame(f) => Some(f.body.clone()),
+            Inbound::Heartbeat => None,
+        })
+        .collect();
+    assert_eq!(bodies, [Bytes::from_static(b"a"), Bytes::from_static(b"b")]);
+    assert_eq!(items.last(), Some(&Inbound::Heartbeat));
+    // A NUL inside the command line is still refused.
+    assert_eq!(err(b"SE\0ND\n\n\0"), DecodeError::MalformedCommandLine);
 }
 
 #[test]
