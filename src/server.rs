@@ -72,6 +72,14 @@ impl Gateway {
             &config.amqp.vhosts,
         );
         let bridge = Arc::clone(vhosts.default_bridge());
+        // Resumable destinations: on the default vhost only.
+        if let Some(history) = crate::bridge::history::History::start(
+            Arc::clone(&bridge.pool),
+            &config.history,
+            Duration::from_millis(config.amqp.broker_timeout_ms),
+        ) {
+            bridge.plane.set_history(history);
+        }
         let session_config = Arc::new(session_config);
         let draining = CancellationToken::new();
         let driver = driver::Context {

@@ -199,6 +199,8 @@ pub struct Plane {
     consumers: Vec<tokio::sync::Mutex<Option<Channel>>>,
     next_consumer: AtomicUsize,
     seq: AtomicU64,
+    /// Resumable destinations (src/bridge/history.rs), when configured.
+    history: std::sync::OnceLock<Arc<super::history::History>>,
 }
 
 impl Plane {
@@ -234,6 +236,7 @@ impl Plane {
                 .collect(),
             next_consumer: AtomicUsize::new(0),
             seq: AtomicU64::new(0),
+            history: std::sync::OnceLock::new(),
             config,
         });
         for shard in &plane.shards {
@@ -252,6 +255,16 @@ impl Plane {
 
     pub fn config(&self) -> &PlaneConfig {
         &self.config
+    }
+
+    /// Serves destinations matching `[history]` patterns from streams
+    /// (set once, at start).
+    pub fn set_history(&self, history: Arc<super::history::History>) {
+        let _ = self.history.set(history);
+    }
+
+    pub fn history(&self) -> Option<&Arc<super::history::History>> {
+        self.history.get()
     }
 
     /// Bindings the broker has confirmed for the plane's shared queues.
