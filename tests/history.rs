@@ -121,7 +121,7 @@ impl Setup {
         std::fs::write(
             &config,
             format!(
-                "[history]\n{history}\n[[history.patterns]]\nname = \"{name}\"\ndestination = \"/topic/{prefix}.*\"\n{retention}\n"
+                "[sockjs]\nenabled = true\n[history]\n{history}\n[[history.patterns]]\nname = \"{name}\"\ndestination = \"/topic/{prefix}.*\"\n{retention}\n"
             ),
         )
         .expect("config");
@@ -172,6 +172,10 @@ impl Setup {
 
     fn haproxy_url(&self) -> String {
         format!("ws://127.0.0.1:{}/ws", self.haproxy_port)
+    }
+
+    fn haproxy_addr(&self) -> SocketAddr {
+        format!("127.0.0.1:{}", self.haproxy_port).parse().unwrap()
     }
 
     fn replica_url(&self, i: usize) -> String {
@@ -508,6 +512,143 @@ async fn a_trimmed_history_says_x_resumed_false_and_invents_nothing() {
             nothing_more(&mut c).await;
             c.disconnect().await;
         }
+    })
+    .await;
+}
+
+/// A STOMP session over SockJS xhr-polling (through HAProxy): frames out
+/// by `xhr_send`, in by polling `xhr`.
+struct Polling {
+    addr: SocketAddr,
+    url: String,
+    buf: String,
+}
+
+impl Polling {
+    async fn open(addr: SocketAddr) -> Polling {
+        let url = format!("/sockjs/000/{}", unique("s"));
+        let mut p = Polling {
+            addr,
+            url,
+            buf: String::new(),
+        };
+        assert_eq!(p.poll_raw().await, "o\n");
+        p.send("CONNECT\naccept-version:1.2\nhost:/\nheart-beat:0,0\n\n\0")
+            .await;
+        assert_eq!(p.frame().await.0, "CONNECTED");
+        p
+    }
+
+    async fn poll_raw(&self) -> String {
+        let path = format!("{}/xhr", self.url);
+        common::sockjs_http::body_of(common::sockjs_http::post(self.addr, &path, "").await)
+            .await
+            .1
+    }
+
+    async fn send(&self, frame: &str) {
+        let path = format!("{}/xhr_send", self.url);
+        let body = common::sockjs_http::stomp(frame);
+        assert_eq!(
+            common::sockjs_http::post(self.addr, &path, &body)
+                .await
+                .status,
+            204
+        );
+    }
+
+    /// The next STOMP frame: (command, headers, body).
+    async fn frame(&mut self) -> (String, Vec<(String, String)>, String) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let trimmed = self.buf.trim_start_matches('\n');
+            if let Some(end) = trimmed.find('\0') {
+                let text = trimmed[..end].to_owned();
+                self.buf = trimmed[end + 1..].to_owned();
+                let (head, body) = text.split_once("\n\n").unwrap_or((&text, ""));
+                let mut lines = head.lines();
+                let command = lines.next().unwrap_or_default().to_owned();
+                let headers = lines
+                    .filter_map(|l| l.split_once(':'))
+                    .map(|(n, v)| (n.to_owned(), v.to_owned()))
+                    .collect();
+                return (command, headers, body.to_owned());
+            }
+            assert!(Instant::now() < deadline, "no frame within 15 s");
+            let got = self.poll_raw().await;
+            match got.strip_prefix('a') {
+                Some(array) => {
+                    let parts: Vec<String> = serde_json::from_str(array.trim()).expect("a[...]");
+                    for part in parts {
+                        self.buf.push_str(&part);
+                    }
+                }
+                None if got.starts_with('h') => {}
+                None => panic!("session ended: {got}"),
+            }
+        }
+    }
+
+    /// The next `n` MESSAGEs: (headers, body).
+    async fn messages(&mut self, n: usize) -> Vec<(Vec<(String, String)>, String)> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            let (command, headers, body) = self.frame().await;
+            assert!(command == "MESSAGE" || command == "RECEIPT", "{command}");
+            if command == "MESSAGE" {
+                out.push((headers, body));
+            }
+        }
+        out
+    }
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sockjs_xhr_polling_resumes_every_order_through_haproxy() {
+    bounded("sockjs_polling", async {
+        let setup = Setup::start("", "").await;
+        let backend = Backend::new().await;
+        let key = setup.key("m1");
+        let mut p = Polling::open(setup.haproxy_addr()).await;
+        p.send(&format!(
+            "SUBSCRIBE\nid:orders\ndestination:{}\nreceipt:r1\n\n\0",
+            setup.destination("m1")
+        ))
+        .await;
+        assert_eq!(p.frame().await.0, "RECEIPT");
+        backend.orders(&key, 1..=5).await;
+        let got = p.messages(5).await;
+        let last = &got[4].0;
+        let pos = format!(
+            "{}:{}",
+            header(last, "x-stream-epoch").expect("epoch"),
+            header(last, "x-stream-offset").expect("offset")
+        );
+        // The page stops polling (its session times out on its own).
+        drop(p);
+        backend.orders(&key, 6..=5 + ORDERS).await;
+        let mut p = Polling::open(setup.haproxy_addr()).await;
+        p.send(&format!(
+            "SUBSCRIBE\nid:orders\ndestination:{}\nx-resume-from:{pos}\n\n\0",
+            setup.destination("m1")
+        ))
+        .await;
+        let got = p.messages(ORDERS as usize).await;
+        assert_eq!(header(&got[0].0, "x-resumed"), Some("true"));
+        let orders: Vec<String> = got.iter().map(|(_, b)| b.clone()).collect();
+        let want: Vec<String> = (6..6 + ORDERS).map(|n| format!("order-{n}")).collect();
+        assert_eq!(orders, want, "in order, no gap, no duplicate");
+        backend.orders(&key, 6 + ORDERS..=6 + ORDERS).await;
+        let live = p.messages(1).await;
+        assert_eq!(live[0].1, format!("order-{}", 6 + ORDERS));
+        p.send("DISCONNECT\nreceipt:bye\n\n\0").await;
     })
     .await;
 }
