@@ -174,6 +174,9 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
     } else {
         router
     };
+    // The resumable-subscription helper for @stomp/stompjs
+    // (assets/stompgate-resume.js; docs/protocol.md, "Resuming").
+    router = router.route(RESUME_JS_PATH, get(resume_js));
     // The demo pages (src/demo.rs), only when `demo.enabled`.
     if gateway.config.demo.enabled {
         router = router.merge(crate::demo::router(&gateway.config));
@@ -189,6 +192,22 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         transports = transports.merge(crate::transport::sse::router(&gateway.host));
     }
     router.with_state(gateway).merge(transports)
+}
+
+/// Where the gateway serves the resume helper.
+pub const RESUME_JS_PATH: &str = "/stompgate-resume.js";
+
+async fn resume_js() -> impl axum::response::IntoResponse {
+    (
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "application/javascript; charset=utf-8",
+            ),
+            (axum::http::header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        include_str!("../assets/stompgate-resume.js"),
+    )
 }
 
 /// The routes of the separate `metrics_listen` address.
