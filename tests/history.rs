@@ -104,7 +104,6 @@ async fn wait_ready(addr: SocketAddr, process: &mut ChildGuard) {
 struct Setup {
     dir: Scratch,
     prefix: String,
-    stream: String,
     replicas: Vec<Replica>,
     haproxy_port: u16,
     _haproxy: ChildGuard,
@@ -160,7 +159,6 @@ impl Setup {
         let setup = Setup {
             dir,
             prefix,
-            stream: format!("stompgate.history.{name}"),
             replicas,
             haproxy_port: port,
             _haproxy: haproxy,
