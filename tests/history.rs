@@ -650,3 +650,32 @@ async fn sockjs_xhr_polling_resumes_every_order_through_haproxy() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_started_after_the_outage_reads_the_stream_to_its_end() {
+    // The new replica has seen no live message: it does not know where
+    // live is, reads to the end of the stream, then serves live.
+    bounded("fresh_replica", async {
+        let setup = Setup::start("", "").await;
+        let backend = Backend::new().await;
+        let (client, pos) = first_session(&setup, &setup.replica_url(0), &backend, "m1").await;
+        drop(client);
+        backend.orders(&setup.key("m1"), 6..=5 + ORDERS).await;
+        let config = setup.dir.0.join("stompgate.toml");
+        let mut fresh = spawn_replica("gw3", &setup.dir.0, &config);
+        wait_ready(fresh.addr, &mut fresh.process).await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !std::fs::read_to_string(setup.dir.0.join("gw3.log"))
+            .unwrap_or_default()
+            .contains("history stream consumed")
+        {
+            assert!(Instant::now() < deadline, "gw3 did not consume the stream");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let url = format!("ws://{}/ws", fresh.addr);
+        resumed_session(&setup, &url, &backend, "m1", &pos).await;
+        let log = std::fs::read_to_string(setup.dir.0.join("gw3.log")).unwrap_or_default();
+        assert!(log.contains("catch-up read"), "no stream read:\n{log}");
+    })
+    .await;
+}

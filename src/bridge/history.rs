@@ -420,6 +420,21 @@ impl State {
         count(n);
     }
 
+    /// Offers messages read from the stream to the running read's
+    /// subscriptions (each takes what matches its key and is past its
+    /// position).
+    fn offer_round(&self, messages: Vec<(u64, Arc<str>, Arc<SharedMessage>)>) {
+        let mut n = 0u64;
+        for (offset, key, message) in &messages {
+            for sub in &self.round {
+                if sub.matches(key) && sub.offer(*offset, message) {
+                    n += 1;
+                }
+            }
+        }
+        count(n);
+    }
+
     /// The running read's subscriptions join live traffic: the ring from
     /// where each one is, then live (all under the stream's lock).
     fn join_round(&mut self) {
@@ -856,6 +871,13 @@ async fn read_round(
     let mut read = 0u64;
     let ack_every = (stream.limits.prefetch as u64 / 4).max(1);
     let mut unacked = 0u64;
+    // A replica that has seen no live message since it started does not
+    // know where live is: what it reads is held (at most
+    // `max_resume_messages`) until the read reaches the end or live
+    // traffic, so that a resume spanning more is refused whole, never
+    // delivered in part.
+    let mut held: Option<Vec<(u64, Arc<str>, Arc<SharedMessage>)>> =
+        stream.lock().ring.next().is_none().then(Vec::new);
     let outcome = loop {
         let next = tokio::select! {
             _ = stream.stop.cancelled() => break Ok(()),
@@ -864,7 +886,11 @@ async fn read_round(
         let delivery = match next {
             // Nothing more: the end of the stream.
             Err(_) => {
-                stream.lock().join_round();
+                let mut state = stream.lock();
+                if let Some(held) = held.take() {
+                    state.offer_round(held);
+                }
+                state.join_round();
                 break Ok(());
             }
             Ok(Some(Ok(d))) => d,
@@ -886,14 +912,25 @@ async fn read_round(
                 // who wanted it start live, told so; nothing is invented.
                 state.trimmed(offset);
             }
-            let mut n = 0u64;
-            for sub in &state.round {
-                if sub.matches(&key) && sub.offer(offset, &message) {
-                    n += 1;
-                }
-            }
-            count(n);
             state.reading = Some(offset.saturating_add(1));
+            match held.as_mut() {
+                Some(list) if state.ring.next().is_none() => {
+                    list.push((offset, key, message));
+                    if list.len() as u64 > stream.limits.max_resume {
+                        tracing::info!(queue = %stream.queue, "catch-up read: more than max_resume_messages to the end: not resumed");
+                        state.abandon_round();
+                        break Ok(());
+                    }
+                }
+                Some(_) => {
+                    // Live traffic arrived: what was held goes first.
+                    if let Some(list) = held.take() {
+                        state.offer_round(list);
+                    }
+                    state.offer_round(vec![(offset, key, message)]);
+                }
+                None => state.offer_round(vec![(offset, key, message)]),
+            }
             let met = state
                 .ring
                 .first()
