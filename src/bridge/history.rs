@@ -58,6 +58,9 @@ use crate::session::{SubscribeRequest, FANOUT_PREFIX};
 use crate::stomp::destination::Destination;
 use crate::stomp::message::SharedMessage;
 
+/// A message read from the stream: (offset, routing key, encoded).
+type Read = (u64, Arc<str>, Arc<SharedMessage>);
+
 /// The prefix of the streams' names.
 pub const STREAM_PREFIX: &str = "stompgate.history.";
 
@@ -423,7 +426,7 @@ impl State {
     /// Offers messages read from the stream to the running read's
     /// subscriptions (each takes what matches its key and is past its
     /// position).
-    fn offer_round(&self, messages: Vec<(u64, Arc<str>, Arc<SharedMessage>)>) {
+    fn offer_round(&self, messages: Vec<Read>) {
         let mut n = 0u64;
         for (offset, key, message) in &messages {
             for sub in &self.round {
@@ -876,8 +879,7 @@ async fn read_round(
     // `max_resume_messages`) until the read reaches the end or live
     // traffic, so that a resume spanning more is refused whole, never
     // delivered in part.
-    let mut held: Option<Vec<(u64, Arc<str>, Arc<SharedMessage>)>> =
-        stream.lock().ring.next().is_none().then(Vec::new);
+    let mut held: Option<Vec<Read>> = stream.lock().ring.next().is_none().then(Vec::new);
     let outcome = loop {
         let next = tokio::select! {
             _ = stream.stop.cancelled() => break Ok(()),
