@@ -59,3 +59,11 @@ timeout 180 "target/$PROFILE/stompgate-bench" sockjs \
     --gateway-bin "target/$PROFILE/stompgate" \
     --subscribers 100 --idle-sessions 100 --hold 1s --duration 3s \
     --out-dir "$OUT/sockjs" ${BENCH_SOCKJS_ARGS:-}
+# 200 clients resuming 20 messages each from a [history] stream (100 of
+# memory: the resumes read the stream); fails on loss, duplicates, disorder,
+# failed sessions or a changed channel/queue count.
+# shellcheck disable=SC2086 # word splitting of BENCH_RESUME_ARGS is wanted
+timeout 120 "target/$PROFILE/stompgate-bench" resume \
+    --gateway-bin "target/$PROFILE/stompgate" \
+    --clients 200 --topics 20 --missed 20 --live 20 --memory-messages 100 \
+    --out-dir "$OUT/resume" ${BENCH_RESUME_ARGS:-}

@@ -47,6 +47,9 @@ pub struct Config {
     pub demo: DemoConfig,
     pub sockjs: SockjsConfig,
     pub sse: SseConfig,
+    /// Resumable broadcast destinations backed by RabbitMQ streams (see
+    /// docs/protocol.md, "Resuming after a reconnect").
+    pub history: HistoryConfig,
 }
 
 /// Who may connect and what they may do (see docs/security.md).
@@ -347,6 +350,80 @@ pub struct SseConfig {
     pub max_sessions: usize,
 }
 
+/// Resumable subscriptions (`[history]`): broadcast destinations matching
+/// a pattern also land in a RabbitMQ stream that the replica reads; their
+/// MESSAGEs carry a position and a SUBSCRIBE with `x-resume-from` gets what
+/// it missed (src/bridge/history.rs). Off while `patterns` is empty.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HistoryConfig {
+    /// `[[history.patterns]]`: one stream each.
+    pub patterns: Vec<HistoryPattern>,
+    /// Most stream messages one resume may span (from its position to the
+    /// live point); beyond, the subscription starts live with
+    /// `x-resumed:false`.
+    pub max_resume_messages: u64,
+    /// Messages of each stream the replica keeps in memory (resumes within
+    /// them never touch the broker), bounded by count...
+    pub memory_messages: usize,
+    /// ... and by bytes (bodies and headers).
+    pub memory_bytes: usize,
+    /// `basic.qos` of the live stream consumer and of a catch-up read.
+    pub prefetch: u16,
+    /// A catch-up read that gets nothing for this long has reached the end
+    /// of the stream.
+    pub read_idle_ms: u64,
+    /// Most subscriptions waiting for one catch-up read of a stream.
+    pub max_waiting: usize,
+}
+
+/// One resumable destination pattern and its stream.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryPattern {
+    /// The stream is `stompgate.history.<name>`.
+    pub name: String,
+    /// A `/topic/<key>` or `/exchange/<topic exchange>/<key>` destination;
+    /// the key may hold `*` and `#` as binding keys do.
+    pub destination: String,
+    /// `x-max-age` of the stream (e.g. `1h`, `7D`).
+    #[serde(default = "default_history_max_age")]
+    pub max_age: String,
+    /// `x-max-length-bytes` of the stream.
+    #[serde(default = "default_history_max_bytes")]
+    pub max_length_bytes: u64,
+    /// `x-stream-max-segment-size-bytes` (before the epoch's share, see
+    /// docs/operations.md).
+    #[serde(default = "default_history_segment_bytes")]
+    pub max_segment_bytes: u64,
+}
+
+fn default_history_max_age() -> String {
+    "1h".to_owned()
+}
+
+fn default_history_max_bytes() -> u64 {
+    1_000_000_000
+}
+
+fn default_history_segment_bytes() -> u64 {
+    100_000_000
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        HistoryConfig {
+            patterns: Vec::new(),
+            max_resume_messages: 1_000,
+            memory_messages: 1_000,
+            memory_bytes: 4 * 1024 * 1024,
+            prefetch: 500,
+            read_idle_ms: 500,
+            max_waiting: 100_000,
+        }
+    }
+}
+
 impl Default for SseConfig {
     fn default() -> Self {
         SseConfig {
@@ -558,6 +635,7 @@ impl Default for Config {
             demo: DemoConfig::default(),
             sockjs: SockjsConfig::default(),
             sse: SseConfig::default(),
+            history: HistoryConfig::default(),
         }
     }
 }
@@ -719,6 +797,37 @@ impl Config {
                     "sse.heartbeat_ms must be at least 1".into(),
                 ));
             }
+        }
+        for p in &self.history.patterns {
+            let name_ok = !p.name.is_empty()
+                && p.name.len() <= 64
+                && p.name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+            if !name_ok {
+                return Err(ConfigError::Invalid(format!(
+                    "history.patterns: name '{}' must be 1 to 64 of [A-Za-z0-9._-]",
+                    p.name
+                )));
+            }
+            if !(p.destination.starts_with("/topic/") || p.destination.starts_with("/exchange/")) {
+                return Err(ConfigError::Invalid(format!(
+                    "history.patterns: destination '{}' must be /topic/<key> or /exchange/<name>/<key>",
+                    p.destination
+                )));
+            }
+            if p.max_segment_bytes < 1024 || p.max_length_bytes == 0 {
+                return Err(ConfigError::Invalid(
+                    "history.patterns: max_segment_bytes must be at least 1024 and max_length_bytes at least 1".into(),
+                ));
+            }
+        }
+        if !self.history.patterns.is_empty()
+            && (self.history.prefetch == 0 || self.history.read_idle_ms == 0)
+        {
+            return Err(ConfigError::Invalid(
+                "history.prefetch and history.read_idle_ms must be at least 1".into(),
+            ));
         }
         if self.amqp.connections == 0 {
             return Err(ConfigError::Invalid(

@@ -72,6 +72,14 @@ impl Gateway {
             &config.amqp.vhosts,
         );
         let bridge = Arc::clone(vhosts.default_bridge());
+        // Resumable destinations: on the default vhost only.
+        if let Some(history) = crate::bridge::history::History::start(
+            Arc::clone(&bridge.pool),
+            &config.history,
+            Duration::from_millis(config.amqp.broker_timeout_ms),
+        ) {
+            bridge.plane.set_history(history);
+        }
         let session_config = Arc::new(session_config);
         let draining = CancellationToken::new();
         let driver = driver::Context {
@@ -166,6 +174,9 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
     } else {
         router
     };
+    // The resumable-subscription helper for @stomp/stompjs
+    // (assets/stompgate-resume.js; docs/protocol.md, "Resuming").
+    router = router.route(RESUME_JS_PATH, get(resume_js));
     // The demo pages (src/demo.rs), only when `demo.enabled`.
     if gateway.config.demo.enabled {
         router = router.merge(crate::demo::router(&gateway.config));
@@ -181,6 +192,22 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         transports = transports.merge(crate::transport::sse::router(&gateway.host));
     }
     router.with_state(gateway).merge(transports)
+}
+
+/// Where the gateway serves the resume helper.
+pub const RESUME_JS_PATH: &str = "/stompgate-resume.js";
+
+async fn resume_js() -> impl axum::response::IntoResponse {
+    (
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "application/javascript; charset=utf-8",
+            ),
+            (axum::http::header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        include_str!("../assets/stompgate-resume.js"),
+    )
 }
 
 /// The routes of the separate `metrics_listen` address.

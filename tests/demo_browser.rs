@@ -5,7 +5,9 @@
 //!
 //! - the merchant page shows orders placed by the order simulator within a
 //!   second, only its own merchant's, and keeps working across a gateway
-//!   restart (stompjs reconnects);
+//!   restart (stompjs reconnects): the orders placed while the gateway was
+//!   down reach the page by its resumed subscription (`[history]`,
+//!   /stompgate-resume.js), without the page asking the backend;
 //! - the QR login page turns to "logged in" once the phone page confirms; an
 //!   expired or used login id is refused;
 //! - no page logs a console error (apart from the ones a step expects);
@@ -339,20 +341,22 @@ async fn demo_pages_in_chromium() {
             println!("demo.mjs: {line}");
             log.push_str(&line);
             log.push('\n');
-            if line.trim() == "CONTROL restart-gateway" {
-                let t = Instant::now();
-                gateway.take().expect("gateway").shut_down().await;
-                let listener = TcpListener::bind(addr)
-                    .await
-                    .expect("bind the same port again");
-                gateway = Some(start_gateway(listener, config.clone()).await);
-                println!("gateway restarted in {:?}", t.elapsed());
-                stdin
-                    .write_all(b"restarted\n")
-                    .await
-                    .expect("write to node");
-                stdin.flush().await.expect("flush");
-            }
+            let answer: &[u8] = match line.trim() {
+                "CONTROL stop-gateway" => {
+                    gateway.take().expect("gateway").shut_down().await;
+                    b"stopped\n"
+                }
+                "CONTROL start-gateway" => {
+                    let listener = TcpListener::bind(addr)
+                        .await
+                        .expect("bind the same port again");
+                    gateway = Some(start_gateway(listener, config.clone()).await);
+                    b"started\n"
+                }
+                _ => continue,
+            };
+            stdin.write_all(answer).await.expect("write to node");
+            stdin.flush().await.expect("flush");
         }
         child.wait().await.expect("wait for node")
     };

@@ -776,3 +776,115 @@ async fn last_event_id_resumes_a_stream_queue_and_is_ignored_on_a_topic() {
         .await;
     let _ = conn.close(200, "bye".into()).await;
 }
+
+/// `[history]` for `/topic/<prefix>.*`; the stream is deleted when the
+/// returned guard is dropped.
+fn history_on(prefix: &str, name: &str) -> impl FnOnce(&mut Config) {
+    let (prefix, name) = (prefix.to_owned(), name.to_owned());
+    move |c: &mut Config| {
+        sse_on(c);
+        c.history.patterns.push(stompgate::config::HistoryPattern {
+            name,
+            destination: format!("/topic/{prefix}.*"),
+            max_age: "1h".into(),
+            max_length_bytes: 10_000_000,
+            max_segment_bytes: 1_000_000,
+        });
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn last_event_id_resumes_a_history_topic_with_every_order_in_order() {
+    let prefix = unique("merchant").replace('.', "_");
+    let name = unique("sse").replace(['-', ':', '.'], "_");
+    let stream = format!("stompgate.history.{name}");
+    let _cleanup = QueueCleanup(stream.clone());
+    let gw = start_gateway(history_on(&prefix, &name)).await;
+    eventually("the replica consumes its history stream", async || {
+        queue_stat(&stream, "consumers").is_some_and(|n| n >= 1)
+    })
+    .await;
+    let conn = amqp().await;
+    let ch = confirm_channel(&conn).await;
+    let key = format!("{prefix}.m1");
+    let order = |n: u32| format!("order-{n}");
+    let path = format!("/sse?destination={}", enc(&format!("/topic/{key}")));
+    let mut s = open(gw.addr, &path, &[]).await.expect("stream");
+    for n in 1..=5 {
+        publish(
+            &ch,
+            "amq.topic",
+            &key,
+            order(n).as_bytes(),
+            BasicProperties::default(),
+        )
+        .await;
+    }
+    let mut last = None;
+    for n in 1..=5 {
+        let (id, _, data) = s.event().await;
+        assert_eq!(data, order(n));
+        let id = id.expect("an id");
+        assert!(
+            stompgate::bridge::resume::Position::parse(&id).is_some(),
+            "id {id} is <epoch>:<offset>"
+        );
+        last = Some(id);
+    }
+    drop(s);
+    // The page is away: 100 orders.
+    for n in 6..=105 {
+        publish(
+            &ch,
+            "amq.topic",
+            &key,
+            order(n).as_bytes(),
+            BasicProperties::default(),
+        )
+        .await;
+    }
+    // EventSource reconnects with the last id it saw.
+    let last = last.expect("a last id");
+    let mut s = open(gw.addr, &path, &[("Last-Event-ID", &last)])
+        .await
+        .expect("stream");
+    let mut ids = Vec::new();
+    for n in 6..=105 {
+        let (id, _, data) = s.event().await;
+        assert_eq!(data, order(n), "in order, no gap");
+        ids.push(id.expect("an id"));
+    }
+    s.no_event(Duration::from_millis(500)).await;
+    publish(
+        &ch,
+        "amq.topic",
+        &key,
+        order(106).as_bytes(),
+        BasicProperties::default(),
+    )
+    .await;
+    assert_eq!(s.event().await.2, order(106));
+    let unique_ids: std::collections::HashSet<&String> = ids.iter().collect();
+    assert_eq!(unique_ids.len(), 100, "no duplicate");
+    drop(s);
+    // The JSON envelope shows the outcome of the resume: a position of
+    // another epoch is not resumed, and says so.
+    let jpath = format!("{path}&envelope=json");
+    let mut s = open(gw.addr, &jpath, &[("Last-Event-ID", "1:0")])
+        .await
+        .expect("stream");
+    publish(
+        &ch,
+        "amq.topic",
+        &key,
+        order(107).as_bytes(),
+        BasicProperties::default(),
+    )
+    .await;
+    let (_, _, data) = s.event().await;
+    let json: serde_json::Value = serde_json::from_str(&data).expect("json");
+    assert_eq!(json["body"], order(107));
+    assert_eq!(json["headers"]["x-resumed"], "false");
+    s.no_event(Duration::from_millis(300)).await;
+    let _ = conn.close(200, "bye".into()).await;
+}

@@ -16,6 +16,9 @@
 //!   loss or duplicates.
 //! - `sockjs`: SockJS xhr-streaming next to WebSocket on one gateway:
 //!   memory per idle session, fan-out msgs/s, latency, gateway CPU and RSS.
+//! - `resume`: N clients reconnecting at once, each resuming what it missed
+//!   from a `[history]` stream: time until all are live, broker channels and
+//!   queues before and after, live fan-out meanwhile.
 //!
 //! Progress goes to stderr, results to stdout (and JSON files when asked).
 
@@ -25,6 +28,7 @@ mod compare;
 mod fanout;
 mod idle;
 mod publish;
+mod resume;
 mod scale;
 mod send;
 mod servers;
@@ -88,6 +92,12 @@ enum Cmd {
     /// gateway CPU per delivery; fixed rate: latency). Non-zero exit on
     /// loss, duplicates or failed sessions (never on speed).
     Sockjs(SockjsArgs),
+    /// N clients lose their sockets, M messages per topic are published,
+    /// all reconnect at once with `x-resume-from` ([history]): time until
+    /// all are live, the gateway's broker channels/queues before and after,
+    /// live fan-out meanwhile. Non-zero exit on loss, duplicates, disorder,
+    /// failed sessions or changed channel/queue counts (never on speed).
+    Resume(ResumeArgs),
     /// Draws the SVG plot of a `compare` results JSON again.
     Plot(PlotArgs),
     /// (internal) one process's share of `idle --procs K`.
@@ -541,6 +551,7 @@ async fn run(command: Cmd) -> ExitCode {
         Cmd::Compare(a) => compare_cmd(a).await,
         Cmd::Scale(a) => scale_cmd(a).await,
         Cmd::Sockjs(a) => sockjs_cmd(a).await,
+        Cmd::Resume(a) => resume_cmd(a).await,
         Cmd::Plot(a) => {
             let text = match std::fs::read_to_string(&a.json) {
                 Ok(t) => t,
@@ -825,6 +836,114 @@ async fn scale_cmd(a: ScaleArgs) -> ExitCode {
             }
         }
         Err(e) => fail(format!("scale: {e}")),
+    }
+}
+
+#[derive(Debug, Args)]
+struct ResumeArgs {
+    #[arg(long, default_value = "target/release/stompgate")]
+    gateway_bin: PathBuf,
+    #[arg(long, default_value = "amqp://127.0.0.1:5672/%2f")]
+    amqp: String,
+    /// Where the gateway's configuration and log go.
+    #[arg(long, default_value = "target/bench-resume")]
+    out_dir: PathBuf,
+    #[arg(long, default_value_t = 5000)]
+    clients: usize,
+    /// Topics the clients are spread over (one stream holds them all).
+    #[arg(long, default_value_t = 100)]
+    topics: usize,
+    /// Messages each client misses (published per topic while away).
+    #[arg(long, default_value_t = 20)]
+    missed: usize,
+    /// Subscribers of a live topic of the same stream, connected throughout.
+    #[arg(long, default_value_t = 200)]
+    live: usize,
+    /// Messages per second published to the live topic.
+    #[arg(long, default_value_t = 100.0)]
+    live_rate: f64,
+    /// history.memory_messages of the gateway (resumes older than that
+    /// read the stream).
+    #[arg(long, default_value_t = 1000)]
+    memory_messages: usize,
+    /// Handshakes + CONNECT + SUBSCRIBE in flight at once.
+    #[arg(long, default_value_t = 1000)]
+    concurrency: usize,
+    #[arg(long, default_value_t = 4)]
+    source_ips: usize,
+    /// Also write the report as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+async fn resume_cmd(a: ResumeArgs) -> ExitCode {
+    check_fd_limit(a.clients + a.live + 64);
+    let cfg = resume::ResumeConfig {
+        gateway_bin: a.gateway_bin,
+        amqp: a.amqp,
+        out_dir: a.out_dir,
+        clients: a.clients,
+        topics: a.topics.max(1),
+        missed: a.missed.max(1),
+        live: a.live,
+        live_rate: a.live_rate,
+        memory_messages: a.memory_messages,
+        concurrency: a.concurrency,
+        source_ips: a.source_ips,
+    };
+    match resume::run_resume(&cfg).await {
+        Ok(report) => {
+            println!(
+                "resume: {} clients on {} topics, {} missed each ({} stream messages)",
+                report.clients,
+                report.topics,
+                report.missed_per_client,
+                report.stream_messages_missed
+            );
+            println!(
+                "  all live after {:.2} s (client p50 {:.2} s, p99 {:.2} s); {} messages resumed; {} failed, {} wrong",
+                report.seconds_until_all_live,
+                report.p50_client_seconds,
+                report.p99_client_seconds,
+                report.resumed_messages,
+                report.failed_clients,
+                report.bad_clients
+            );
+            println!(
+                "  gateway on the broker: {} channels / {} queues before, {} / {} after",
+                report.channels_before,
+                report.queues_before,
+                report.channels_after,
+                report.queues_after
+            );
+            println!(
+                "  live fan-out to {} subscribers at {}/s: {:.0} deliveries/s before, {:.0} during the storm; gateway CPU during the storm {}",
+                report.live_subscribers,
+                report.live_rate,
+                report.live_deliveries_per_s_before,
+                report.live_deliveries_per_s_during,
+                report
+                    .gateway_cpu_seconds_storm
+                    .map(|c| format!("{c:.2} s"))
+                    .unwrap_or_else(|| "?".into())
+            );
+            for e in &report.errors {
+                println!("  error: {e}");
+            }
+            if let Err(e) = write_json(a.json.as_deref(), &report) {
+                return fail(e);
+            }
+            let broken = report.failed_clients > 0
+                || report.bad_clients > 0
+                || report.channels_after != report.channels_before
+                || report.queues_after != report.queues_before;
+            if broken {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => fail(e),
     }
 }
 

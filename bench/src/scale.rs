@@ -955,7 +955,7 @@ async fn ctl(tool: &str, node: Option<&str>, args: &[&str]) -> Result<String, St
 /// The broker's figures for the server: with `gateway_pid`, only the
 /// connections named `stompgate-<pid>-*` and what they own; otherwise
 /// everything on `node`.
-async fn broker_side(
+pub(crate) async fn broker_side(
     node: Option<&str>,
     gateway_pid: Option<u32>,
     shared_queue: &str,

@@ -1,5 +1,9 @@
 // The merchant back office: log in as a merchant, subscribe to
-// /user/queue/orders, show the orders as they are pushed.
+// /user/queue/orders, show the orders as they are pushed. Across a
+// reconnect (Wi-Fi, a closed lid, a gateway restart) the subscription
+// resumes where it was (/stompgate-resume.js, x-resume-from): the gateway
+// delivers the orders placed meanwhile; the backend is asked only on the
+// first connect, or when the gateway says the history did not reach back.
 'use strict';
 
 (async function () {
@@ -20,6 +24,9 @@
   let unseen = 0;
   let client = null;
   let session = null; // { user, token }
+  // Times the page asked the backend for orders (tests read it).
+  let catchUps = 0;
+  document.body.dataset.catchUps = '0';
 
   const setBadge = () => {
     $('badge').textContent = String(unseen);
@@ -29,7 +36,7 @@
 
   const money = (cents, currency) => `${(cents / 100).toFixed(2)} ${currency}`;
 
-  // Shows an order (once); `how` is 'push' or 'catch-up'.
+  // Shows an order (once); `how` is 'push', 'resume' or 'catch-up'.
   const show = (order, how) => {
     if (orders.has(order.id)) return;
     orders.set(order.id, order);
@@ -39,7 +46,13 @@
     const items = order.items.map((i) => `${i.qty} × ${Demo.escape(i.name)}`).join(', ');
     let meta = `${Demo.escape(order.id)} · for ${Demo.escape(order.merchant)} · placed ${new Date(order.placed_at_ms).toLocaleTimeString()}`;
     li.dataset.placedAt = String(order.placed_at_ms);
-    if (how === 'push') {
+    li.dataset.via = how;
+    if (how === 'resume') {
+      meta += ' · resumed after a reconnect';
+      li.className = 'new';
+      unseen += 1;
+      setBadge();
+    } else if (how === 'push') {
       const latency = Date.now() - order.placed_at_ms;
       if (Demo.meter) Demo.meter.latency(latency);
       li.dataset.latencyMs = String(latency);
@@ -57,27 +70,50 @@
     $('empty').hidden = true;
   };
 
-  // Orders placed while the page was not connected (first connect, or a
-  // gateway restart): the backend keeps the recent ones.
+  // Orders placed before the page first connected: the backend keeps the
+  // recent ones. Also the fallback when a resume did not reach back.
   const catchUp = async () => {
+    catchUps += 1;
+    document.body.dataset.catchUps = String(catchUps);
     const answer = await Demo.api('GET', '/api/merchant/orders', { token: session.token });
     if (answer.ok) for (const order of answer.body.orders) show(order, 'catch-up');
   };
 
+  // Positions per merchant (a tab keeps them across reloads).
+  const resume = StompgateResume.create({
+    onResumed: (key, complete) => {
+      if (!complete) catchUp();
+    },
+  });
+  // Whether the next messages are what the gateway resumed (until live).
+  let resuming = false;
+
   const connect = () => {
     client = Demo.stompClient(config, session.token, {
       onConnect: () => {
-        // Catch up once the subscription is in place (its receipt), so
-        // that no order falls between the two.
+        const key = `orders:${session.user}`;
+        const resumable = resume.position(key) !== null;
+        resuming = resumable;
+        const connectedAt = Date.now() - 200;
         const receipt = `orders-${Date.now()}`;
-        client.watchForReceipt(receipt, catchUp);
-        client.subscribe(
+        // First connect: catch up once the subscription is in place (its
+        // receipt), so that no order falls between the two. A reconnect
+        // resumes instead: the gateway sends what was missed.
+        client.watchForReceipt(receipt, () => {
+          if (!resumable) catchUp();
+        });
+        resume.subscribe(
+          client,
           '/user/queue/orders',
           (message) => {
             if (Demo.meter) Demo.meter.message(message.body);
-            show(JSON.parse(message.body), 'push');
+            const order = JSON.parse(message.body);
+            // Resumed orders were placed before this connect.
+            if (resuming && order.placed_at_ms >= connectedAt) resuming = false;
+            show(order, resuming ? 'resume' : 'push');
           },
           { receipt },
+          key,
         );
       },
       onStompError: (message) => {

@@ -17,10 +17,12 @@
 
 pub mod control;
 pub mod fanout;
+pub mod history;
 pub mod matcher;
 pub mod plane;
 pub mod pool;
 pub mod properties;
+pub mod resume;
 pub mod seam;
 pub mod session_broker;
 pub mod vhosts;

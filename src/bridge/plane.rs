@@ -202,6 +202,8 @@ pub struct Plane {
     /// Named exclusive queues held by this replica's sessions, and which
     /// session holds each (see [`Plane::claim_exclusive`]).
     exclusive: Mutex<HashMap<String, u64>>,
+    /// Resumable destinations (src/bridge/history.rs), when configured.
+    history: std::sync::OnceLock<Arc<super::history::History>>,
 }
 
 impl Plane {
@@ -238,6 +240,7 @@ impl Plane {
             next_consumer: AtomicUsize::new(0),
             seq: AtomicU64::new(0),
             exclusive: Mutex::new(HashMap::new()),
+            history: std::sync::OnceLock::new(),
             config,
         });
         for shard in &plane.shards {
@@ -256,6 +259,16 @@ impl Plane {
 
     pub fn config(&self) -> &PlaneConfig {
         &self.config
+    }
+
+    /// Serves destinations matching `[history]` patterns from streams
+    /// (set once, at start).
+    pub fn set_history(&self, history: Arc<super::history::History>) {
+        let _ = self.history.set(history);
+    }
+
+    pub fn history(&self) -> Option<&Arc<super::history::History>> {
+        self.history.get()
     }
 
     /// Bindings the broker has confirmed for the plane's shared queues.

@@ -153,6 +153,8 @@ pub struct SessionBroker {
     declared: HashSet<String>,
     own: HashMap<String, OwnConsumer>,
     fanout: HashMap<String, (Binding, Arc<Shard>)>,
+    /// Subscriptions served by a history stream (dropping one ends it).
+    history: HashMap<String, super::history::Subscription>,
     /// `/temp-queue/<name>` name -> the broker's queue name.
     temp: HashMap<String, String>,
     /// Where this session's own consumers deliver; made with the first of
@@ -173,6 +175,7 @@ impl SessionBroker {
             declared: HashSet::new(),
             own: HashMap::new(),
             fanout: HashMap::new(),
+            history: HashMap::new(),
             temp: HashMap::new(),
             inbound: None,
             next_serial: 1,
@@ -248,6 +251,17 @@ impl SessionBroker {
         subscriber: Subscriber,
     ) -> Result<(), BridgeError> {
         if req.is_fanout() {
+            let subscriber = match self.plane.history() {
+                Some(history) => match history.subscribe(req, subscriber)? {
+                    Ok(subscription) => {
+                        self.history.insert(req.id.clone(), subscription);
+                        crate::metrics::get().subscriptions.increment(1.0);
+                        return Ok(());
+                    }
+                    Err(subscriber) => subscriber,
+                },
+                None => subscriber,
+            };
             let (exchange, routing_key) = req.destination.publish_target();
             let binding = Binding {
                 exchange: exchange.to_owned(),
@@ -396,6 +410,9 @@ impl SessionBroker {
         let metrics = crate::metrics::get();
         if let Some((binding, shard)) = self.fanout.remove(id) {
             self.plane.unsubscribe(&shard, &binding, self.key, id);
+            metrics.subscriptions.decrement(1.0);
+        }
+        if self.history.remove(id).is_some() {
             metrics.subscriptions.decrement(1.0);
         }
         if let Some(own) = self.own.remove(id) {
@@ -621,7 +638,8 @@ impl SessionBroker {
         let metrics = crate::metrics::get();
         metrics
             .subscriptions
-            .decrement((self.fanout.len() + self.own.len()) as f64);
+            .decrement((self.fanout.len() + self.own.len() + self.history.len()) as f64);
+        self.history.clear();
         metrics.amqp_consumers.decrement(self.own.len() as f64);
         for (id, (binding, shard)) in self.fanout.drain() {
             self.plane.unsubscribe(&shard, &binding, self.key, &id);

@@ -185,6 +185,10 @@ pub const INCARNATION_SHIFT: u32 = 52;
 
 /// Prefix of the `message-id` of fanned-out messages.
 pub const FANOUT_PREFIX: &str = "B_";
+/// The SUBSCRIBE header naming where a resumable subscription resumes
+/// (src/bridge/resume.rs); passed to the broker side of fan-out
+/// subscriptions only, never a queue argument.
+pub const RESUME_HEADER: &str = "x-resume-from";
 
 pub use crate::stomp::destination::DURABLE_QUEUE_PREFIX;
 
@@ -1077,9 +1081,11 @@ impl Session {
         require_durable_id(frame)?;
         let durable = parse_bool(frame, "durable")?.unwrap_or(false)
             || parse_bool(frame, "persistent")?.unwrap_or(false);
+        // `x-resume-from` is a position, not a queue argument (see
+        // src/bridge/resume.rs): rules on queue arguments do not see it.
         let mut arguments: Vec<String> = frame
             .headers()
-            .filter(|(n, _)| n.starts_with("x-"))
+            .filter(|(n, _)| n.starts_with("x-") && n != RESUME_HEADER)
             .map(|(n, _)| n.into_owned())
             .collect();
         if durable {
@@ -1183,9 +1189,9 @@ impl Session {
         if durable && queue_name.is_none() && destination.is_broadcast() {
             queue_name = Some(self.durable_queue_name(&destination, &id)?);
         }
-        let queue_arguments = frame
+        let queue_arguments: Vec<(String, String)> = frame
             .headers()
-            .filter(|(n, _)| n.starts_with("x-") && n != "x-queue-name")
+            .filter(|(n, _)| n.starts_with("x-") && n != "x-queue-name" && n != RESUME_HEADER)
             .map(|(n, v)| (n.into_owned(), v.into_owned()))
             .collect();
         // auth.mode = "rabbitmq": what RabbitMQ would check for the
@@ -1219,6 +1225,16 @@ impl Session {
             queue_name,
             queue_arguments,
         };
+        // A resume position goes to the broker side of a fan-out
+        // subscription only (it is never declared as a queue argument).
+        let mut request = request;
+        if request.is_fanout() {
+            if let Some(position) = frame.header(RESUME_HEADER) {
+                request
+                    .queue_arguments
+                    .push((RESUME_HEADER.to_owned(), position.into_owned()));
+            }
+        }
         let incarnation = self.next_incarnation();
         self.subscriptions.insert(
             id,

@@ -27,8 +27,11 @@
 //! `Last-Event-ID` is honoured where the destination itself can replay
 //! from a position: a RabbitMQ stream queue (`/amq/queue/<stream>`), where
 //! an event's `id` is the message's stream offset and a reconnect resumes
-//! after it (`x-stream-offset`). Everywhere else it is ignored, for reasons
-//! given in docs/protocol.md ("Server-Sent Events").
+//! after it (`x-stream-offset`), and a broadcast destination served by a
+//! `[history]` stream, where the `id` is `<epoch>:<offset>` and a reconnect
+//! subscribes with `x-resume-from` (src/bridge/history.rs). Everywhere else
+//! it is ignored, for reasons given in docs/protocol.md ("Server-Sent
+//! Events").
 //!
 //! Bounds: admission under the connection limits ([`Host::admit`]),
 //! `sse.max_sessions`, the client's outbound queue (frames and bytes, with
@@ -216,6 +219,17 @@ pub fn resume_offset(destination: &str, last_event_id: Option<&str>) -> Option<u
     }
 }
 
+/// Where a reconnect to a broadcast destination resumes: `Last-Event-ID`
+/// `<epoch>:<offset>` (the `id:` of a message from a `[history]` stream)
+/// becomes the SUBSCRIBE's `x-resume-from` (src/bridge/history.rs).
+pub fn resume_position(destination: &str, last_event_id: Option<&str>) -> Option<String> {
+    let position = crate::bridge::resume::Position::parse(last_event_id?)?;
+    Destination::parse(destination)
+        .ok()
+        .filter(Destination::is_broadcast)
+        .map(|_| position.to_string())
+}
+
 /// The CONNECT and SUBSCRIBE the adapter sends for `params`.
 fn opening_frames(params: &Params) -> (Bytes, Bytes) {
     let mut connect = Frame::new(Command::Connect)
@@ -231,6 +245,9 @@ fn opening_frames(params: &Params) -> (Bytes, Bytes) {
         .with_header("receipt", SUBSCRIBED);
     if let Some(offset) = resume_offset(&params.destination, params.last_event_id.as_deref()) {
         subscribe.push_header("x-stream-offset", &offset.to_string());
+    }
+    if let Some(position) = resume_position(&params.destination, params.last_event_id.as_deref()) {
+        subscribe.push_header(crate::session::RESUME_HEADER, &position);
     }
     let mut a = BytesMut::new();
     stomp::encode_frame(&connect, Escaping::None, &mut a);
@@ -743,12 +760,19 @@ fn data_lines(text: &str, out: &mut Vec<u8>) {
     }
 }
 
-/// The `id:` of a MESSAGE: its stream offset on a stream queue (so that
+/// The `id:` of a MESSAGE: its stream offset on a stream queue, or
+/// `<epoch>:<offset>` on a `[history]` destination (so that
 /// `Last-Event-ID` resumes there), else its `message-id`.
 pub fn event_id(frame: &Frame) -> Option<String> {
     if let Some(offset) = frame.header("x-stream-offset") {
-        if offset.trim().parse::<u64>().is_ok() {
-            return Some(offset.trim().to_owned());
+        if let Ok(offset) = offset.trim().parse::<u64>() {
+            // A `[history]` stream's message: `<epoch>:<offset>`.
+            return Some(match frame.header("x-stream-epoch") {
+                Some(epoch) if epoch.trim().parse::<u64>().is_ok() => {
+                    format!("{}:{offset}", epoch.trim())
+                }
+                _ => offset.to_string(),
+            });
         }
     }
     frame

@@ -5,8 +5,9 @@
 //   DEMO_BACKEND_URL  http://127.0.0.1:PORT (the demo backend's API)
 //   DEMO_CHROMIUM     the browser binary (/usr/bin/chromium)
 //   DEMO_SCREENSHOTS  where the screenshots go
-// It prints "CONTROL restart-gateway" on stdout when it wants the gateway
-// restarted, and waits for "restarted" on stdin. Exits non-zero on failure.
+// It prints "CONTROL stop-gateway" / "CONTROL start-gateway" on stdout when
+// it wants the gateway stopped or started again, and waits for "stopped" /
+// "started" on stdin. Exits non-zero on failure.
 
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -35,7 +36,7 @@ createInterface({ input: process.stdin }).on('line', (line) => {
   if (waiter) waiter(line);
   else stdinLines.push(line);
 });
-const control = async (request) => {
+const control = async (request, answer) => {
   console.log(`CONTROL ${request}`);
   const line = stdinLines.length
     ? stdinLines.shift()
@@ -45,7 +46,7 @@ const control = async (request) => {
           throw new Error(`no answer to CONTROL ${request}`);
         }),
       ]);
-  assert.equal(line.trim(), 'restarted');
+  assert.equal(line.trim(), answer);
 };
 
 // Console errors of every page, with the errors a step expects.
@@ -200,14 +201,34 @@ try {
   await m2.click('#test-order');
   await m2.waitForFunction((n) => document.querySelectorAll('#orders li[data-latency-ms]').length > n, { timeout: STEP }, before);
 
-  log('gateway restart: the page reconnects and catches up');
+  log('gateway down: orders placed meanwhile are resumed from the history, not asked of the backend');
   const beforeRestart = new Set((await allOrders(m1)).map((o) => o.id));
   const connects = await m1.evaluate(() => Number(document.body.dataset.connects));
-  await expecting(/WebSocket connection to .* failed/, 'the gateway is restarting', async () => {
-    await control('restart-gateway');
+  const catchUps = await m1.evaluate(() => Number(document.body.dataset.catchUps));
+  assert.ok(catchUps >= 1, 'the first connect asked the backend for recent orders');
+  const placedWhileDown = [];
+  await expecting(/WebSocket connection to .* failed/, 'the gateway is down', async () => {
+    await control('stop-gateway', 'stopped');
+    for (let i = 0; i < 5; i += 1) {
+      const response = await fetch(`${BACKEND}/api/merchant/order?merchant=merchant-1`, { method: 'POST' });
+      assert.ok(response.ok, 'the backend placed an order');
+      placedWhileDown.push((await response.json()).id);
+    }
+    await control('start-gateway', 'started');
     await waitState(m1, 'connected');
     await waitState(m2, 'connected');
   });
+  await m1.waitForFunction(
+    (ids) => ids.every((id) => document.querySelector(`#orders li[data-id="${id}"]`)),
+    { timeout: STEP },
+    placedWhileDown,
+  );
+  const via = await m1.evaluate(
+    (ids) => ids.map((id) => document.querySelector(`#orders li[data-id="${id}"]`).dataset.via),
+    placedWhileDown,
+  );
+  assert.deepEqual(via, placedWhileDown.map(() => 'resume'), 'the orders placed while down came by the resume');
+  assert.equal(await m1.evaluate(() => Number(document.body.dataset.catchUps)), catchUps, 'the page did not ask the backend');
   await m1.waitForFunction(
     (known) => [...document.querySelectorAll('#orders li[data-latency-ms]')].some((li) => !known.includes(li.dataset.id)),
     { timeout: STEP },
