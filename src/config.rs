@@ -901,6 +901,28 @@ mod tests {
     }
 
     #[test]
+    fn binding_modes_from_the_environment() {
+        let env = vec![
+            ("STOMPGATE_AMQP__BINDING_MODE".to_owned(), "auto".to_owned()),
+            (
+                "STOMPGATE_AMQP__WILDCARD_EXCHANGES".to_owned(),
+                "[\"orders\"]".to_owned(),
+            ),
+        ];
+        let c = Config::load(None, env).expect("load");
+        assert_eq!(c.amqp.binding_mode, BindingMode::Auto);
+        assert_eq!(c.amqp.wildcard_exchanges, vec!["orders".to_owned()]);
+        assert_eq!(Config::default().amqp.binding_mode, BindingMode::PerKey);
+        let bad = vec![(
+            "STOMPGATE_AMQP__BINDING_MODE".to_owned(),
+            "hashed".to_owned(),
+        )];
+        assert!(Config::load(None, bad).is_err());
+        let zero = vec![("STOMPGATE_AMQP__AUTO_MAX_RATE".to_owned(), "0".to_owned())];
+        assert!(Config::load(None, zero).is_err());
+    }
+
+    #[test]
     fn demo_keys_from_the_environment() {
         let env = vec![
             ("STOMPGATE_DEMO__ENABLED".to_owned(), "true".to_owned()),

@@ -145,6 +145,9 @@ pub struct Shard {
     /// Covers measuring their exchange's rate (auto mode): when 0, a
     /// delivery costs no bookkeeping.
     measuring: AtomicUsize,
+    /// Keys of the routing table no confirmed binding serves (counted when
+    /// the binder goes idle).
+    waiting: AtomicUsize,
     wake: Notify,
     stop: CancellationToken,
 }
@@ -157,6 +160,7 @@ impl Shard {
             routes: RwLock::new(HashMap::new()),
             state: Mutex::new(BindState::default()),
             measuring: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
             wake: Notify::new(),
             stop: CancellationToken::new(),
         })
@@ -225,6 +229,41 @@ impl Shard {
             covers.values().filter(|c| c.measuring()).count(),
             Ordering::Relaxed,
         );
+    }
+
+    /// Counts the keys that no confirmed binding serves (their own, or
+    /// their exchange's catch-all); `state` is the shard's, locked.
+    fn count_waiting(&self, state: &BindState) {
+        let routes = self.routes.read().unwrap_or_else(PoisonError::into_inner);
+        let mut waiting = 0;
+        if state.link.is_none() {
+            waiting = routes.values().map(|t| t.len()).sum();
+        } else if self.dedicated.is_none() {
+            for (exchange, table) in routes.iter() {
+                let catch_all = state.covers.get(exchange).filter(|c| {
+                    c.wildcard
+                        && state.bound.contains(&Binding {
+                            exchange: exchange.clone(),
+                            routing_key: c.catch_all.to_owned(),
+                        })
+                });
+                if catch_all.is_some() {
+                    continue;
+                }
+                let mut probe = Binding {
+                    exchange: exchange.clone(),
+                    routing_key: String::new(),
+                };
+                for key in table.keys() {
+                    probe.routing_key.clear();
+                    probe.routing_key.push_str(key);
+                    if !state.bound.contains(&probe) {
+                        waiting += 1;
+                    }
+                }
+            }
+        }
+        self.waiting.store(waiting, Ordering::Relaxed);
     }
 
     /// Number of binding keys in the routing table.
@@ -405,6 +444,12 @@ impl Plane {
             .unwrap_or_else(PoisonError::into_inner)
             .len();
         metrics.amqp_bindings.set((bound + dedicated) as f64);
+        metrics.routing_keys_waiting.set(
+            self.shards
+                .iter()
+                .map(|s| s.waiting.load(Ordering::Relaxed))
+                .sum::<usize>() as f64,
+        );
         metrics
             .amqp_broadcast_queues
             .set((self.shards.len() + dedicated) as f64);
@@ -863,6 +908,7 @@ impl Plane {
                         let mut state = shard.state.lock().unwrap_or_else(PoisonError::into_inner);
                         state.bound.clear();
                         state.link = Some(link.clone());
+                        shard.waiting.store(shard.keys(), Ordering::Relaxed);
                         let now = Instant::now();
                         for cover in state.covers.values_mut() {
                             cover.restart(now);
@@ -882,6 +928,7 @@ impl Plane {
                     let current = {
                         let mut state = shard.state.lock().unwrap_or_else(PoisonError::into_inner);
                         state.bound.clear();
+                        shard.waiting.store(shard.keys(), Ordering::Relaxed);
                         state.link.take()
                     };
                     let stopped = shard.stop.is_cancelled();
@@ -1167,8 +1214,25 @@ impl Plane {
                     }
                 }
             }
+            // Entries settled without an operation leave room: take more
+            // before waiting (what is dirty must not wait for a wake-up).
+            let more = !settled.is_empty();
             for (binding, wanted) in settled {
                 self.settle(&shard, &binding, Ok(()), wanted);
+            }
+            if more {
+                tokio::task::yield_now().await;
+                continue;
+            }
+            if ops.is_empty() && failed.is_empty() && shard.waiting.load(Ordering::Relaxed) > 0 {
+                // Only after a (re)establish: new subscriptions wait on
+                // their own binding, and counting is O(keys).
+                let state = shard.state.lock().unwrap_or_else(PoisonError::into_inner);
+                if state.dirty.is_empty() {
+                    shard.count_waiting(&state);
+                    drop(state);
+                    self.publish_gauges();
+                }
             }
             if ops.is_empty() && !failed.is_empty() {
                 self.retry_failed(&shard, std::mem::take(&mut failed)).await;
