@@ -475,8 +475,8 @@ async fn run_against(
         Ok(b) => report.broker_subscribed = Some(b),
         Err(e) => report.failures.push(format!("broker figures: {e}")),
     }
-    if gateway_pid.is_some() {
-        report.broker_bindings = crate::scale_restart::gateway_queue_bindings(node)
+    if let Some(gpid) = gateway_pid {
+        report.broker_bindings = crate::scale_restart::gateway_queue_bindings(node, gpid)
             .await
             .ok();
     }
@@ -643,6 +643,7 @@ async fn run_against(
             &cfg.rabbit_script,
             &env,
             metrics,
+            pid,
             2,
             &probe_key,
             probe,

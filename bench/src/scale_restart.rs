@@ -66,29 +66,50 @@ pub struct RestartReport {
     pub secs_to_all_bound: f64,
 }
 
-/// Bindings whose destination is a server-named queue (the gateway's plane
-/// queues) on `node`.
-pub async fn gateway_queue_bindings(node: Option<&str>) -> Result<usize, String> {
-    let out = super::scale::ctl(
+/// Bindings (other than the default exchange's) of the queues owned by the
+/// gateway's connections (named `stompgate-<pid>-*`) on `node`.
+pub async fn gateway_queue_bindings(node: Option<&str>, gateway_pid: u32) -> Result<usize, String> {
+    use super::scale::ctl;
+    let q = "--silent";
+    let prefix = format!("stompgate-{gateway_pid}-");
+    let conns = ctl(
         "rabbitmqctl",
         node,
-        &[
-            "list_bindings",
-            "--silent",
-            "source_name",
-            "destination_name",
-        ],
+        &["list_connections", q, "pid", "client_properties"],
     )
     .await?;
-    // Not the default exchange's implicit binding of every queue (its
-    // source name is empty: the line starts with the tab).
-    Ok(out
+    let pids: std::collections::HashSet<&str> = conns
+        .lines()
+        .filter(|l| l.contains(&prefix))
+        .filter_map(|l| l.split('\t').next())
+        .collect();
+    let queues = ctl(
+        "rabbitmqctl",
+        node,
+        &["list_queues", q, "name", "owner_pid"],
+    )
+    .await?;
+    let owned: std::collections::HashSet<&str> = queues
+        .lines()
+        .filter_map(|l| l.split_once('\t'))
+        .filter(|(_, owner)| pids.contains(owner.trim()))
+        .map(|(name, _)| name)
+        .collect();
+    let bindings = ctl(
+        "rabbitmqctl",
+        node,
+        &["list_bindings", q, "source_name", "destination_name"],
+    )
+    .await?;
+    // The default exchange's implicit binding of every queue has an empty
+    // source (the line starts with the tab).
+    Ok(bindings
         .lines()
         .filter(|l| !l.starts_with('\t'))
         .filter(|l| {
             l.split('\t')
                 .nth(1)
-                .is_some_and(|d| d.trim().starts_with("amq.gen-"))
+                .is_some_and(|d| owned.contains(d.trim()))
         })
         .count())
 }
@@ -269,13 +290,14 @@ pub async fn restart_phase(
     script: &Path,
     env: &[(String, String)],
     metrics: SocketAddr,
+    gateway_pid: u32,
     connections: usize,
     probe_key: &str,
     probe: tokio::sync::oneshot::Receiver<Instant>,
 ) -> Result<(RestartReport, PrivateRabbit), String> {
     let node = rabbit.node.clone();
     let mut report = RestartReport {
-        broker_bindings_before: gateway_queue_bindings(Some(&node)).await?,
+        broker_bindings_before: gateway_queue_bindings(Some(&node), gateway_pid).await?,
         gateway_bindings: metric(metrics, "stompgate_amqp_bindings").await?,
         routing_keys: metric(metrics, "stompgate_routing_keys").await?,
         ..RestartReport::default()
@@ -403,6 +425,6 @@ pub async fn restart_phase(
     report.secs_to_all_bound = since(all_bound);
     report.secs_to_first_delivery = since(*first.lock().unwrap_or_else(|e| e.into_inner()));
     let rabbit = restart.await.map_err(|e| format!("restart task: {e}"))??;
-    report.broker_bindings_after = gateway_queue_bindings(Some(&node)).await?;
+    report.broker_bindings_after = gateway_queue_bindings(Some(&node), gateway_pid).await?;
     Ok((report, rabbit))
 }
