@@ -902,16 +902,9 @@ mod tests {
 
     #[test]
     fn binding_modes_from_the_environment() {
-        let env = vec![
-            ("STOMPGATE_AMQP__BINDING_MODE".to_owned(), "auto".to_owned()),
-            (
-                "STOMPGATE_AMQP__WILDCARD_EXCHANGES".to_owned(),
-                "[\"orders\"]".to_owned(),
-            ),
-        ];
+        let env = vec![("STOMPGATE_AMQP__BINDING_MODE".to_owned(), "auto".to_owned())];
         let c = Config::load(None, env).expect("load");
         assert_eq!(c.amqp.binding_mode, BindingMode::Auto);
-        assert_eq!(c.amqp.wildcard_exchanges, vec!["orders".to_owned()]);
         assert_eq!(Config::default().amqp.binding_mode, BindingMode::PerKey);
         let bad = vec![(
             "STOMPGATE_AMQP__BINDING_MODE".to_owned(),

@@ -4,8 +4,10 @@
 //! - **Broadcast** (`/topic`, `/exchange`, `/user/`): `amqp.plane_queues`
 //!   exclusive, auto-delete queues of the replica (a *shard* each, with a
 //!   consumer channel and a control channel on one connection). A binding
-//!   (exchange, key) lives on the shard its hash picks, so one topic's
-//!   messages come through one queue, in order. The first local subscriber
+//!   (exchange, key) lives on the shard its hash picks (a wildcard or auto
+//!   exchange, whole on the shard of its name: [`super::bindings`], which
+//!   also decides whether the broker gets each key or one catch-all), so one
+//!   topic's messages come through one queue, in order. The first local subscriber
 //!   of a binding binds it, the last one unbinds it (reference counted);
 //!   binds are pipelined on the control channel. A delivery carries its
 //!   exchange and routing key, and [`super::matcher`] finds the local
