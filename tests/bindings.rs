@@ -2,7 +2,8 @@
 //! a replica binds one catch-all per wildcard exchange whatever the number
 //! of keys, clients still get exactly what their own binding key selects,
 //! an `auto` exchange switches to per-key bindings at runtime without loss,
-//! duplicates or reordering, and after a broker restart (SIGKILL, on a
+//! duplicates or reordering, the rules still decide what a client gets, and
+//! after a broker restart (SIGKILL, on a
 //! private node) every subscription is served again after one bind.
 
 mod common;
@@ -414,4 +415,49 @@ async fn restart_case(mode: BindingMode) {
     }
     drop(gw);
     drop(_node);
+}
+
+/// With a catch-all on amq.topic, the rules still decide: a SUBSCRIBE the
+/// rules refuse gets an ERROR, and an allowed subscription receives its own
+/// key's messages only, though the replica's queue receives them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_catch_all_leaks_nothing_past_the_rules() {
+    let prefix = unique("bperm");
+    let allowed = format!("/topic/{prefix}.allowed.*");
+    let gw = start_gateway(|c| {
+        c.amqp.binding_mode = BindingMode::Wildcard;
+        c.auth.rules = vec![rule(&["subscribe"], &allowed, &[])];
+    })
+    .await;
+    let (mut a, _) = StompClient::connect(&gw.ws_url(), "1.2").await;
+    a.subscribe("a", &format!("/topic/{prefix}.allowed.a"), &[])
+        .await;
+    assert_eq!(gw.gateway.bridge.plane.bound(), 1, "one catch-all");
+    let (mut spy, _) = StompClient::connect(&gw.ws_url(), "1.2").await;
+    spy.send(
+        &Frame::new(Command::Subscribe)
+            .with_header("id", "x")
+            .with_header("destination", &format!("/topic/{prefix}.secret")),
+    )
+    .await;
+    spy.expect(Command::Error).await;
+    let conn = amqp().await;
+    let ch = confirm_channel(&conn).await;
+    for key in ["secret", "allowed.b", "allowed.a", "allowed.a.deeper"] {
+        publish(
+            &ch,
+            "amq.topic",
+            &format!("{prefix}.{key}"),
+            key.as_bytes(),
+            BasicProperties::default(),
+        )
+        .await;
+    }
+    let m = a.expect(Command::Message).await;
+    assert_eq!(body(&m), "allowed.a");
+    assert!(matches!(
+        a.recv_within(Duration::from_millis(500)).await,
+        Recv::Timeout
+    ));
+    a.disconnect().await;
 }
