@@ -1,10 +1,10 @@
 //! Binding modes of the plane (`amqp.binding_mode`, src/bridge/bindings.rs):
 //! a replica binds one catch-all per wildcard exchange whatever the number
-//! of keys, clients still get exactly what their own binding key selects,
-//! an `auto` exchange switches to per-key bindings at runtime without loss,
-//! duplicates or reordering, the rules still decide what a client gets, and
-//! after a broker restart (SIGKILL, on a
-//! private node) every subscription is served again after one bind.
+//! of keys, clients still get exactly what their own binding key selects
+//! (and what the rules allow), an `auto` exchange switches to per-key
+//! bindings at runtime without loss, duplicates or reordering, and after a
+//! broker restart (SIGKILL, on a private node) every subscription is served
+//! again, after one bind per exchange in wildcard mode.
 
 mod common;
 
