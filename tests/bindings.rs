@@ -266,15 +266,20 @@ async fn auto_mode_switches_to_per_key_without_loss_duplicates_or_reordering() {
 const NODE: &str = "sg-bind";
 const NODE_AMQP_PORT: u16 = 5754;
 
-/// A broker SIGKILLed and restarted under a gateway, per-key then
-/// wildcard: after it accepts connections again every one of 2,000 topics
-/// is served again (wildcard: after one bind per exchange), and a message
-/// to each reaches exactly its subscriber. Prints the times (figures for
+/// A broker SIGKILLed and restarted under a gateway, per-key, wildcard,
+/// then auto: after it accepts connections again every one of 2,000 topics
+/// is served again (wildcard and auto: after one bind per exchange), and a
+/// message to each reaches exactly its subscriber. Prints the times (figures for
 /// docs/benchmarks.md; not asserted). One test: both use the one node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restart_serves_every_topic_again_exactly() {
     restart_case(BindingMode::PerKey).await;
     restart_case(BindingMode::Wildcard).await;
+    // Auto: the 2,000 messages before the kill move amq.topic to per-key
+    // bindings, and the kill comes while they are being bound; after the
+    // restart it is on its catch-all again, and the messages after it move
+    // it to per-key again while they flow.
+    restart_case(BindingMode::Auto).await;
 }
 
 async fn restart_case(mode: BindingMode) {
@@ -285,6 +290,7 @@ async fn restart_case(mode: BindingMode) {
     let gw = start_gateway_unready(|c| {
         c.amqp.url = url.clone();
         c.amqp.binding_mode = mode;
+        c.amqp.auto_window_ms = 500;
     })
     .await;
     assert!(
@@ -313,8 +319,8 @@ async fn restart_case(mode: BindingMode) {
     let plane = &gw.gateway.bridge.plane;
     let bound = plane.bound();
     match mode {
-        BindingMode::Wildcard => assert_eq!(bound, 1, "one catch-all for amq.topic"),
-        _ => assert_eq!(bound, SESSIONS * PER_SESSION),
+        BindingMode::PerKey => assert_eq!(bound, SESSIONS * PER_SESSION),
+        _ => assert_eq!(bound, 1, "one catch-all for amq.topic"),
     }
 
     async fn round(url: &str, prefix: &str, tag: &str, clients: &mut [StompClient]) {
@@ -361,7 +367,34 @@ async fn restart_case(mode: BindingMode) {
         }
         let _ = conn.close(200, "done".into()).await;
     }
-    round(&url, &prefix, "before", &mut clients).await;
+    if mode == BindingMode::Auto {
+        // A burst for nobody moves amq.topic to per-key bindings; the kill
+        // comes while they are being bound (both the catch-all and some
+        // keys are on the broker).
+        let conn = lapin::Connection::connect(&url, lapin::ConnectionProperties::default())
+            .await
+            .expect("amqp");
+        let ch = confirm_channel(&conn).await;
+        for i in 0..500 {
+            publish(
+                &ch,
+                "amq.topic",
+                &format!("{prefix}.nobody.{i}"),
+                b"x",
+                BasicProperties::default(),
+            )
+            .await;
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while plane.bound() < 50 {
+            assert!(Instant::now() < deadline, "auto did not switch to per-key");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let _ = conn.close(200, "done".into()).await;
+    } else {
+        round(&url, &prefix, "before", &mut clients).await;
+    }
+    let bound_at_kill = plane.bound();
 
     // SIGKILL, then start again with its data (as after a crash).
     sigkill(node.pid);
@@ -405,9 +438,10 @@ async fn restart_case(mode: BindingMode) {
     let rebound = accepting.elapsed();
     let _node = restart.await.expect("restart");
     println!(
-        "restart ({mode:?}): broker accepting connections -> all {} topics served again after {:.3} s ({bound} bindings)",
+        "restart ({mode:?}): {bound_at_kill} bindings at the kill; broker accepting connections -> all {} topics served again after {:.3} s ({} bindings)",
         SESSIONS * PER_SESSION,
-        rebound.as_secs_f64()
+        rebound.as_secs_f64(),
+        plane.bound()
     );
     round(&url, &prefix, "after", &mut clients).await;
     for c in clients {
