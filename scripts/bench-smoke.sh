@@ -5,7 +5,8 @@
 #   fanout 200 subscribers for 3 s at max rate, idle 200 sessions,
 #   send 20 sessions for 3 s;
 # then `scale` tiny: 300 sessions on a topic each, 30 of them users on
-# /user/queue/scale, 20 consuming one /queue, each SENDing once; then
+# /user/queue/scale, 20 consuming one /queue, each SENDing once (per-key
+# bindings, then again with --binding-mode auto); then
 # `sockjs` tiny: 100 idle sessions and 100 fan-out subscribers over
 # WebSocket and over SockJS xhr-streaming, 3 s per phase.
 # Exits non-zero on any loss, duplicate, failed or dropped session or
@@ -53,6 +54,16 @@ timeout 120 "target/$PROFILE/stompgate-bench" scale \
     --sessions 300 --users 30 --queue-consumers 20 \
     --setup-timeout 20s --deliver-timeout 20s \
     --out-dir "$OUT/scale" ${BENCH_SCALE_ARGS:-}
+
+# The same with amqp.binding_mode = "auto": the plane starts on one
+# catch-all binding per exchange, and the burst of SENDs moves amq.topic to
+# per-key bindings while messages flow (exactness is what is checked).
+# shellcheck disable=SC2086 # word splitting of BENCH_SCALE_ARGS is wanted
+timeout 120 "target/$PROFILE/stompgate-bench" scale \
+    --gateway-bin "target/$PROFILE/stompgate" \
+    --sessions 300 --users 30 --queue-consumers 20 --binding-mode auto \
+    --setup-timeout 20s --deliver-timeout 20s \
+    --out-dir "$OUT/scale-auto" ${BENCH_SCALE_ARGS:-}
 
 # shellcheck disable=SC2086 # word splitting of BENCH_SOCKJS_ARGS is wanted
 timeout 180 "target/$PROFILE/stompgate-bench" sockjs \

@@ -541,6 +541,36 @@ pub struct AmqpConfig {
     /// Largest `prefetch-count` a SUBSCRIBE may ask for; a larger one is
     /// capped to this (what the gateway may hold per subscription).
     pub max_prefetch: u16,
+    /// How plane queues are bound for topic and fanout exchanges:
+    /// `per-key` (a binding per distinct key), `wildcard` (one catch-all
+    /// binding per exchange, exact filtering in the gateway) or `auto`
+    /// (wildcard while the exchange's rate is at most `auto_max_rate`).
+    /// Direct exchanges are always per key. See docs/operations.md.
+    pub binding_mode: BindingMode,
+    /// Exchanges always bound with one catch-all binding.
+    pub wildcard_exchanges: Vec<String>,
+    /// Exchanges always bound per key.
+    pub per_key_exchanges: Vec<String>,
+    /// `auto`: messages per second of one exchange above which it is bound
+    /// per key.
+    pub auto_max_rate: u32,
+    /// `auto`: the window that rate is measured over.
+    pub auto_window_ms: u64,
+    /// Longest wait between two attempts to reconnect to the broker (the
+    /// first is 100 ms, doubling, jittered): bounds how long after a broker
+    /// restart the gateway notices it is back.
+    pub reconnect_max_ms: u64,
+}
+
+/// How plane queues are bound for an exchange (see
+/// `crate::bridge::bindings`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum BindingMode {
+    #[default]
+    PerKey,
+    Wildcard,
+    Auto,
 }
 
 /// See [`Config::unknown_host`].
@@ -655,6 +685,12 @@ impl Default for AmqpConfig {
             default_prefetch: 100,
             auto_ack_prefetch: 256,
             max_prefetch: 1000,
+            binding_mode: BindingMode::PerKey,
+            wildcard_exchanges: Vec::new(),
+            per_key_exchanges: Vec::new(),
+            auto_max_rate: 200,
+            auto_window_ms: 2_000,
+            reconnect_max_ms: 250,
         }
     }
 }
@@ -843,6 +879,9 @@ impl Config {
                 "amqp.broker_timeout_ms",
                 self.amqp.broker_timeout_ms as usize,
             ),
+            ("amqp.auto_max_rate", self.amqp.auto_max_rate as usize),
+            ("amqp.auto_window_ms", self.amqp.auto_window_ms as usize),
+            ("amqp.reconnect_max_ms", self.amqp.reconnect_max_ms as usize),
         ] {
             if value == 0 {
                 return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
@@ -981,6 +1020,21 @@ mod tests {
         assert_eq!(c.heartbeat.offer_send_ms, 0);
         assert_eq!(c.limits.max_frame_bytes_before_connect, 64 * 1024);
         assert!(!c.demo.enabled, "the demo pages are off unless set");
+    }
+
+    #[test]
+    fn binding_modes_from_the_environment() {
+        let env = vec![("STOMPGATE_AMQP__BINDING_MODE".to_owned(), "auto".to_owned())];
+        let c = Config::load(None, env).expect("load");
+        assert_eq!(c.amqp.binding_mode, BindingMode::Auto);
+        assert_eq!(Config::default().amqp.binding_mode, BindingMode::PerKey);
+        let bad = vec![(
+            "STOMPGATE_AMQP__BINDING_MODE".to_owned(),
+            "hashed".to_owned(),
+        )];
+        assert!(Config::load(None, bad).is_err());
+        let zero = vec![("STOMPGATE_AMQP__AUTO_MAX_RATE".to_owned(), "0".to_owned())];
+        assert!(Config::load(None, zero).is_err());
     }
 
     #[test]

@@ -30,7 +30,9 @@
 //! - [`bridge`]: the AMQP side. [`bridge::plane`] is the replica's fixed set
 //!   of channels and queues (broadcast subscriptions are bindings, routed to
 //!   local subscribers by [`bridge::matcher`] with RabbitMQ's rules and
-//!   handed over by [`bridge::fanout`]); [`bridge::session_broker`] is one
+//!   handed over by [`bridge::fanout`]; [`bridge::bindings`] decides per
+//!   exchange between a binding per key and one catch-all binding, and
+//!   switches between them without loss); [`bridge::session_broker`] is one
 //!   session's consumers, acks and publishes; [`bridge::seam`] is the trait
 //!   the driver runs against; [`bridge::pool`] the connections (cluster
 //!   nodes), [`bridge::vhosts`] one plane per served vhost,

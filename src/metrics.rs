@@ -285,6 +285,9 @@ pub struct Metrics {
     pub amqp_bindings: Gauge,
     /// Binding keys in the gateway's routing tables.
     pub routing_keys: Gauge,
+    /// Of those, keys no confirmed binding serves yet (neither their own
+    /// nor their exchange's catch-all): 0 once every subscription is live.
+    pub routing_keys_waiting: Gauge,
     /// Deliveries of the plane's queues routed to local subscriptions, and
     /// those that matched none.
     pub plane_routed: Counter,
@@ -341,6 +344,7 @@ impl Metrics {
             amqp_channels: metrics::gauge!("stompgate_amqp_channels"),
             amqp_bindings: metrics::gauge!("stompgate_amqp_bindings"),
             routing_keys: metrics::gauge!("stompgate_routing_keys"),
+            routing_keys_waiting: metrics::gauge!("stompgate_routing_keys_waiting"),
             plane_routed: metrics::counter!("stompgate_plane_deliveries_total", "result" => "routed"),
             plane_unmatched: metrics::counter!("stompgate_plane_deliveries_total", "result" => "unmatched"),
             plane_lag: metrics::gauge!("stompgate_plane_lag_messages"),

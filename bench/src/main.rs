@@ -30,6 +30,7 @@ mod idle;
 mod publish;
 mod resume;
 mod scale;
+mod scale_restart;
 mod send;
 mod servers;
 mod sessions;
@@ -465,6 +466,21 @@ struct ScaleArgs {
     /// Bound on all deliveries and SEND receipts after the sends.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     deliver_timeout: Duration,
+    /// The gateway's amqp.binding_mode: per-key, wildcard or auto.
+    #[arg(long)]
+    binding_mode: Option<String>,
+    /// Filter phase: messages/s published to keys nobody has (0: none);
+    /// prints the gateway's CPU and bytes read for them.
+    #[arg(long, default_value_t = 0)]
+    filter_rate: u32,
+    #[arg(long, default_value_t = 5.0)]
+    filter_secs: f64,
+    /// Run the gateway on the private node (--rabbit-name, --rabbit-port),
+    /// SIGKILL it after the sends and start it again: prints the time from
+    /// the node accepting connections to the first delivery and to every
+    /// binding confirmed, and checks every message sent again.
+    #[arg(long)]
+    restart: bool,
     #[arg(long)]
     json: Option<PathBuf>,
 }
@@ -822,6 +838,10 @@ async fn scale_cmd(a: ScaleArgs) -> ExitCode {
         concurrency: a.concurrency,
         setup_timeout: a.setup_timeout,
         deliver_timeout: a.deliver_timeout,
+        binding_mode: a.binding_mode,
+        filter_rate: a.filter_rate,
+        filter_secs: a.filter_secs,
+        restart: a.restart,
     };
     match scale::run_scale(&cfg).await {
         Ok(report) => {

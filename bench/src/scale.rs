@@ -18,6 +18,7 @@
 //! consumer_channels + 1` (+ slack) and that it owns `plane_queues` queues.
 
 use std::collections::HashSet;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
@@ -80,6 +81,14 @@ pub struct ScaleConfig {
     pub setup_timeout: Duration,
     /// Bound on the delivery of everything after the sends.
     pub deliver_timeout: Duration,
+    /// `amqp.binding_mode` of the gateway (per-key, wildcard, auto).
+    pub binding_mode: Option<String>,
+    /// Filter phase: messages/s to keys nobody has, and for how long (0: none).
+    pub filter_rate: u32,
+    pub filter_secs: f64,
+    /// Restart phase: the gateway runs on the private node (`rabbit_name`,
+    /// `rabbit_env`), SIGKILLed and started again after the sends.
+    pub restart: bool,
 }
 
 /// What the broker holds for the server under test.
@@ -137,6 +146,14 @@ pub struct ScaleReport {
     pub duplicates: u64,
     pub misrouted: u64,
     pub deliver_secs: f64,
+    pub binding_mode: String,
+    /// Bindings of the gateway's queues on the broker once subscribed.
+    pub broker_bindings: Option<usize>,
+    pub filter: Option<crate::scale_restart::FilterReport>,
+    pub restart: Option<crate::scale_restart::RestartReport>,
+    /// After the restart, every message sent again: missing, duplicates.
+    pub restart_missing: u64,
+    pub restart_duplicates: u64,
     pub errors: Vec<String>,
     pub failures: Vec<String>,
 }
@@ -207,10 +224,12 @@ fn role(i: usize, cfg: &ScaleConfig) -> Role {
 /// The gateway configuration of the run: guest plus U users, no frame
 /// rate limit, the plane's sizes written out (the bound is computed from
 /// them).
-fn gateway_config(cfg: &ScaleConfig) -> String {
-    let mut out = String::from(
-        "# Written by stompgate-bench scale.\n[auth]\nusers = [\n  { login = \"guest\", passcode = \"guest\" },\n",
-    );
+fn gateway_config(cfg: &ScaleConfig, metrics: Option<SocketAddr>) -> String {
+    let mut out = String::from("# Written by stompgate-bench scale.\n");
+    if let Some(m) = metrics {
+        out.push_str(&format!("metrics_listen = \"{m}\"\n"));
+    }
+    out.push_str("[auth]\nusers = [\n  { login = \"guest\", passcode = \"guest\" },\n");
     for u in 0..cfg.users {
         out.push_str(&format!("  {{ login = \"u{u}\", passcode = \"p{u}\" }},\n"));
     }
@@ -219,6 +238,9 @@ fn gateway_config(cfg: &ScaleConfig) -> String {
         "plane_queues = {}\npublish_channels = {}\nconsumer_channels = {}\n",
         cfg.plane_queues, cfg.publish_channels, cfg.consumer_channels
     ));
+    if let Some(mode) = &cfg.binding_mode {
+        out.push_str(&format!("binding_mode = \"{mode}\"\n"));
+    }
     out
 }
 
@@ -227,19 +249,37 @@ pub async fn run_scale(cfg: &ScaleConfig) -> Result<ScaleReport, String> {
         .map_err(|e| format!("create {}: {e}", cfg.out_dir.display()))?;
     let mut gateway: Option<Spawned> = None;
     let mut rabbit: Option<PrivateRabbit> = None;
+    let mut metrics = None;
     let (url, pid, amqp_url, node) = match cfg.target {
         ScaleTarget::Stompgate => {
+            // --restart: on the private node, which may be killed.
+            let (amqp, node) = if cfg.restart {
+                let mut env = cfg.rabbit_env.clone();
+                env.push(("PRIVATE_RABBIT_PLUGINS".into(), String::new()));
+                let r = PrivateRabbit::start_with_env(&cfg.rabbit_script, &cfg.rabbit_name, &env)
+                    .await?;
+                let out = (r.amqp_url(), Some(r.node.clone()));
+                rabbit = Some(r);
+                out
+            } else {
+                (cfg.amqp.clone(), None)
+            };
+            let m = SocketAddr::from((
+                [127, 0, 0, 1],
+                crate::util::free_port().map_err(|e| format!("free port: {e}"))?,
+            ));
+            metrics = Some(m);
             let config = match &cfg.gateway_config {
                 Some(c) => c.clone(),
                 None => {
                     let path = cfg.out_dir.join("stompgate-scale.toml");
-                    std::fs::write(&path, gateway_config(cfg))
+                    std::fs::write(&path, gateway_config(cfg, Some(m)))
                         .map_err(|e| format!("write {}: {e}", path.display()))?;
                     path
                 }
             };
-            let g = spawn_gateway(&cfg.gateway_bin, &cfg.amqp, &cfg.out_dir, Some(&config)).await?;
-            let r = (g.url.clone(), g.pid, cfg.amqp.clone(), None);
+            let g = spawn_gateway(&cfg.gateway_bin, &amqp, &cfg.out_dir, Some(&config)).await?;
+            let r = (g.url.clone(), g.pid, amqp, node);
             gateway = Some(g);
             r
         }
@@ -255,7 +295,16 @@ pub async fn run_scale(cfg: &ScaleConfig) -> Result<ScaleReport, String> {
             out
         }
     };
-    let result = run_against(cfg, &url, pid, &amqp_url, node.as_deref()).await;
+    let result = run_against(
+        cfg,
+        &url,
+        pid,
+        &amqp_url,
+        node.as_deref(),
+        metrics,
+        &mut rabbit,
+    )
+    .await;
     if let Some(g) = gateway {
         if result
             .as_ref()
@@ -278,6 +327,8 @@ async fn run_against(
     pid: u32,
     amqp_url: &str,
     node: Option<&str>,
+    metrics: Option<SocketAddr>,
+    rabbit: &mut Option<PrivateRabbit>,
 ) -> Result<ScaleReport, String> {
     let n = cfg.sessions;
     let run = unique_name("scale").replace('-', "_");
@@ -290,6 +341,10 @@ async fn run_against(
         sessions: n,
         users: cfg.users.min(n),
         queue_consumers: (0..n).filter(|&i| role(i, cfg).queue).count(),
+        binding_mode: cfg
+            .binding_mode
+            .clone()
+            .unwrap_or_else(|| "per-key".to_owned()),
         ..ScaleReport::default()
     };
     let gateway_pid = (cfg.target == ScaleTarget::Stompgate).then_some(pid);
@@ -420,6 +475,19 @@ async fn run_against(
         Ok(b) => report.broker_subscribed = Some(b),
         Err(e) => report.failures.push(format!("broker figures: {e}")),
     }
+    if let Some(gpid) = gateway_pid {
+        report.broker_bindings = crate::scale_restart::gateway_queue_bindings(node, gpid)
+            .await
+            .ok();
+    }
+    // The probe of the restart phase subscribes before the sends.
+    let probe_key = format!("scale.{run}.probe");
+    let probe = match (cfg.restart, gateway_pid) {
+        (true, Some(_)) => {
+            Some(crate::scale_restart::probe_session(&base, &format!("/topic/{probe_key}")).await?)
+        }
+        _ => None,
+    };
 
     // Sends, user pushes and queue messages.
     let (publisher, channel) = amqp_publisher(amqp_url).await?;
@@ -543,6 +611,58 @@ async fn run_against(
     }
     report.missing = missing;
     report.duplicates = duplicates;
+
+    if let (Some(gpid), true) = (gateway_pid, cfg.filter_rate > 0) {
+        eprintln!(
+            "[{label}] filter phase: {} msgs/s for {} s to keys nobody has",
+            cfg.filter_rate, cfg.filter_secs
+        );
+        match crate::scale_restart::filter_phase(
+            node,
+            amqp_url,
+            &run,
+            gpid,
+            cfg.filter_rate,
+            cfg.filter_secs,
+        )
+        .await
+        {
+            Ok(f) => report.filter = Some(f),
+            Err(e) => report.failures.push(format!("filter phase: {e}")),
+        }
+    }
+    if let (Some(probe), Some(metrics), Some(r)) = (probe, metrics, rabbit.take()) {
+        eprintln!(
+            "[{label}] restart phase: SIGKILL {} and start it again",
+            r.node
+        );
+        let mut env = cfg.rabbit_env.clone();
+        env.push(("PRIVATE_RABBIT_PLUGINS".into(), String::new()));
+        match crate::scale_restart::restart_phase(
+            &r,
+            &cfg.rabbit_script,
+            &env,
+            metrics,
+            pid,
+            2,
+            &probe_key,
+            probe,
+        )
+        .await
+        {
+            Ok((restart, restarted)) => {
+                *rabbit = Some(restarted);
+                report.restart = Some(restart);
+                let (m, d) = resend_all(cfg, &shared, amqp_url, &queue_name, &label).await;
+                report.restart_missing = m;
+                report.restart_duplicates = d;
+            }
+            Err(e) => {
+                *rabbit = Some(r);
+                report.failures.push(format!("restart phase: {e}"));
+            }
+        }
+    }
     report.misrouted = shared.misrouted.load(Ordering::Relaxed);
     if let Ok(h) = shared.send_hist.lock() {
         report.send_receipt = Latency::from_histogram(&h);
@@ -570,6 +690,102 @@ async fn run_against(
 
     report.check(cfg);
     Ok(report)
+}
+
+/// After the restart: every topic, user and queue message once more; each
+/// subscriber must now have exactly two. Returns (missing, duplicates).
+async fn resend_all(
+    cfg: &ScaleConfig,
+    shared: &Shared,
+    amqp_url: &str,
+    queue: &str,
+    label: &str,
+) -> (u64, u64) {
+    let live: Vec<usize> = (0..cfg.sessions)
+        .filter(|&i| shared.slots[i].state.load(Ordering::Relaxed) == LIVE)
+        .collect();
+    let mut expected = 0u64;
+    if let Ok((conn, ch)) = amqp_publisher(amqp_url).await {
+        let props = BasicProperties::default().with_content_type("text/plain".into());
+        let mut confirms = Vec::new();
+        let mut out = Vec::new();
+        // The queue name is `scale.<run>`, the topics `scale.<run>.<i>`.
+        for &i in &live {
+            out.push((
+                "amq.topic".to_owned(),
+                format!("{queue}.{i}"),
+                format!("T:{i}"),
+            ));
+            if role(i, cfg).user {
+                out.push((
+                    USER_EXCHANGE.to_owned(),
+                    format!("u{i}.scale"),
+                    format!("U:{i}"),
+                ));
+            }
+        }
+        for k in 0..cfg.queue_consumers {
+            out.push((String::new(), queue.to_owned(), format!("Q:{k}")));
+        }
+        for (exchange, key, body) in &out {
+            if let Ok(c) = ch
+                .basic_publish(
+                    exchange.as_str().into(),
+                    key.as_str().into(),
+                    BasicPublishOptions::default(),
+                    body.as_bytes(),
+                    props.clone(),
+                )
+                .await
+            {
+                confirms.push(c);
+            }
+        }
+        expected = out.len() as u64;
+        for c in confirms {
+            let _ = tokio::time::timeout(Duration::from_secs(30), c).await;
+        }
+        let _ = conn.close(200, "bye".into()).await;
+    }
+    let count = || {
+        let mut got = 0u64;
+        for &i in &live {
+            got += u64::from(shared.slots[i].topic.load(Ordering::Relaxed).min(2));
+            if role(i, cfg).user {
+                got += u64::from(shared.slots[i].user.load(Ordering::Relaxed).min(2));
+            }
+        }
+        got + shared
+            .queue_seen
+            .iter()
+            .map(|s| u64::from(s.load(Ordering::Relaxed).min(2)))
+            .sum::<u64>()
+    };
+    let deadline = Instant::now() + cfg.deliver_timeout;
+    let want = expected * 2;
+    while count() < want && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "[{label}] after the restart: {}/{want} of all messages (both rounds)",
+        count()
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (mut missing, mut duplicates) = (0u64, 0u64);
+    let mut tally = |n: u32| {
+        missing += 2u64.saturating_sub(u64::from(n));
+        duplicates += u64::from(n).saturating_sub(2);
+    };
+    for &i in &live {
+        tally(shared.slots[i].topic.load(Ordering::Relaxed));
+        if role(i, cfg).user {
+            tally(shared.slots[i].user.load(Ordering::Relaxed));
+        }
+    }
+    for s in &shared.queue_seen {
+        tally(s.load(Ordering::Relaxed));
+    }
+    (missing, duplicates)
 }
 
 fn subscriptions(
@@ -799,6 +1015,12 @@ impl ScaleReport {
                 self.sessions_lost
             ));
         }
+        if self.restart_missing > 0 || self.restart_duplicates > 0 {
+            self.failures.push(format!(
+                "after the broker restart: {} missing, {} duplicates",
+                self.restart_missing, self.restart_duplicates
+            ));
+        }
         if self.missing > 0 || self.duplicates > 0 || self.misrouted > 0 {
             self.failures.push(format!(
                 "deliveries: {} missing, {} duplicates, {} misrouted",
@@ -914,6 +1136,40 @@ impl ScaleReport {
             ms(self.send_receipt.p50_us),
             ms(self.send_receipt.p99_us)
         );
+        if let Some(b) = self.broker_bindings {
+            println!(
+                "  binding mode {}: {} bindings on the gateway's queues (list_bindings)",
+                self.binding_mode,
+                thousands(b as f64)
+            );
+        }
+        if let Some(f) = &self.filter {
+            println!(
+                "  filter: {} msgs/s for {:.0} s to keys nobody has ({} msgs): gateway CPU {:.2} s = {:.1} us/msg, {:.1}% of a core; read {} bytes = {:.0} B/msg",
+                thousands(f.rate),
+                f.secs,
+                thousands(f.messages as f64),
+                f.gateway_cpu_secs,
+                f.cpu_us_per_message,
+                f.cpu_share * 100.0,
+                thousands(f.bytes_read as f64),
+                f.bytes_per_message
+            );
+        }
+        if let Some(r) = &self.restart {
+            println!(
+                "  broker restart (SIGKILL, down {:.1} s): from accepting connections: connections up {:.3} s, first delivery {:.3} s, all {} keys served again {:.3} s; broker bindings {} before, {} after; resent: {} missing, {} duplicates",
+                r.secs_down,
+                r.secs_to_connections_up,
+                r.secs_to_first_delivery,
+                r.routing_keys,
+                r.secs_to_all_bound,
+                r.broker_bindings_before,
+                r.broker_bindings_after,
+                self.restart_missing,
+                self.restart_duplicates
+            );
+        }
         for e in &self.errors {
             println!("  error: {e}");
         }
@@ -928,7 +1184,7 @@ impl ScaleReport {
 }
 
 /// Runs `rabbitmqctl`/`rabbitmq-diagnostics` (bounded) and returns stdout.
-async fn ctl(tool: &str, node: Option<&str>, args: &[&str]) -> Result<String, String> {
+pub(crate) async fn ctl(tool: &str, node: Option<&str>, args: &[&str]) -> Result<String, String> {
     let mut command = Command::new(tool);
     if let Some(node) = node {
         command.args(["-n", node]);

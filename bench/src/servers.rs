@@ -256,7 +256,8 @@ impl PrivateRabbit {
             name: name.to_owned(),
             node: get("node")?,
             amqp_port: number("amqp_port")? as u16,
-            web_stomp_port: number("web_stomp_port")? as u16,
+            // None without the Web-STOMP plugin (PRIVATE_RABBIT_PLUGINS=).
+            web_stomp_port: number("web_stomp_port").unwrap_or(0) as u16,
             pid: number("pid")? as u32,
         })
     }

@@ -15,6 +15,7 @@
 //!   stay usable, so the lock is taken anyway rather than panicking again, or
 //!   skipping the work (a route never removed, a waiter never answered).
 
+pub mod bindings;
 pub mod control;
 pub mod fanout;
 pub mod history;
@@ -52,10 +53,12 @@ pub enum BridgeError {
 }
 
 /// Capped exponential backoff with jitter, for every reconnect loop of the
-/// bridge: 100 ms doubling up to 2 s, each wait drawn from 0.5x..1.5x.
+/// bridge: 100 ms doubling up to 2 s (or the cap given), each wait drawn
+/// from 0.5x..1.5x.
 #[derive(Debug)]
 pub struct Backoff {
     next: Duration,
+    max: Duration,
 }
 
 impl Backoff {
@@ -63,7 +66,15 @@ impl Backoff {
     const MAX: Duration = Duration::from_secs(2);
 
     pub fn new() -> Backoff {
-        Backoff { next: Self::FIRST }
+        Backoff::with_max(Self::MAX)
+    }
+
+    /// Doubling up to `max` (at least the first wait).
+    pub fn with_max(max: Duration) -> Backoff {
+        Backoff {
+            next: Self::FIRST,
+            max: max.max(Self::FIRST),
+        }
     }
 
     pub fn reset(&mut self) {
@@ -74,7 +85,7 @@ impl Backoff {
     pub fn next_delay(&mut self) -> Duration {
         let jitter = rand::rng().random_range(0.5..1.5);
         let delay = self.next.mul_f64(jitter);
-        self.next = (self.next * 2).min(Self::MAX);
+        self.next = (self.next * 2).min(self.max);
         delay
     }
 
@@ -132,6 +143,7 @@ impl Bridge {
         plane.topic_exchanges.extend(exchanges.iter().cloned());
         let pool = pool::Pool::new(urls, connections, exchanges);
         pool.report_metrics(report);
+        pool.set_reconnect_max(plane.reconnect_max);
         pool.start();
         let plane = plane::Plane::start(Arc::clone(&pool), plane);
         Arc::new(Bridge {
@@ -174,5 +186,9 @@ mod tests {
         assert!(late >= Duration::from_secs(1) && late <= Duration::from_secs(3));
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(150));
+        let mut short = Backoff::with_max(Duration::from_millis(200));
+        for _ in 0..10 {
+            assert!(short.next_delay() <= Duration::from_millis(300));
+        }
     }
 }

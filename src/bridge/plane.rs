@@ -4,8 +4,10 @@
 //! - **Broadcast** (`/topic`, `/exchange`, `/user/`): `amqp.plane_queues`
 //!   exclusive, auto-delete queues of the replica (a *shard* each, with a
 //!   consumer channel and a control channel on one connection). A binding
-//!   (exchange, key) lives on the shard its hash picks, so one topic's
-//!   messages come through one queue, in order. The first local subscriber
+//!   (exchange, key) lives on the shard its hash picks (a wildcard or auto
+//!   exchange, whole on the shard of its name: [`super::bindings`], which
+//!   also decides whether the broker gets each key or one catch-all), so one
+//!   topic's messages come through one queue, in order. The first local subscriber
 //!   of a binding binds it, the last one unbinds it (reference counted);
 //!   binds are pipelined on the control channel. A delivery carries its
 //!   exchange and routing key, and [`super::matcher`] finds the local
@@ -43,6 +45,7 @@ use lapin::{Channel, Connection};
 use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
+use super::bindings::{self, BindingPolicy, Cover, Covers, Step};
 use super::fanout::{self, Binding, Subscriber};
 use super::matcher::{ExchangeKind, ExchangeRoutes};
 use super::pool::Pool;
@@ -60,6 +63,10 @@ pub struct PlaneConfig {
     pub timeout: Duration,
     /// Exchanges whose type the gateway knows without asking (its own).
     pub topic_exchanges: Vec<String>,
+    /// Per-key, wildcard or auto bindings, by exchange ([`super::bindings`]).
+    pub bindings: BindingPolicy,
+    /// Longest wait between reconnect attempts (`amqp.reconnect_max_ms`).
+    pub reconnect_max: Duration,
 }
 
 impl Default for PlaneConfig {
@@ -71,6 +78,8 @@ impl Default for PlaneConfig {
             consumer_channels: 8,
             timeout: Duration::from_secs(15),
             topic_exchanges: Vec::new(),
+            bindings: BindingPolicy::default(),
+            reconnect_max: Duration::from_millis(250),
         }
     }
 }
@@ -122,6 +131,8 @@ struct BindState {
     inflight: HashSet<Binding>,
     /// Subscribers waiting for their binding to be on the broker.
     waiters: HashMap<Binding, Vec<oneshot::Sender<Result<(), String>>>>,
+    /// Wildcard and auto exchanges of this queue ([`super::bindings`]).
+    covers: Covers,
 }
 
 /// One of the replica's broadcast queues and its routing table.
@@ -133,6 +144,12 @@ pub struct Shard {
     dedicated: Option<Binding>,
     routes: RwLock<HashMap<String, ExchangeRoutes<Entry>>>,
     state: Mutex<BindState>,
+    /// Covers measuring their exchange's rate (auto mode): when 0, a
+    /// delivery costs no bookkeeping.
+    measuring: AtomicUsize,
+    /// Keys of the routing table no confirmed binding serves (counted when
+    /// the binder goes idle).
+    waiting: AtomicUsize,
     wake: Notify,
     stop: CancellationToken,
 }
@@ -144,24 +161,45 @@ impl Shard {
             dedicated,
             routes: RwLock::new(HashMap::new()),
             state: Mutex::new(BindState::default()),
+            measuring: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
             wake: Notify::new(),
             stop: CancellationToken::new(),
         })
     }
 
-    fn wants(&self, binding: &Binding) -> bool {
-        self.routes
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&binding.exchange)
-            .is_some_and(|e| e.contains(&binding.routing_key))
+    /// Whether the broker should have `binding` on this queue (`covers`:
+    /// the shard's, from its locked state).
+    fn wants(&self, covers: &Covers, binding: &Binding) -> bool {
+        let routes = self.routes.read().unwrap_or_else(PoisonError::into_inner);
+        let Some(table) = routes.get(&binding.exchange) else {
+            return false;
+        };
+        let has_key = table.contains(&binding.routing_key);
+        match covers.get(&binding.exchange) {
+            Some(cover) => cover.wants(&binding.routing_key, has_key),
+            None => has_key,
+        }
     }
 
-    fn all_wanted(&self) -> Vec<Binding> {
+    fn all_wanted(&self, covers: &Covers) -> Vec<Binding> {
         let routes = self.routes.read().unwrap_or_else(PoisonError::into_inner);
         let mut out = Vec::new();
         for (exchange, table) in routes.iter() {
+            let cover = covers.get(exchange);
+            if let Some(c) = cover.filter(|c| c.wildcard) {
+                out.push(Binding {
+                    exchange: exchange.clone(),
+                    routing_key: c.catch_all.to_owned(),
+                });
+            }
+            if cover.is_some_and(|c| !c.per_key) {
+                continue;
+            }
             for key in table.keys() {
+                if cover.is_some_and(|c| c.wildcard && **key == *c.catch_all) {
+                    continue;
+                }
                 out.push(Binding {
                     exchange: exchange.clone(),
                     routing_key: key.to_string(),
@@ -169,6 +207,65 @@ impl Shard {
             }
         }
         out
+    }
+
+    /// The keys of `exchange` in the routing table.
+    fn keys_of(&self, exchange: &str) -> Vec<Binding> {
+        let routes = self.routes.read().unwrap_or_else(PoisonError::into_inner);
+        routes
+            .get(exchange)
+            .map(|table| {
+                table
+                    .keys()
+                    .map(|k| Binding {
+                        exchange: exchange.to_owned(),
+                        routing_key: k.to_string(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn count_measuring(&self, covers: &Covers) {
+        self.measuring.store(
+            covers.values().filter(|c| c.measuring()).count(),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Counts the keys that no confirmed binding serves (their own, or
+    /// their exchange's catch-all); `state` is the shard's, locked.
+    fn count_waiting(&self, state: &BindState) {
+        let routes = self.routes.read().unwrap_or_else(PoisonError::into_inner);
+        let mut waiting = 0;
+        if state.link.is_none() {
+            waiting = routes.values().map(|t| t.len()).sum();
+        } else if self.dedicated.is_none() {
+            for (exchange, table) in routes.iter() {
+                let catch_all = state.covers.get(exchange).filter(|c| {
+                    c.wildcard
+                        && state.bound.contains(&Binding {
+                            exchange: exchange.clone(),
+                            routing_key: c.catch_all.to_owned(),
+                        })
+                });
+                if catch_all.is_some() {
+                    continue;
+                }
+                let mut probe = Binding {
+                    exchange: exchange.clone(),
+                    routing_key: String::new(),
+                };
+                for key in table.keys() {
+                    probe.routing_key.clear();
+                    probe.routing_key.push_str(key);
+                    if !state.bound.contains(&probe) {
+                        waiting += 1;
+                    }
+                }
+            }
+        }
+        self.waiting.store(waiting, Ordering::Relaxed);
     }
 
     /// Number of binding keys in the routing table.
@@ -366,6 +463,12 @@ impl Plane {
             .unwrap_or_else(PoisonError::into_inner)
             .len();
         metrics.amqp_bindings.set((bound + dedicated) as f64);
+        metrics.routing_keys_waiting.set(
+            self.shards
+                .iter()
+                .map(|s| s.waiting.load(Ordering::Relaxed))
+                .sum::<usize>() as f64,
+        );
         metrics
             .amqp_broadcast_queues
             .set((self.shards.len() + dedicated) as f64);
@@ -385,10 +488,17 @@ impl Plane {
         }
         let kind = self.exchange_kind(&binding.exchange).await?;
         let (session, id) = (subscriber.session, Arc::clone(&subscriber.id));
+        let mode = kind.map(|k| self.config.bindings.mode(&binding.exchange, k));
         let shard = match kind {
             Some(_) => {
+                // A wildcard or auto exchange lives on one queue whole (see
+                // super::bindings: what makes switching exact).
                 let mut h = std::collections::hash_map::DefaultHasher::new();
-                binding.hash(&mut h);
+                if mode == Some(bindings::BindingMode::PerKey) {
+                    binding.hash(&mut h);
+                } else {
+                    binding.exchange.hash(&mut h);
+                }
                 Arc::clone(&self.shards[(h.finish() as usize) % self.shards.len()])
             }
             None => {
@@ -419,15 +529,37 @@ impl Plane {
         }
         let wait = {
             let mut state = shard.state.lock().unwrap_or_else(PoisonError::into_inner);
-            if state.bound.contains(&binding)
-                && !state.dirty.contains(&binding)
-                && !state.inflight.contains(&binding)
-            {
+            let state = &mut *state;
+            if let (Some(kind), Some(mode)) = (kind, mode) {
+                if !state.covers.contains_key(&binding.exchange) {
+                    if let Some(cover) = Cover::new(mode, kind, Instant::now()) {
+                        state.covers.insert(binding.exchange.clone(), cover);
+                        shard.count_measuring(&state.covers);
+                    }
+                }
+            }
+            let settled = |b: &Binding| {
+                state.bound.contains(b) && !state.dirty.contains(b) && !state.inflight.contains(b)
+            };
+            let cover = state.covers.get(&binding.exchange);
+            let catch_all = cover.filter(|c| c.wildcard).map(|c| Binding {
+                exchange: binding.exchange.clone(),
+                routing_key: c.catch_all.to_owned(),
+            });
+            let per_key = cover.is_none_or(|c| c.per_key);
+            let covered = catch_all.as_ref().is_some_and(settled) || (per_key && settled(&binding));
+            if covered {
                 None
             } else {
+                // Answered when its key, or the catch-all, is bound.
                 let (tx, rx) = oneshot::channel();
                 state.waiters.entry(binding.clone()).or_default().push(tx);
-                state.dirty.insert(binding.clone());
+                if per_key {
+                    state.dirty.insert(binding.clone());
+                }
+                if let Some(c) = catch_all {
+                    state.dirty.insert(c);
+                }
                 Some(rx)
             }
         };
@@ -482,6 +614,7 @@ impl Plane {
         // After the write lock is released: this reads every shard's table.
         if exchange_unused {
             self.forget_kind(&binding.exchange);
+            self.drop_cover(shard, &binding.exchange);
         }
         if !emptied {
             return;
@@ -823,7 +956,13 @@ impl Plane {
                         let mut state = shard.state.lock().unwrap_or_else(PoisonError::into_inner);
                         state.bound.clear();
                         state.link = Some(link.clone());
-                        let wanted = shard.all_wanted();
+                        shard.waiting.store(shard.keys(), Ordering::Relaxed);
+                        let now = Instant::now();
+                        for cover in state.covers.values_mut() {
+                            cover.restart(now);
+                        }
+                        shard.count_measuring(&state.covers);
+                        let wanted = shard.all_wanted(&state.covers);
                         state.dirty.extend(wanted);
                         if let Some(b) = &shard.dedicated {
                             state.dirty.insert(b.clone());
@@ -837,6 +976,7 @@ impl Plane {
                     let current = {
                         let mut state = shard.state.lock().unwrap_or_else(PoisonError::into_inner);
                         state.bound.clear();
+                        shard.waiting.store(shard.keys(), Ordering::Relaxed);
                         state.link.take()
                     };
                     let stopped = shard.stop.is_cancelled();
@@ -862,6 +1002,19 @@ impl Plane {
                 }
                 Err(error) => {
                     tracing::debug!(shard = shard.index, %error, "plane queue not established");
+                    if matches!(error, BridgeError::Unavailable)
+                        && self.pool.connection(0).is_none()
+                    {
+                        // No connection: start again as soon as the pool
+                        // has one, not after a backoff of our own (which
+                        // grew while the broker was away).
+                        let bound = backoff.next_delay();
+                        tokio::select! {
+                            _ = shard.stop.cancelled() => return,
+                            _ = self.pool.wait_connection(bound) => {}
+                        }
+                        continue;
+                    }
                 }
             }
             tokio::select! {
@@ -981,6 +1134,9 @@ impl Plane {
             match next {
                 Some(Ok(delivery)) => {
                     last_tag = delivery.delivery_tag;
+                    if shard.measuring.load(Ordering::Relaxed) > 0 {
+                        self.observe(shard, delivery.exchange.as_str());
+                    }
                     self.route(shard, delivery);
                     unacked += 1;
                     if unacked >= ack_every {
@@ -1075,6 +1231,9 @@ impl Plane {
             {
                 let mut state = shard.state.lock().unwrap_or_else(PoisonError::into_inner);
                 if let Some(link) = state.link.clone() {
+                    if ops.is_empty() && state.dirty.is_empty() {
+                        self.finish_switches(&shard, &mut state);
+                    }
                     let room = BIND_BATCH.saturating_sub(ops.len());
                     let take: Vec<Binding> = state
                         .dirty
@@ -1085,7 +1244,7 @@ impl Plane {
                         .collect();
                     for binding in take {
                         state.dirty.remove(&binding);
-                        let wanted = shard.wants(&binding);
+                        let wanted = shard.wants(&state.covers, &binding);
                         if wanted == state.bound.contains(&binding) {
                             settled.push((binding, wanted));
                             continue;
@@ -1103,8 +1262,25 @@ impl Plane {
                     }
                 }
             }
+            // Entries settled without an operation leave room: take more
+            // before waiting (what is dirty must not wait for a wake-up).
+            let more = !settled.is_empty();
             for (binding, wanted) in settled {
                 self.settle(&shard, &binding, Ok(()), wanted);
+            }
+            if more {
+                tokio::task::yield_now().await;
+                continue;
+            }
+            if ops.is_empty() && failed.is_empty() && shard.waiting.load(Ordering::Relaxed) > 0 {
+                // Only after a (re)establish: new subscriptions wait on
+                // their own binding, and counting is O(keys).
+                let state = shard.state.lock().unwrap_or_else(PoisonError::into_inner);
+                if state.dirty.is_empty() {
+                    shard.count_waiting(&state);
+                    drop(state);
+                    self.publish_gauges();
+                }
             }
             if ops.is_empty() && !failed.is_empty() {
                 self.retry_failed(&shard, std::mem::take(&mut failed)).await;
@@ -1156,7 +1332,11 @@ impl Plane {
         };
         let mut control = link.control.clone();
         for (binding, bind, queue, first_error) in failed {
-            if queue != link.queue || shard.wants(&binding) != bind {
+            let wanted = {
+                let state = shard.state.lock().unwrap_or_else(PoisonError::into_inner);
+                shard.wants(&state.covers, &binding)
+            };
+            if queue != link.queue || wanted != bind {
                 // Of an earlier queue, or wanted otherwise by now.
                 self.requeue(shard, std::iter::once(binding));
                 continue;
@@ -1216,6 +1396,9 @@ impl Plane {
                 state.bound.remove(binding);
             }
         }
+        if self.settle_catch_all(shard, &mut state, binding, &result, bound) {
+            return;
+        }
         // Waiters are answered once the binding is bound (or refused); an
         // unbind leaves them for the rebind that their subscription queued.
         if bound || result.is_err() {
@@ -1224,6 +1407,131 @@ impl Plane {
                     let _ = w.send(result.clone());
                 }
             }
+        }
+    }
+
+    /// The catch-all of a wildcard or auto exchange was bound or refused:
+    /// bound, it serves every waiting subscription of the exchange (and a
+    /// switch to it unbinds the keys); refused, the exchange falls back to
+    /// one binding per key. True when it was such a catch-all.
+    fn settle_catch_all(
+        &self,
+        shard: &Shard,
+        state: &mut BindState,
+        binding: &Binding,
+        result: &Result<(), String>,
+        bound: bool,
+    ) -> bool {
+        let Some(cover) = state
+            .covers
+            .get_mut(&binding.exchange)
+            .filter(|c| c.wildcard && binding.routing_key == c.catch_all)
+        else {
+            return false;
+        };
+        match result {
+            Ok(()) if bound => {
+                if cover.catch_all_bound() == Step::UnbindKeys {
+                    let keys: Vec<Binding> = state
+                        .bound
+                        .iter()
+                        .filter(|b| b.exchange == binding.exchange && *b != binding)
+                        .cloned()
+                        .collect();
+                    state.dirty.extend(keys);
+                    shard.wake.notify_one();
+                }
+                let served: Vec<Binding> = state
+                    .waiters
+                    .keys()
+                    .filter(|b| b.exchange == binding.exchange)
+                    .cloned()
+                    .collect();
+                for b in served {
+                    for w in state.waiters.remove(&b).unwrap_or_default() {
+                        let _ = w.send(Ok(()));
+                    }
+                }
+                true
+            }
+            Err(error) => {
+                tracing::warn!(
+                    exchange = %binding.exchange,
+                    %error,
+                    "catch-all binding refused: this exchange is bound per key"
+                );
+                if cover.refused() == Step::BindKeys {
+                    state.dirty.extend(shard.keys_of(&binding.exchange));
+                }
+                shard.count_measuring(&state.covers);
+                shard.wake.notify_one();
+                // The waiters stay for their keys' own bindings.
+                true
+            }
+            Ok(()) => false,
+        }
+    }
+
+    /// Counts a delivery of `exchange` on a measuring (auto) cover; starts
+    /// the switch to per-key bindings when its rate is above the bound.
+    fn observe(&self, shard: &Shard, exchange: &str) {
+        let policy = &self.config.bindings;
+        let mut state = shard.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let state = &mut *state;
+        let Some(cover) = state.covers.get_mut(exchange) else {
+            return;
+        };
+        if cover.observe(Instant::now(), policy.auto_window, policy.auto_max_rate) == Step::BindKeys
+        {
+            tracing::info!(
+                exchange,
+                "auto bindings: rate above amqp.auto_max_rate, binding per key"
+            );
+            shard.count_measuring(&state.covers);
+            state.dirty.extend(shard.keys_of(exchange));
+            shard.wake.notify_one();
+        }
+    }
+
+    /// Ends the switches to per-key bindings whose keys are all bound: the
+    /// catch-all goes (called by the binder when nothing is in flight).
+    fn finish_switches(&self, shard: &Shard, state: &mut BindState) {
+        let switching: Vec<String> = state
+            .covers
+            .iter()
+            .filter(|(_, c)| c.switching_to_keys())
+            .map(|(e, _)| e.clone())
+            .collect();
+        for exchange in switching {
+            if !shard
+                .keys_of(&exchange)
+                .iter()
+                .all(|b| state.bound.contains(b))
+            {
+                continue;
+            }
+            if let Some(cover) = state.covers.get_mut(&exchange) {
+                if cover.keys_bound() == Step::UnbindCatchAll {
+                    state.dirty.insert(Binding {
+                        exchange,
+                        routing_key: cover.catch_all.to_owned(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// The last local subscription of `exchange` on this queue is gone: its
+    /// cover goes and its catch-all is unbound.
+    fn drop_cover(&self, shard: &Shard, exchange: &str) {
+        let mut state = shard.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(cover) = state.covers.remove(exchange) {
+            state.dirty.insert(Binding {
+                exchange: exchange.to_owned(),
+                routing_key: cover.catch_all.to_owned(),
+            });
+            shard.count_measuring(&state.covers);
+            shard.wake.notify_one();
         }
     }
 

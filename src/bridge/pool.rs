@@ -11,7 +11,7 @@
 //! moves to the next node whenever its node is lost or refuses it, so a dead
 //! node's connections come back on the others.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -33,6 +33,8 @@ pub struct Pool {
     exchanges: Vec<String>,
     /// Sets the connection gauge (the default vhost's pool only).
     report: AtomicBool,
+    /// Longest wait between reconnect attempts, in ms.
+    reconnect_max_ms: AtomicU64,
 }
 
 impl Pool {
@@ -44,7 +46,26 @@ impl Pool {
             connected: Notify::new(),
             exchanges,
             report: AtomicBool::new(true),
+            reconnect_max_ms: AtomicU64::new(250),
         })
+    }
+
+    /// Longest wait between two reconnect attempts (`amqp.reconnect_max_ms`;
+    /// set before [`Pool::start`]). A refused TCP connect costs the broker
+    /// nothing, and this wait is most of the time a restarted broker stays
+    /// unused: the bridge's general 2 s cap made it 3.6 s.
+    pub fn set_reconnect_max(&self, max: Duration) {
+        self.reconnect_max_ms
+            .store(max.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Waits (at most `timeout`) until some connection of the pool is up.
+    pub async fn wait_connection(&self, timeout: Duration) {
+        let wake = self.connected.notified();
+        if self.connection(0).is_some() {
+            return;
+        }
+        let _ = tokio::time::timeout(timeout, wake).await;
     }
 
     /// Whether this pool sets `stompgate_amqp_connections_up` and counts
@@ -157,7 +178,9 @@ impl Pool {
     }
 
     async fn supervise(&self, index: usize) {
-        let mut backoff = Backoff::new();
+        let mut backoff = Backoff::with_max(Duration::from_millis(
+            self.reconnect_max_ms.load(Ordering::Relaxed),
+        ));
         let mut first = true;
         // Which node this connection tries next (cluster: one after another).
         let mut node = index;
