@@ -71,8 +71,12 @@ impl Outbound {
 }
 
 impl Recipient for ClientLink {
-    fn offer(&self, delivery: Delivery) {
-        ClientLink::offer(self, Outbound::Broadcast(delivery));
+    fn offer(&self, delivery: Delivery) -> bool {
+        self.offer_quietly(Outbound::Broadcast(delivery))
+    }
+
+    fn wake(&self) {
+        self.ready.notify_one();
     }
 }
 
@@ -167,15 +171,25 @@ impl ClientLink {
     /// Offers a broadcast entry without waiting; applies the slow-client
     /// policy when the queue is full.
     pub fn offer(&self, item: Outbound) {
+        if self.offer_quietly(item) {
+            self.ready.notify_one();
+        }
+    }
+
+    /// [`ClientLink::offer`] without waking the writer: `true` when the
+    /// entry went into an empty queue, so the caller must wake the writer
+    /// ([`Recipient::wake`]). A non-empty queue has a wake-up owed already
+    /// (whoever made it non-empty wakes the writer, which takes everything
+    /// queued at once).
+    fn offer_quietly(&self, item: Outbound) -> bool {
         let mut queue = self.lock();
         if queue.closed {
-            return;
+            return false;
         }
         if self.fits(&queue, item.size()) {
+            let was_empty = queue.items.is_empty();
             self.push(&mut queue, item);
-            drop(queue);
-            self.ready.notify_one();
-            return;
+            return was_empty;
         }
         drop(queue);
         match self.policy {
@@ -189,6 +203,7 @@ impl ClientLink {
                 }
             }
         }
+        false
     }
 
     /// For the writer: waits until something is queued and moves all of it
