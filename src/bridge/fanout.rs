@@ -74,17 +74,28 @@ impl Delivery {
 /// empty until then), so a writer wakes, and writes, once per burst of
 /// messages rather than once per message.
 pub trait Recipient: Send + Sync + std::fmt::Debug {
-    /// Queues `delivery` (or applies the slow-client policy); `true` when
-    /// the queue was empty before, so the writer must be woken.
-    fn offer(&self, delivery: Delivery) -> bool;
+    /// Queues `delivery` (or applies the slow-client policy): whether the
+    /// queue was empty before (the writer must be woken), and the bytes
+    /// queued (0 when dropped), which [`Wakes::flush`] adds to
+    /// `stompgate_outbound_queued_bytes` once per burst.
+    fn offer(&self, delivery: Delivery) -> Offered;
     /// Wakes the writer for what `offer` queued.
     fn wake(&self);
+}
+
+/// What [`Recipient::offer`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Offered {
+    pub wake: bool,
+    pub bytes: usize,
 }
 
 /// Recipients to wake once the current burst of deliveries is routed.
 #[derive(Debug, Default)]
 pub struct Wakes {
     pending: Vec<Arc<dyn Recipient>>,
+    /// Bytes queued by the burst (one update of the gauge per burst).
+    bytes: usize,
 }
 
 impl Wakes {
@@ -99,6 +110,11 @@ impl Wakes {
 
     /// Wakes every recipient queued since the last flush.
     pub fn flush(&mut self) {
+        if self.bytes > 0 {
+            crate::metrics::get()
+                .outbound_bytes
+                .increment(std::mem::take(&mut self.bytes) as f64);
+        }
         for recipient in self.pending.drain(..) {
             recipient.wake();
         }
@@ -150,13 +166,14 @@ impl Subscriber {
     /// Offers `message` to this subscriber; its writer is woken by
     /// `wakes.flush()`.
     pub fn offer(&self, message: &Arc<SharedMessage>, wakes: &mut Wakes) {
-        let wake = self.recipient.offer(Delivery {
+        let offered = self.recipient.offer(Delivery {
             prefix: self.prefix.clone(),
             ack_header: self.ack_header,
             escaping: self.escaping,
             message: Arc::clone(message),
         });
-        if wake {
+        wakes.bytes += offered.bytes;
+        if offered.wake {
             wakes.pending.push(Arc::clone(&self.recipient));
         }
     }

@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use bytes::Bytes;
 use tokio::sync::Notify;
 
-use crate::bridge::fanout::{Delivery, Recipient};
+use crate::bridge::fanout::{Delivery, Offered, Recipient};
 use crate::config::SlowClientPolicy;
 
 /// One entry of the queue.
@@ -71,8 +71,8 @@ impl Outbound {
 }
 
 impl Recipient for ClientLink {
-    fn offer(&self, delivery: Delivery) -> bool {
-        self.offer_quietly(Outbound::Broadcast(delivery))
+    fn offer(&self, delivery: Delivery) -> Offered {
+        self.offer_quietly(Outbound::Broadcast(delivery), false)
     }
 
     fn wake(&self) {
@@ -171,25 +171,35 @@ impl ClientLink {
     /// Offers a broadcast entry without waiting; applies the slow-client
     /// policy when the queue is full.
     pub fn offer(&self, item: Outbound) {
-        if self.offer_quietly(item) {
+        if self.offer_quietly(item, true).wake {
             self.ready.notify_one();
         }
     }
 
-    /// [`ClientLink::offer`] without waking the writer: `true` when the
+    /// [`ClientLink::offer`] without waking the writer: `wake` when the
     /// entry went into an empty queue, so the caller must wake the writer
     /// ([`Recipient::wake`]). A non-empty queue has a wake-up owed already
     /// (whoever made it non-empty wakes the writer, which takes everything
-    /// queued at once).
-    fn offer_quietly(&self, item: Outbound) -> bool {
+    /// queued at once). Without `gauge`, the caller adds `bytes` to the
+    /// queued-bytes gauge itself (fan-out does it once per burst).
+    fn offer_quietly(&self, item: Outbound, gauge: bool) -> Offered {
         let mut queue = self.lock();
         if queue.closed {
-            return false;
+            return Offered {
+                wake: false,
+                bytes: 0,
+            };
         }
-        if self.fits(&queue, item.size()) {
-            let was_empty = queue.items.is_empty();
-            self.push(&mut queue, item);
-            return was_empty;
+        let size = item.size();
+        if self.fits(&queue, size) {
+            let wake = queue.items.is_empty();
+            queue.bytes += size;
+            queue.items.push_back(item);
+            drop(queue);
+            if gauge {
+                crate::metrics::get().outbound_bytes.increment(size as f64);
+            }
+            return Offered { wake, bytes: size };
         }
         drop(queue);
         match self.policy {
@@ -203,7 +213,10 @@ impl ClientLink {
                 }
             }
         }
-        false
+        Offered {
+            wake: false,
+            bytes: 0,
+        }
     }
 
     /// For the writer: waits until something is queued and moves all of it
@@ -225,6 +238,11 @@ impl ClientLink {
             }
             ready.await;
         }
+    }
+
+    /// Nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.lock().items.is_empty()
     }
 
     /// The writer is gone: wake and refuse every sender from now on.
