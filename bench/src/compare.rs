@@ -445,6 +445,14 @@ impl CompareReport {
                     .find(|r| r.server == s && r.subscribers == n)
             };
             let Some(g) = find("stompgate") else { continue };
+            if let Some(c) = find("ceiling") {
+                println!(
+                    "server CPU per delivery at {n:>6} subscribers (user+sys of the server process over the max-rate phase / deliveries): stompgate {} µs, ceiling {} µs, ratio {}",
+                    g.cpu_per_delivery().map(|v| format!("{v:.3}")).unwrap_or_else(dash),
+                    c.cpu_per_delivery().map(|v| format!("{v:.3}")).unwrap_or_else(dash),
+                    ratio(g.cpu_per_delivery(), c.cpu_per_delivery()),
+                );
+            }
             for other in ["webstomp", "ceiling"] {
                 let Some(o) = find(other) else { continue };
                 println!(

@@ -226,6 +226,10 @@ struct IdleArgs {
     topic: Option<String>,
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Then run the same sessions against the ceiling (a raw WebSocket
+    /// broadcast server this tool starts), and print both and their ratio.
+    #[arg(long)]
+    ceiling: bool,
 }
 
 #[derive(Debug, Args)]
@@ -727,14 +731,53 @@ async fn idle_cmd(a: IdleArgs) -> ExitCode {
         topic: a.topic.unwrap_or_else(|| unique_name("idle")),
         sessions: a.conn.session_opts("idle"),
     };
-    match idle::run_idle(&cfg).await {
-        Ok(report) => {
-            report.print();
-            if let Err(e) = write_json(a.json.as_deref(), &report) {
-                return fail(e);
+    let report = match idle::run_idle(&cfg).await {
+        Ok(report) => report,
+        Err(e) => return fail(e),
+    };
+    report.print();
+    let mut reports = vec![report];
+    if a.ceiling {
+        // Same sessions, same process, right after: memory per session of
+        // the raw WebSocket server for comparison.
+        let dir = std::env::temp_dir().join(format!("stompgate-bench-idle-{}", std::process::id()));
+        let ceiling = match servers::spawn_ceiling(&dir, true).await {
+            Ok(c) => c,
+            Err(e) => return fail(e),
+        };
+        let target = match Target::resolve(&ceiling.url, "guest", "guest", "/").await {
+            Ok(t) => t,
+            Err(e) => return fail(e),
+        };
+        let cfg = idle::IdleConfig {
+            target,
+            pid: Some(ceiling.pid),
+            topic: unique_name("idle"),
+            ..cfg
+        };
+        let result = idle::run_idle(&cfg).await;
+        ceiling.stop().await;
+        match result {
+            Ok(r) => {
+                r.print();
+                let per = |r: &idle::IdleReport| r.rss.as_ref().and_then(|x| x.per_session_kib);
+                if let (Some(g), Some(c)) = (per(&reports[0]), per(&r)) {
+                    println!(
+                        "RSS per idle session: server {g:.2} KiB, ceiling {c:.2} KiB, ratio {:.2}x",
+                        g / c
+                    );
+                }
+                reports.push(r);
             }
-            ExitCode::SUCCESS
+            Err(e) => return fail(e),
         }
+    }
+    let written = match reports.as_slice() {
+        [one] => write_json(a.json.as_deref(), one),
+        all => write_json(a.json.as_deref(), &all),
+    };
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(e),
     }
 }

@@ -155,6 +155,7 @@ impl JwtVerifier {
         Ok(Identity {
             user,
             claims,
+            sub_is_user: false,
             expires_at: Some(exp),
             permissions: None,
         })

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use lapin::uri::AMQPUri;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -186,13 +186,9 @@ impl RabbitAuth {
             .permissions_of(&request.login, &request.vhost)
             .await
             .map_err(RabbitRefusal::Unavailable)?;
-        let mut claims = Map::new();
-        claims.insert("sub".to_owned(), Value::String(request.login.clone()));
         Ok(Identity {
-            user: Some(request.login.clone()),
-            claims,
-            expires_at: None,
             permissions: Some(permissions),
+            ..Identity::login(&request.login)
         })
     }
 

@@ -6,8 +6,6 @@
 //! allowed, except SEND to another user's `/user/` queue; with rules, only
 //! what a rule allows is.
 
-use serde_json::Value;
-
 use super::user::{encode_user, UserDestination};
 use super::{AuthError, Identity};
 use crate::config::RuleConfig;
@@ -175,8 +173,8 @@ fn expand(pattern: &str, identity: &Identity) -> Option<String> {
         let name = &rest[open + 1..close];
         let value = match name {
             "user" => identity.user.as_deref().map(encode_user)?,
-            "sub" => claim_text(identity.claims.get("sub")?)?,
-            _ => claim_text(identity.claims.get(name.strip_prefix("claims.")?)?)?,
+            "sub" => identity.claim_text("sub")?,
+            _ => identity.claim_text(name.strip_prefix("claims.")?)?,
         };
         if value.is_empty() || value.contains(['*', '#', '/']) {
             return None;
@@ -186,14 +184,6 @@ fn expand(pattern: &str, identity: &Identity) -> Option<String> {
     }
     out.push_str(rest);
     Some(out)
-}
-
-fn claim_text(value: &Value) -> Option<String> {
-    match value {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
 }
 
 /// `*` matches any run of characters except `/`.
@@ -245,13 +235,30 @@ mod tests {
         assert!(!glob_match("abc", "abcd"));
     }
 
+    /// Login-list and RabbitMQ users keep no claims map: their `sub` is
+    /// their name, as when it was a claim.
+    #[test]
+    fn a_login_users_sub_is_its_name() {
+        let id = Identity::login("bob");
+        assert!(id.claims.is_empty());
+        assert_eq!(expand("/x/{sub}", &id).as_deref(), Some("/x/bob"));
+        assert_eq!(expand("/x/{claims.sub}", &id).as_deref(), Some("/x/bob"));
+        assert_eq!(expand("/x/{claims.other}", &id), None);
+        let mut token = Identity::anonymous();
+        token.user = Some("bob".into());
+        assert_eq!(expand("/x/{sub}", &token), None, "a token without sub");
+    }
+
     #[test]
     fn expansion_refuses_widening_values() {
         let mut id = Identity::anonymous();
         id.user = Some("u.1".into());
-        id.claims.insert("merchant_id".into(), Value::from(42));
-        id.claims.insert("sub".into(), Value::from("u.1"));
-        id.claims.insert("evil".into(), Value::from("#"));
+        id.claims
+            .insert("merchant_id".into(), serde_json::Value::from(42));
+        id.claims
+            .insert("sub".into(), serde_json::Value::from("u.1"));
+        id.claims
+            .insert("evil".into(), serde_json::Value::from("#"));
         assert_eq!(
             expand("/topic/merchant.{claims.merchant_id}.orders", &id).as_deref(),
             Some("/topic/merchant.42.orders")

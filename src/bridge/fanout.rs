@@ -67,8 +67,78 @@ impl Delivery {
 /// Where fan-out puts a delivery for one subscriber (a client's outbound
 /// queue). `offer` must not wait: when the recipient is full, its own
 /// policy drops the delivery or cuts the client off.
+///
+/// `offer` does not wake the recipient's writer: fan-out routes every
+/// message that has already arrived first, then calls [`Recipient::wake`]
+/// once for each recipient whose `offer` answered `true` (its queue was
+/// empty until then), so a writer wakes, and writes, once per burst of
+/// messages rather than once per message.
 pub trait Recipient: Send + Sync + std::fmt::Debug {
-    fn offer(&self, delivery: Delivery);
+    /// Queues `delivery` (or applies the slow-client policy): whether the
+    /// queue was empty before (the writer must be woken), and the bytes
+    /// queued (0 when dropped), which [`Wakes::flush`] adds to
+    /// `stompgate_outbound_queued_bytes` once per burst.
+    fn offer(&self, delivery: Delivery) -> Offered;
+    /// Wakes the writer for what `offer` queued.
+    fn wake(&self);
+}
+
+/// What [`Recipient::offer`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Offered {
+    pub wake: bool,
+    pub bytes: usize,
+}
+
+/// Recipients to wake once the current burst of deliveries is routed.
+#[derive(Debug, Default)]
+pub struct Wakes {
+    pending: Vec<Arc<dyn Recipient>>,
+    /// Bytes queued by the burst (one update of the gauge per burst).
+    bytes: usize,
+}
+
+impl Wakes {
+    /// Recipients waiting for their wake-up.
+    pub fn len(&self) -> usize {
+        self.pending.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// Offers `delivery` to `recipient`, whose writer is woken at the
+    /// next flush (if the offer asks for a wake-up).
+    pub fn offer(&mut self, recipient: &Arc<dyn Recipient>, delivery: Delivery) {
+        let offered = recipient.offer(delivery);
+        self.bytes += offered.bytes;
+        if offered.wake {
+            self.pending.push(Arc::clone(recipient));
+        }
+    }
+
+    /// Wakes every recipient queued since the last flush.
+    pub fn flush(&mut self) {
+        if self.bytes > 0 {
+            crate::metrics::get()
+                .outbound_bytes
+                .increment(std::mem::take(&mut self.bytes) as f64);
+        }
+        for recipient in self.pending.drain(..) {
+            recipient.wake();
+        }
+        // A burst to many recipients must not keep a large list for ever.
+        if self.pending.capacity() > 4096 {
+            self.pending = Vec::new();
+        }
+    }
+}
+
+impl Drop for Wakes {
+    fn drop(&mut self) {
+        self.flush();
+    }
 }
 
 /// One local subscription to a broadcast binding.
@@ -103,14 +173,18 @@ impl Subscriber {
         }
     }
 
-    /// Offers `message` to this subscriber.
-    pub fn offer(&self, message: &Arc<SharedMessage>) {
-        self.recipient.offer(Delivery {
-            prefix: self.prefix.clone(),
-            ack_header: self.ack_header,
-            escaping: self.escaping,
-            message: Arc::clone(message),
-        });
+    /// Offers `message` to this subscriber; its writer is woken by
+    /// `wakes.flush()`.
+    pub fn offer(&self, message: &Arc<SharedMessage>, wakes: &mut Wakes) {
+        wakes.offer(
+            &self.recipient,
+            Delivery {
+                prefix: self.prefix.clone(),
+                ack_header: self.ack_header,
+                escaping: self.escaping,
+                message: Arc::clone(message),
+            },
+        );
     }
 }
 

@@ -43,7 +43,7 @@ use rand::Rng;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::fanout::{Delivery, Subscriber};
+use super::fanout::{Delivery, Subscriber, Wakes};
 use super::matcher::topic_matches;
 use super::plane::timed;
 use super::pool::Pool;
@@ -130,7 +130,7 @@ impl Sub {
     }
 
     /// Offers the message at `offset` unless the subscription had it.
-    fn offer(&self, offset: u64, message: &Arc<SharedMessage>) -> bool {
+    fn offer(&self, offset: u64, message: &Arc<SharedMessage>, wakes: &mut Wakes) -> bool {
         let announce = match self
             .gate
             .lock()
@@ -141,19 +141,22 @@ impl Sub {
             Some(a) => a,
         };
         match announce {
-            None => self.subscriber.offer(message),
+            None => self.subscriber.offer(message, wakes),
             Some(resumed) => {
                 let s = &self.subscriber;
                 let mut prefix = BytesMut::with_capacity(s.prefix.len() + 20);
                 prefix.extend_from_slice(&s.prefix);
                 prefix.extend_from_slice(RESUMED_HEADER.as_bytes());
                 prefix.extend_from_slice(if resumed { b":true\n" } else { b":false\n" });
-                s.recipient.offer(Delivery {
-                    prefix: prefix.freeze(),
-                    ack_header: s.ack_header,
-                    escaping: s.escaping,
-                    message: Arc::clone(message),
-                });
+                wakes.offer(
+                    &s.recipient,
+                    Delivery {
+                        prefix: prefix.freeze(),
+                        ack_header: s.ack_header,
+                        escaping: s.escaping,
+                        message: Arc::clone(message),
+                    },
+                );
             }
         }
         true
@@ -399,8 +402,9 @@ impl State {
             .unwrap_or_else(PoisonError::into_inner)
             .next();
         let mut n = 0u64;
+        let mut wakes = Wakes::default();
         for kept in self.ring.since(from) {
-            if sub.matches(&kept.routing_key) && sub.offer(kept.offset, &kept.message) {
+            if sub.matches(&kept.routing_key) && sub.offer(kept.offset, &kept.message, &mut wakes) {
                 n += 1;
             }
         }
@@ -410,14 +414,15 @@ impl State {
     /// Offers a live message to the live subscriptions it matches.
     fn route(&self, offset: u64, key: &str, message: &Arc<SharedMessage>) {
         let mut n = 0u64;
+        let mut wakes = Wakes::default();
         if let Some(list) = self.exact.get(key) {
             for s in list {
-                n += s.offer(offset, message) as u64;
+                n += s.offer(offset, message, &mut wakes) as u64;
             }
         }
         for s in &self.wild {
             if s.matches(key) {
-                n += s.offer(offset, message) as u64;
+                n += s.offer(offset, message, &mut wakes) as u64;
             }
         }
         count(n);
@@ -428,9 +433,10 @@ impl State {
     /// position).
     fn offer_round(&self, messages: Vec<Read>) {
         let mut n = 0u64;
+        let mut wakes = Wakes::default();
         for (offset, key, message) in &messages {
             for sub in &self.round {
-                if sub.matches(key) && sub.offer(*offset, message) {
+                if sub.matches(key) && sub.offer(*offset, message, &mut wakes) {
                     n += 1;
                 }
             }

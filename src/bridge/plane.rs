@@ -35,7 +35,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
     ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
@@ -89,6 +89,9 @@ impl Default for PlaneConfig {
 /// restart, about 1,450 binds/s: `cargo test --test resilience -- --ignored
 /// rebind`); 2,048 in flight per channel stalled the re-bind entirely.
 const BIND_BATCH: usize = 256;
+/// Most deliveries of one shard routed before the writers they went to
+/// are woken (fewer when fewer have arrived).
+const BURST: usize = 64;
 /// How long a checked exchange is taken to exist without asking again.
 const EXCHANGE_TTL: Duration = Duration::from_secs(5);
 
@@ -1133,17 +1136,44 @@ impl Plane {
             };
             match next {
                 Some(Ok(delivery)) => {
-                    last_tag = delivery.delivery_tag;
-                    if shard.measuring.load(Ordering::Relaxed) > 0 {
-                        self.observe(shard, delivery.exchange.as_str());
+                    // Route every delivery that is already here before
+                    // waking the writers (at most BURST): a client's writer
+                    // then wakes, and writes, once per burst, not once per
+                    // message. `wakes` wakes them when dropped, whatever
+                    // happens below.
+                    let mut wakes = fanout::Wakes::default();
+                    let mut next = Some(Some(Ok(delivery)));
+                    let mut burst = 0;
+                    while let Some(item) = next.take() {
+                        let Some(Ok(delivery)) = item else {
+                            next = Some(item);
+                            break;
+                        };
+                        last_tag = delivery.delivery_tag;
+                        if shard.measuring.load(Ordering::Relaxed) > 0 {
+                            self.observe(shard, delivery.exchange.as_str());
+                        }
+                        self.route(shard, delivery, &mut wakes);
+                        unacked += 1;
+                        burst += 1;
+                        if burst < BURST {
+                            next = consumer.next().now_or_never();
+                        }
                     }
-                    self.route(shard, delivery);
-                    unacked += 1;
+                    drop(wakes);
                     if unacked >= ack_every {
                         let _ = channel
                             .basic_ack(last_tag, BasicAckOptions { multiple: true })
                             .await;
                         unacked = 0;
+                    }
+                    match next {
+                        Some(Some(Err(error))) => {
+                            tracing::warn!(shard = shard.index, %error, "plane consumer failed");
+                            return;
+                        }
+                        Some(None) => return,
+                        _ => {}
                     }
                 }
                 Some(Err(error)) => {
@@ -1157,7 +1187,7 @@ impl Plane {
 
     /// Offers one delivery to every local subscription it matches, encoded
     /// once; nothing per recipient is allocated.
-    fn route(&self, shard: &Shard, delivery: lapin::message::Delivery) {
+    fn route(&self, shard: &Shard, delivery: lapin::message::Delivery, wakes: &mut fanout::Wakes) {
         let metrics = crate::metrics::get();
         let routes = shard.routes.read().unwrap_or_else(PoisonError::into_inner);
         let mut message: Option<Arc<SharedMessage>> = None;
@@ -1187,7 +1217,7 @@ impl Plane {
             let shared = encode(&mut message);
             recipients += entry.subscribers.len() as u64;
             for s in &entry.subscribers {
-                s.offer(&shared);
+                s.offer(&shared, wakes);
             }
         };
         let matched = if shard.dedicated.is_some() {

@@ -91,62 +91,105 @@ type Refused = (String, Option<String>);
 
 type PendingConfirm = BoxFuture<'static, Result<(), Refused>>;
 
+/// No publish awaits its confirm.
+fn no_confirms(confirms: &Option<FuturesOrdered<PendingConfirm>>) -> bool {
+    confirms.as_ref().is_none_or(|c| c.is_empty())
+}
+
+/// The next confirm (in publish order); the list goes once empty.
+async fn next_confirm(
+    confirms: &mut Option<FuturesOrdered<PendingConfirm>>,
+) -> Option<Result<(), Refused>> {
+    let result = confirms.as_mut()?.next().await;
+    if no_confirms(confirms) {
+        *confirms = None;
+    }
+    result
+}
+
 /// Runs one session until it ends, the client goes away or it is cut off.
-pub async fn run<B, I>(
-    ctx: &Context,
+///
+/// Not an `async fn`: the session's state is built here, once, on the heap,
+/// and the returned future holds only a pointer to it. (An `async fn`
+/// keeps a slot for each argument and local, beside the state they move
+/// into, for the whole life of the session: about 2 KiB more per idle
+/// session.)
+pub fn run<'a, B, I>(
+    ctx: &'a Context,
     broker: B,
-    mut input: I,
+    input: I,
     link: Arc<ClientLink>,
     options: Options,
+) -> impl std::future::Future<Output = Outcome> + Send + 'a
+where
+    B: BrokerSession + 'a,
+    I: Stream<Item = Incoming> + Unpin + Send + 'a,
+{
+    let driver = Box::new(Driver::start(ctx, broker, &link, options));
+    drive(ctx, driver, input, link)
+}
+
+impl<B: BrokerSession> Driver<B> {
+    /// A session's state before its first input.
+    fn start(ctx: &Context, broker: B, link: &Arc<ClientLink>, options: Options) -> Driver<B> {
+        let session_id = format!("session-{}-{:08x}", broker.key(), rand::random::<u32>());
+        let mut session = Session::new(
+            Arc::clone(&ctx.session),
+            session_id,
+            Instant::now().into_std(),
+            crate::auth::unix_now(),
+        );
+        session.set_handshake_token(options.token);
+        session.set_keepalive(options.keepalive);
+        let limits = &ctx.limits;
+        Driver {
+            session,
+            codec: StompCodec::new(FrameLimits {
+                max_frame_bytes: limits.max_frame_bytes_before_connect,
+                max_headers: limits.max_headers,
+                max_header_line: limits.max_header_line,
+            }),
+            full_limits: FrameLimits {
+                max_frame_bytes: limits.max_frame_bytes,
+                max_headers: limits.max_headers,
+                max_header_line: limits.max_header_line,
+            },
+            buffer: BytesMut::new(),
+            broker,
+            link: Arc::clone(link),
+            escaping: Escaping::None,
+            rate: RateLimit::new(ctx.max_frames_per_second),
+            throttle: ctx.throttle,
+            confirms: None,
+            limit_before_connect: limits.max_frame_bytes_before_connect,
+            cut_off: false,
+            reported: false,
+            drain: ctx.drain.clone(),
+            rabbit_auth: ctx.rabbit_auth.clone(),
+            followups: Vec::new(),
+        }
+    }
+}
+
+/// The session's loop: input, broker, confirms, deadlines, drain.
+async fn drive<B, I>(
+    ctx: &Context,
+    mut driver: Box<Driver<B>>,
+    mut input: I,
+    link: Arc<ClientLink>,
 ) -> Outcome
 where
     B: BrokerSession,
     I: Stream<Item = Incoming> + Unpin,
 {
     let metrics = crate::metrics::get();
-    let session_id = format!("session-{}-{:08x}", broker.key(), rand::random::<u32>());
-    let mut session = Session::new(
-        Arc::clone(&ctx.session),
-        session_id,
-        Instant::now().into_std(),
-        crate::auth::unix_now(),
-    );
-    session.set_handshake_token(options.token);
-    session.set_keepalive(options.keepalive);
-    let limits = &ctx.limits;
-    let mut driver = Driver {
-        session,
-        codec: StompCodec::new(FrameLimits {
-            max_frame_bytes: limits.max_frame_bytes_before_connect,
-            max_headers: limits.max_headers,
-            max_header_line: limits.max_header_line,
-        }),
-        full_limits: FrameLimits {
-            max_frame_bytes: limits.max_frame_bytes,
-            max_headers: limits.max_headers,
-            max_header_line: limits.max_header_line,
-        },
-        buffer: BytesMut::new(),
-        broker,
-        link: Arc::clone(&link),
-        escaping: Escaping::None,
-        rate: RateLimit::new(ctx.max_frames_per_second),
-        throttle: ctx.throttle,
-        confirms: FuturesOrdered::new(),
-        limit_before_connect: limits.max_frame_bytes_before_connect,
-        cut_off: false,
-        reported: false,
-        drain: ctx.drain.clone(),
-        rabbit_auth: ctx.rabbit_auth.clone(),
-        followups: Vec::new(),
-    };
     let mut drain_seen = false;
     let outcome = loop {
         if driver.cut_off {
             break Outcome::SlowClient;
         }
         if driver.session.is_finished()
-            || (driver.session.is_closed() && driver.confirms.is_empty())
+            || (driver.session.is_closed() && no_confirms(&driver.confirms))
         {
             break Outcome::Ended;
         }
@@ -158,7 +201,7 @@ where
             biased;
             item = input.next(), if driver.session.wants_input() => Event::Input(item),
             item = driver.broker.next_inbound(), if !driver.session.is_closed() => Event::Inbound(item),
-            Some(result) = driver.confirms.next(), if !driver.confirms.is_empty() => Event::Confirmed(result),
+            Some(result) = next_confirm(&mut driver.confirms), if !no_confirms(&driver.confirms) => Event::Confirmed(result),
             () = link.overflowed() => Event::Overflow,
             () = sleep_until_some(deadline) => Event::Deadline,
             () = ctx.drain.cancelled(), if !drain_seen => Event::DrainStarted,
@@ -262,7 +305,9 @@ struct Driver<B> {
     escaping: Escaping,
     rate: RateLimit,
     throttle: bool,
-    confirms: FuturesOrdered<PendingConfirm>,
+    /// Publishes awaiting their confirm, in order; `None` until the first
+    /// (an empty `FuturesOrdered` allocates, and most sessions only listen).
+    confirms: Option<FuturesOrdered<PendingConfirm>>,
     /// `limits.max_frame_bytes_before_connect`: bytes buffered before CONNECT.
     limit_before_connect: usize,
     /// The client was cut off while the driver waited to queue a frame.
@@ -400,7 +445,7 @@ impl<B: BrokerSession> Driver<B> {
     /// The broker refused a publish (or another operation): nothing queued
     /// behind it may be confirmed, and the session ends with an ERROR.
     async fn broker_refused(&mut self, message: String, receipt: Option<String>) {
-        self.confirms = FuturesOrdered::new();
+        self.confirms = None;
         let mut actions = Vec::new();
         self.session
             .broker_error_for(&message, receipt.as_deref(), &mut actions);
@@ -424,7 +469,7 @@ impl<B: BrokerSession> Driver<B> {
                 queue = next.into();
             }
             if let Err((message, receipt)) = result {
-                self.confirms = FuturesOrdered::new();
+                self.confirms = None;
                 let mut error = Vec::new();
                 self.session
                     .broker_error_for(&message, receipt.as_deref(), &mut error);
@@ -500,7 +545,8 @@ impl<B: BrokerSession> Driver<B> {
                     .await
                     .map_err(|e| (e.to_string(), receipt.clone()))?;
                 let limit = self.broker.confirm_timeout();
-                self.confirms.push_back(Box::pin(async move {
+                let confirms = self.confirms.get_or_insert_with(FuturesOrdered::new);
+                confirms.push_back(Box::pin(async move {
                     let Ok(result) = tokio::time::timeout(limit, confirm).await else {
                         return Err((
                             format!(

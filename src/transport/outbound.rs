@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use bytes::Bytes;
 use tokio::sync::Notify;
 
-use crate::bridge::fanout::{Delivery, Recipient};
+use crate::bridge::fanout::{Delivery, Offered, Recipient};
 use crate::config::SlowClientPolicy;
 
 /// One entry of the queue.
@@ -71,8 +71,12 @@ impl Outbound {
 }
 
 impl Recipient for ClientLink {
-    fn offer(&self, delivery: Delivery) {
-        ClientLink::offer(self, Outbound::Broadcast(delivery));
+    fn offer(&self, delivery: Delivery) -> Offered {
+        self.offer_quietly(Outbound::Broadcast(delivery), false)
+    }
+
+    fn wake(&self) {
+        self.ready.notify_one();
     }
 }
 
@@ -167,15 +171,35 @@ impl ClientLink {
     /// Offers a broadcast entry without waiting; applies the slow-client
     /// policy when the queue is full.
     pub fn offer(&self, item: Outbound) {
+        if self.offer_quietly(item, true).wake {
+            self.ready.notify_one();
+        }
+    }
+
+    /// [`ClientLink::offer`] without waking the writer: `wake` when the
+    /// entry went into an empty queue, so the caller must wake the writer
+    /// ([`Recipient::wake`]). A non-empty queue has a wake-up owed already
+    /// (whoever made it non-empty wakes the writer, which takes everything
+    /// queued at once). Without `gauge`, the caller adds `bytes` to the
+    /// queued-bytes gauge itself (fan-out does it once per burst).
+    fn offer_quietly(&self, item: Outbound, gauge: bool) -> Offered {
         let mut queue = self.lock();
         if queue.closed {
-            return;
+            return Offered {
+                wake: false,
+                bytes: 0,
+            };
         }
-        if self.fits(&queue, item.size()) {
-            self.push(&mut queue, item);
+        let size = item.size();
+        if self.fits(&queue, size) {
+            let wake = queue.items.is_empty();
+            queue.bytes += size;
+            queue.items.push_back(item);
             drop(queue);
-            self.ready.notify_one();
-            return;
+            if gauge {
+                crate::metrics::get().outbound_bytes.increment(size as f64);
+            }
+            return Offered { wake, bytes: size };
         }
         drop(queue);
         match self.policy {
@@ -188,6 +212,10 @@ impl ClientLink {
                     self.overflow.notify_one();
                 }
             }
+        }
+        Offered {
+            wake: false,
+            bytes: 0,
         }
     }
 
@@ -210,6 +238,11 @@ impl ClientLink {
             }
             ready.await;
         }
+    }
+
+    /// Nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.lock().items.is_empty()
     }
 
     /// The writer is gone: wake and refuse every sender from now on.

@@ -95,14 +95,71 @@ pub async fn upgrade(
         .write_buffer_size(0)
         .max_message_size(max_message)
         .max_frame_size(max_message)
-        .on_upgrade(move |socket| async move {
-            // Admitted until the session ends (or the upgrade fails, which
-            // drops this closure unrun).
-            let _admission = admission;
-            let _connection = host.track_connection();
-            let broker = host.broker();
-            run(socket, &host.driver, broker, handshake).await;
+        .on_upgrade(move |socket| {
+            // The socket is split and its writer started right here, so
+            // that the session's future does not keep a slot for it.
+            let (link, writer, input) = start(socket, &host.driver.limits, handshake.ping_every);
+            let options = Options {
+                token: handshake.token,
+                keepalive: handshake.ping_every,
+            };
+            async move {
+                // Admitted until the session ends (or the upgrade fails,
+                // which drops this closure unrun).
+                let _admission = admission;
+                let _connection = host.track_connection();
+                let broker = host.broker();
+                let session = driver::run(&host.driver, broker, input, Arc::clone(&link), options);
+                finish(session, link, writer).await;
+            }
         })
+}
+
+/// What [`start`] makes of a socket: the client's queue, its writer task,
+/// and the client's input for the driver.
+type Started = (
+    Arc<ClientLink>,
+    AbortOnDrop,
+    futures_util::stream::Map<
+        futures_util::stream::SplitStream<WebSocket>,
+        fn(Result<WsMessage, axum::Error>) -> Incoming,
+    >,
+);
+
+/// Splits the socket, makes the client's queue and starts its writer.
+fn start(
+    socket: WebSocket,
+    limits: &crate::config::Limits,
+    ping_every: Option<Duration>,
+) -> Started {
+    let (sink, stream) = socket.split();
+    let link = ClientLink::bounded(
+        limits.outbound_queue_frames,
+        limits.outbound_queue_bytes,
+        limits.slow_client_policy,
+    );
+    let writer = AbortOnDrop(tokio::spawn(write_loop(
+        sink,
+        Arc::clone(&link),
+        Duration::from_millis(limits.write_timeout_ms),
+        ping_every,
+    )));
+    let input = stream.map(incoming as fn(_) -> _);
+    (link, writer, input)
+}
+
+/// A WebSocket message as the driver's input.
+fn incoming(message: Result<WsMessage, axum::Error>) -> Incoming {
+    match message {
+        Ok(WsMessage::Text(text)) => Incoming::Data(bytes::Bytes::from(text)),
+        Ok(WsMessage::Binary(data)) => Incoming::Data(data),
+        Ok(WsMessage::Ping(_) | WsMessage::Pong(_)) => Incoming::Alive,
+        Ok(WsMessage::Close(_)) => Incoming::Closed,
+        Err(error) => {
+            tracing::debug!(%error, "websocket read failed");
+            Incoming::Closed
+        }
+    }
 }
 
 /// Serves one upgraded WebSocket until it closes.
@@ -112,34 +169,22 @@ pub async fn run(
     broker: impl BrokerSession,
     handshake: Handshake,
 ) {
-    let limits = &ctx.limits;
-    let (sink, stream) = socket.split();
-    let link = ClientLink::bounded(
-        limits.outbound_queue_frames,
-        limits.outbound_queue_bytes,
-        limits.slow_client_policy,
-    );
-    let mut writer = AbortOnDrop(tokio::spawn(write_loop(
-        sink,
-        Arc::clone(&link),
-        Duration::from_millis(limits.write_timeout_ms),
-        handshake.ping_every,
-    )));
-    let input = stream.map(|message| match message {
-        Ok(WsMessage::Text(text)) => Incoming::Data(bytes::Bytes::from(text)),
-        Ok(WsMessage::Binary(data)) => Incoming::Data(data),
-        Ok(WsMessage::Ping(_) | WsMessage::Pong(_)) => Incoming::Alive,
-        Ok(WsMessage::Close(_)) => Incoming::Closed,
-        Err(error) => {
-            tracing::debug!(%error, "websocket read failed");
-            Incoming::Closed
-        }
-    });
+    let (link, writer, input) = start(socket, &ctx.limits, handshake.ping_every);
     let options = Options {
         token: handshake.token,
         keepalive: handshake.ping_every,
     };
-    let outcome = driver::run(ctx, broker, input, Arc::clone(&link), options).await;
+    let session = driver::run(ctx, broker, input, Arc::clone(&link), options);
+    finish(session, link, writer).await;
+}
+
+/// Runs the session, then lets the writer flush and close.
+async fn finish(
+    session: impl std::future::Future<Output = Outcome>,
+    link: Arc<ClientLink>,
+    mut writer: AbortOnDrop,
+) {
+    let outcome = session.await;
     if outcome == Outcome::SlowClient {
         writer.0.abort();
         let _ = (&mut writer.0).await;
@@ -268,7 +313,9 @@ async fn write_loop(
             metrics.bytes_out.increment(ws_len(&message));
             io!(sink.feed(message));
         }
-        if batch.capacity() > 64 {
+        // Keep the batch's allocation only while more is queued: an idle
+        // session holds none (the queue gets this one at the next take).
+        if batch.capacity() > 64 || link.is_empty() {
             batch = VecDeque::new();
         }
         io!(sink.flush());
