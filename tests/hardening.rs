@@ -860,6 +860,10 @@ async fn half_open_connection_without_heartbeats_is_closed_by_pings() {
         Recv::Timeout
     );
     let waited = started.elapsed();
+    // The live session ends first: while the test reads `gone` below, `live`
+    // reads nothing and so answers no pings (on a loaded machine that gap
+    // could outlast two ping intervals). `gone`'s ERROR waits in its socket.
+    live.disconnect().await;
     let e = gone.expect(Command::Error).await;
     assert!(
         e.header("message")
@@ -870,7 +874,6 @@ async fn half_open_connection_without_heartbeats_is_closed_by_pings() {
     );
     gone.expect_closed().await;
     assert!(waited >= Duration::from_secs(2));
-    live.disconnect().await;
 }
 
 // ---- 11. amqps:// to a TLS-enabled RabbitMQ node ------------------------------------
