@@ -15,13 +15,13 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command as Process, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use lapin::BasicProperties;
 use stompgate::stomp::{Command, Frame};
 
-use common::process::{spawn_haproxy, ChildGuard};
+use common::process::{spawn_haproxy, wait_ready, ChildGuard, Replica};
 use common::*;
 
 /// One test at a time: each starts three processes.
@@ -49,54 +49,16 @@ impl Drop for Scratch {
     }
 }
 
-struct Replica {
-    name: String,
-    addr: SocketAddr,
-    process: ChildGuard,
-}
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// A replica with the test's configuration file, logging what the history
+/// streams do.
 fn spawn_replica(name: &str, dir: &Path, config: &Path) -> Replica {
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let log = std::fs::File::create(dir.join(format!("{name}.log"))).expect("log file");
-    let child = Process::new(env!("CARGO_BIN_EXE_stompgate"))
-        .args([
-            "--config",
-            &config.display().to_string(),
-            "--listen",
-            &addr.to_string(),
-            "--amqp-url",
-            "amqp://127.0.0.1:5672/%2f",
-        ])
-        .env("RUST_LOG", "warn,stompgate::bridge::history=info")
-        .env("STOMPGATE_AUTH__ANONYMOUS", "true")
-        .env_remove("STOMPGATE_LISTEN")
-        .env_remove("STOMPGATE_AMQP_URL")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("spawn stompgate");
-    Replica {
-        name: name.to_owned(),
-        addr,
-        process: ChildGuard::new(name, child),
-    }
-}
-
-async fn wait_ready(addr: SocketAddr, process: &mut ChildGuard) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(status) = process.exited() {
-            panic!("{} exited with {status}", process.name);
-        }
-        if let Ok(r) = try_http_get(addr, "/readyz", Duration::from_secs(2)).await {
-            if r.status == 200 {
-                return;
-            }
-        }
-        assert!(Instant::now() < deadline, "{addr} not ready within 20 s");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    Replica::spawn(name, dir, |c| {
+        c.arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "warn,stompgate::bridge::history=info");
+    })
 }
 
 /// Two replicas with `[history]` for `/topic/<prefix>.*` and HAProxy in
@@ -129,7 +91,8 @@ impl Setup {
             spawn_replica("gw2", &dir.0, &config),
         ];
         for r in replicas.iter_mut() {
-            wait_ready(r.addr, &mut r.process).await;
+            let log = dir.0.join(format!("{}.log", r.name));
+            wait_ready(r.addr, &mut r.process, READY_TIMEOUT, &log).await;
         }
         let template = std::fs::read_to_string(
             Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/haproxy-local.cfg.in"),
@@ -155,7 +118,13 @@ impl Setup {
         .expect("haproxy.cfg");
         let mut haproxy = spawn_haproxy(&cfg, &dir.0.join("haproxy.log"));
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        wait_ready(addr, &mut haproxy).await;
+        wait_ready(
+            addr,
+            &mut haproxy,
+            READY_TIMEOUT,
+            &dir.0.join("haproxy.log"),
+        )
+        .await;
         let setup = Setup {
             dir,
             prefix,
@@ -663,7 +632,8 @@ async fn a_replica_started_after_the_outage_reads_the_stream_to_its_end() {
         backend.orders(&setup.key("m1"), 6..=5 + ORDERS).await;
         let config = setup.dir.0.join("stompgate.toml");
         let mut fresh = spawn_replica("gw3", &setup.dir.0, &config);
-        wait_ready(fresh.addr, &mut fresh.process).await;
+        let log = setup.dir.0.join("gw3.log");
+        wait_ready(fresh.addr, &mut fresh.process, READY_TIMEOUT, &log).await;
         let deadline = Instant::now() + Duration::from_secs(20);
         while !std::fs::read_to_string(setup.dir.0.join("gw3.log"))
             .unwrap_or_default()

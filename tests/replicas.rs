@@ -16,7 +16,6 @@ mod common;
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command as Process, Stdio};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,7 +25,7 @@ use lapin::BasicProperties;
 use stompgate::stomp::{Command, Frame};
 use tokio::sync::{mpsc, watch, Semaphore};
 
-use common::process::{spawn_haproxy, ChildGuard};
+use common::process::{spawn_haproxy, tail, ChildGuard, Replica};
 use common::*;
 
 /// One test at a time (see the module comment).
@@ -65,58 +64,11 @@ impl Drop for ScratchDir {
     }
 }
 
-fn tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(20)..].join("\n")
-}
-
-/// A `stompgate` process.
-struct Replica {
-    name: String,
-    addr: SocketAddr,
-    process: ChildGuard,
-}
-
-impl Replica {
-    /// SIGKILL, as a crashing or OOM-killed replica.
-    fn kill(&mut self) {
-        self.process.kill();
-    }
-}
-
-fn spawn_replica(name: &str, dir: &Path) -> Replica {
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let log = std::fs::File::create(dir.join(format!("{name}.log"))).expect("log file");
-    let child = Process::new(env!("CARGO_BIN_EXE_stompgate"))
-        .args([
-            "--listen",
-            &addr.to_string(),
-            "--amqp-url",
-            "amqp://127.0.0.1:5672/%2f",
-        ])
-        .env("RUST_LOG", "warn")
-        // These clients connect without credentials, like common::start_gateway's.
-        .env("STOMPGATE_AUTH__ANONYMOUS", "true")
-        .env_remove("STOMPGATE_LISTEN")
-        .env_remove("STOMPGATE_AMQP_URL")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("spawn stompgate");
-    Replica {
-        name: name.to_owned(),
-        addr,
-        process: ChildGuard::new(name, child),
-    }
-}
-
 /// Starts `n` replicas and waits (bounded) until each answers 200 on /readyz.
 /// A replica whose port was taken in the meantime is started again elsewhere.
 async fn start_replicas(n: usize, dir: &Path) -> Vec<Replica> {
     let mut replicas: Vec<Replica> = (1..=n)
-        .map(|i| spawn_replica(&format!("gw{i}"), dir))
+        .map(|i| Replica::spawn(&format!("gw{i}"), dir, |_| {}))
         .collect();
     for replica in replicas.iter_mut() {
         let mut attempts = 0;
@@ -129,13 +81,13 @@ async fn start_replicas(n: usize, dir: &Path) -> Vec<Replica> {
                         "replicas: {} exited early ({e}); starting it again",
                         replica.name
                     );
-                    *replica = spawn_replica(&replica.name, dir);
+                    *replica = Replica::spawn(&replica.name, dir, |_| {});
                 }
                 Err(e) => panic!(
                     "replica {} at {} not ready: {e}\nits log:\n{}",
                     replica.name,
                     replica.addr,
-                    tail(&dir.join(format!("{}.log", replica.name)))
+                    tail(&dir.join(format!("{}.log", replica.name)), 20)
                 ),
             }
         }
@@ -228,7 +180,7 @@ async fn start_haproxy(replicas: &[Replica], dir: &Path) -> Haproxy {
             Err(e) if attempts < 3 && process.exited().is_some() => {
                 eprintln!("replicas: haproxy exited early ({e}); trying another port");
             }
-            Err(e) => panic!("haproxy not ready: {e}\nits log:\n{}", tail(&log_path)),
+            Err(e) => panic!("haproxy not ready: {e}\nits log:\n{}", tail(&log_path, 20)),
         }
     }
 }

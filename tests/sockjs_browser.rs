@@ -38,7 +38,7 @@ use lapin::BasicProperties;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 
-use common::process::{haproxy_bin, spawn_haproxy, ChildGuard};
+use common::process::{haproxy_bin, spawn_haproxy, wait_ready, ChildGuard, Replica};
 use common::*;
 
 /// Every transport sockjs-client 1.6 has in a browser, in the order tried.
@@ -156,12 +156,6 @@ impl Drop for Scratch {
     }
 }
 
-fn tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(30)..].join("\n")
-}
-
 /// The page and its stompjs bundle, as the gateways serve them (demo.dir).
 fn write_page(dir: &Path) {
     let page = dir.join("page");
@@ -173,58 +167,18 @@ fn write_page(dir: &Path) {
     .expect("copy the stompjs bundle");
 }
 
-struct Replica {
-    name: String,
-    addr: SocketAddr,
-    process: ChildGuard,
-}
-
+/// A replica serving SockJS and the test page (demo.dir).
 fn spawn_replica(name: &str, dir: &Path) -> Replica {
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let log = std::fs::File::create(dir.join(format!("{name}.log"))).expect("log file");
-    let child = Process::new(env!("CARGO_BIN_EXE_stompgate"))
-        .args(["--listen", &addr.to_string(), "--amqp-url", AMQP_URL])
-        .env(
+    Replica::spawn(name, dir, |c| {
+        c.env(
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
         )
-        .env("STOMPGATE_AUTH__ANONYMOUS", "true")
         .env("STOMPGATE_SOCKJS__ENABLED", "true")
         .env("STOMPGATE_SOCKJS__CLIENT_FILE", sockjs_bundle())
         .env("STOMPGATE_DEMO__ENABLED", "true")
-        .env("STOMPGATE_DEMO__DIR", dir.join("page"))
-        .env_remove("STOMPGATE_LISTEN")
-        .env_remove("STOMPGATE_AMQP_URL")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("spawn stompgate");
-    Replica {
-        name: name.to_owned(),
-        addr,
-        process: ChildGuard::new(name, child),
-    }
-}
-
-async fn wait_ready(addr: SocketAddr, process: &mut ChildGuard, what: &str, log: &Path) {
-    let deadline = Instant::now() + READY_TIMEOUT;
-    loop {
-        if let Some(status) = process.exited() {
-            panic!("{what} exited with {status}; its log:\n{}", tail(log));
-        }
-        if let Ok(r) = try_http_get(addr, "/readyz", Duration::from_secs(3)).await {
-            if r.status == 200 {
-                return;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what} on {addr} not ready within {READY_TIMEOUT:?}; its log:\n{}",
-            tail(log)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        .env("STOMPGATE_DEMO__DIR", dir.join("page"));
+    })
 }
 
 const STICKY: &str = "    balance uri depth 3\n";
@@ -267,7 +221,7 @@ async fn start_haproxy(replicas: &[Replica], dir: &Path, sticky: bool) -> (u16, 
     let log_path = dir.join("haproxy.log");
     let mut process = spawn_haproxy(&cfg, &log_path);
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    wait_ready(addr, &mut process, "haproxy", &log_path).await;
+    wait_ready(addr, &mut process, READY_TIMEOUT, &log_path).await;
     (port, process)
 }
 
@@ -357,7 +311,7 @@ async fn run_in_chromium(sticky: bool) {
     let mut replicas = vec![spawn_replica("gw1", &dir), spawn_replica("gw2", &dir)];
     for r in replicas.iter_mut() {
         let log = dir.join(format!("{}.log", r.name));
-        wait_ready(r.addr, &mut r.process, &r.name, &log).await;
+        wait_ready(r.addr, &mut r.process, READY_TIMEOUT, &log).await;
     }
     let (port, _haproxy) = start_haproxy(&replicas, &dir, sticky).await;
     let run = unique("sockjs-br");

@@ -139,3 +139,84 @@ pub async fn wait_bounded(
     let err = collect(err_task).await;
     (status, out, err)
 }
+
+/// The last `lines` lines of a log file (for a failure message).
+pub fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// A `stompgate` process of the multi-replica tests (killed, SIGKILL, when
+/// dropped): anonymous access, on a free port of 127.0.0.1, against the
+/// machine's broker, logging to `<dir>/<name>.log`.
+pub struct Replica {
+    pub name: String,
+    pub addr: std::net::SocketAddr,
+    pub process: ChildGuard,
+}
+
+impl Replica {
+    /// Starts one; `configure` adds arguments and environment (a config
+    /// file, `[sockjs]` settings, another `RUST_LOG`).
+    pub fn spawn(name: &str, dir: &Path, configure: impl FnOnce(&mut Command)) -> Replica {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], super::free_port()));
+        let log = std::fs::File::create(dir.join(format!("{name}.log"))).expect("log file");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_stompgate"));
+        command
+            .args(["--listen", &addr.to_string(), "--amqp-url", super::AMQP_URL])
+            .env("RUST_LOG", "warn")
+            // These clients connect without credentials, like common::start_gateway's.
+            .env("STOMPGATE_AUTH__ANONYMOUS", "true")
+            .env_remove("STOMPGATE_LISTEN")
+            .env_remove("STOMPGATE_AMQP_URL")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        configure(&mut command);
+        let child = command.spawn().expect("spawn stompgate");
+        Replica {
+            name: name.to_owned(),
+            addr,
+            process: ChildGuard::new(name, child),
+        }
+    }
+
+    /// SIGKILL, as a crashing or OOM-killed replica.
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+}
+
+/// Waits until `process` answers 200 on `/readyz` at `addr`, at most
+/// `timeout`; panics (with the tail of `log`) if it exits or is not ready.
+pub async fn wait_ready(
+    addr: std::net::SocketAddr,
+    process: &mut ChildGuard,
+    timeout: std::time::Duration,
+    log: &Path,
+) {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(status) = process.exited() {
+            panic!(
+                "{} exited with {status}; its log:\n{}",
+                process.name,
+                tail(log, 30)
+            );
+        }
+        if let Ok(r) = super::try_http_get(addr, "/readyz", std::time::Duration::from_secs(3)).await
+        {
+            if r.status == 200 {
+                return;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} on {addr} not ready within {timeout:?}; its log:\n{}",
+            process.name,
+            tail(log, 30)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
