@@ -22,6 +22,7 @@ use lapin::BasicProperties;
 use stompgate::stomp::{Command, Frame};
 
 use common::process::{spawn_haproxy, wait_ready, ChildGuard, Replica};
+use common::sse_client::{enc, open};
 use common::*;
 
 /// One test at a time: each starts three processes.
@@ -82,7 +83,7 @@ impl Setup {
         std::fs::write(
             &config,
             format!(
-                "[sockjs]\nenabled = true\n[history]\n{history}\n[[history.patterns]]\nname = \"{name}\"\ndestination = \"/topic/{prefix}.*\"\n{retention}\n"
+                "[sockjs]\nenabled = true\n[sse]\nenabled = true\n[history]\n{history}\n[[history.patterns]]\nname = \"{name}\"\ndestination = \"/topic/{prefix}.*\"\n{retention}\n"
             ),
         )
         .expect("config");
@@ -616,6 +617,48 @@ async fn sockjs_xhr_polling_resumes_every_order_through_haproxy() {
         let live = p.messages(1).await;
         assert_eq!(live[0].1, format!("order-{}", 6 + ORDERS));
         p.send("DISCONNECT\nreceipt:bye\n\n\0").await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_last_event_id_resumes_every_order_on_another_replica_after_a_sigkill() {
+    bounded("sse", async {
+        let mut setup = Setup::start("", "").await;
+        let backend = Backend::new().await;
+        let key = setup.key("m1");
+        let path = format!("/sse?destination={}", enc(&setup.destination("m1")));
+        // The page's EventSource is on replica gw1.
+        let mut stream = open(setup.replicas[0].addr, &path, &[])
+            .await
+            .expect("event stream");
+        backend.orders(&key, 1..=5).await;
+        let mut last = String::new();
+        for n in 1..=5 {
+            let (id, _, data) = stream.event().await;
+            assert_eq!(data, format!("order-{n}"));
+            last = id.expect("an event id");
+        }
+        // gw1 dies; orders go on; EventSource reconnects through HAProxy
+        // (to gw2) with the last id it saw as Last-Event-ID.
+        setup.replicas[0].kill();
+        drop(stream);
+        backend.orders(&key, 6..=5 + ORDERS).await;
+        let mut stream = open(setup.haproxy_addr(), &path, &[("Last-Event-ID", &last)])
+            .await
+            .expect("event stream");
+        let got: Vec<String> = {
+            let mut got = Vec::new();
+            for _ in 0..ORDERS {
+                got.push(stream.event().await.2);
+            }
+            got
+        };
+        let want: Vec<String> = (6..6 + ORDERS).map(|n| format!("order-{n}")).collect();
+        assert_eq!(got, want, "in order, no gap, no duplicate");
+        backend.orders(&key, 6 + ORDERS..=6 + ORDERS).await;
+        assert_eq!(stream.event().await.2, format!("order-{}", 6 + ORDERS));
+        stream.no_event(Duration::from_millis(300)).await;
     })
     .await;
 }

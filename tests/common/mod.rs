@@ -5,6 +5,7 @@
 
 pub mod process;
 pub mod sockjs_http;
+pub mod sse_client;
 
 use std::sync::Arc;
 use std::time::Duration;
