@@ -1009,12 +1009,13 @@ impl Plane {
                         && self.pool.connection(0).is_none()
                     {
                         // No connection: start again as soon as the pool
-                        // has one, not after a backoff of our own (which
-                        // grew while the broker was away).
-                        let bound = backoff.next_delay();
+                        // has this shard's connection back (half a second
+                        // at most, then any), not after a backoff of our
+                        // own (which grew while the broker was away).
+                        let bound = backoff.next_delay().min(Duration::from_millis(500));
                         tokio::select! {
                             _ = shard.stop.cancelled() => return,
-                            _ = self.pool.wait_connection(bound) => {}
+                            _ = self.pool.wait_connection(shard.index, bound) => {}
                         }
                         continue;
                     }

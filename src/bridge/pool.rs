@@ -59,13 +59,24 @@ impl Pool {
             .store(max.as_millis() as u64, Ordering::Relaxed);
     }
 
-    /// Waits (at most `timeout`) until some connection of the pool is up.
-    pub async fn wait_connection(&self, timeout: Duration) {
-        let wake = self.connected.notified();
-        if self.connection(0).is_some() {
-            return;
+    /// Waits (at most `timeout`) until the connection `hint` prefers (slot
+    /// `hint % n`, as [`Pool::connection`] tries first) is up: the plane's
+    /// shards, which pass their index, then spread over the connections
+    /// (and a cluster's nodes) again after an outage instead of all taking
+    /// the first connection back.
+    pub async fn wait_connection(&self, hint: usize, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let wake = self.connected.notified();
+            let up = self.slots[hint % self.slots.len()]
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .as_ref()
+                .is_some_and(|c| c.status().connected());
+            if up || tokio::time::timeout_at(deadline, wake).await.is_err() {
+                return;
+            }
         }
-        let _ = tokio::time::timeout(timeout, wake).await;
     }
 
     /// Whether this pool sets `stompgate_amqp_connections_up` and counts

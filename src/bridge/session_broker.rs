@@ -145,6 +145,17 @@ struct OwnConsumer {
     tracker: Arc<Mutex<Tracker>>,
 }
 
+/// A broadcast subscription: a binding of the plane, or a destination
+/// served by a history stream (src/bridge/history.rs; the subscription
+/// ends when dropped).
+#[derive(Debug)]
+enum Broadcast {
+    Plane(Binding, Arc<Shard>),
+    History {
+        _subscription: super::history::Subscription,
+    },
+}
+
 /// Per-session AMQP state.
 #[derive(Debug)]
 pub struct SessionBroker {
@@ -152,13 +163,10 @@ pub struct SessionBroker {
     key: u64,
     declared: HashSet<String>,
     own: HashMap<String, OwnConsumer>,
-    /// Broadcast subscriptions: id, binding, shard. A list, not a map: a
-    /// session has few (bounded by `max_subscriptions`), and an idle
-    /// session's one entry takes 80 bytes instead of a 4-slot table.
-    fanout: Vec<(String, Binding, Arc<Shard>)>,
-    /// Subscriptions served by a history stream (dropping one ends it); a
-    /// list, as `fanout`, so that a session without any costs 24 bytes.
-    history: Vec<(String, super::history::Subscription)>,
+    /// Broadcast subscriptions by id. A list, not a map: a session has
+    /// few (bounded by `max_subscriptions`), and an idle session's one
+    /// entry takes 80 bytes instead of a 4-slot table.
+    fanout: Vec<(String, Broadcast)>,
     /// `/temp-queue/<name>` name -> the broker's queue name.
     temp: HashMap<String, String>,
     /// Where this session's own consumers deliver; made with the first of
@@ -179,7 +187,6 @@ impl SessionBroker {
             declared: HashSet::new(),
             own: HashMap::new(),
             fanout: Vec::new(),
-            history: Vec::new(),
             temp: HashMap::new(),
             inbound: None,
             next_serial: 1,
@@ -258,7 +265,13 @@ impl SessionBroker {
             let subscriber = match self.plane.history() {
                 Some(history) => match history.subscribe(req, subscriber)? {
                     Ok(subscription) => {
-                        self.history.push((req.id.clone(), subscription));
+                        self.fanout.reserve_exact(1);
+                        self.fanout.push((
+                            req.id.clone(),
+                            Broadcast::History {
+                                _subscription: subscription,
+                            },
+                        ));
                         crate::metrics::get().subscriptions.increment(1.0);
                         return Ok(());
                     }
@@ -276,7 +289,8 @@ impl SessionBroker {
                 self.fanout.swap_remove(i);
             }
             self.fanout.reserve_exact(1);
-            self.fanout.push((req.id.clone(), binding, shard));
+            self.fanout
+                .push((req.id.clone(), Broadcast::Plane(binding, shard)));
             crate::metrics::get().subscriptions.increment(1.0);
             return Ok(());
         }
@@ -417,12 +431,10 @@ impl SessionBroker {
     pub async fn unsubscribe(&mut self, id: &str) {
         let metrics = crate::metrics::get();
         if let Some(i) = self.fanout.iter().position(|(sub, ..)| sub == id) {
-            let (_, binding, shard) = self.fanout.swap_remove(i);
-            self.plane.unsubscribe(&shard, &binding, self.key, id);
-            metrics.subscriptions.decrement(1.0);
-        }
-        if let Some(i) = self.history.iter().position(|(sub, _)| sub == id) {
-            self.history.swap_remove(i);
+            // A history subscription ends when dropped.
+            if let (_, Broadcast::Plane(binding, shard)) = self.fanout.swap_remove(i) {
+                self.plane.unsubscribe(&shard, &binding, self.key, id);
+            }
             metrics.subscriptions.decrement(1.0);
         }
         if let Some(own) = self.own.remove(id) {
@@ -648,11 +660,12 @@ impl SessionBroker {
         let metrics = crate::metrics::get();
         metrics
             .subscriptions
-            .decrement((self.fanout.len() + self.own.len() + self.history.len()) as f64);
-        self.history.clear();
+            .decrement((self.fanout.len() + self.own.len()) as f64);
         metrics.amqp_consumers.decrement(self.own.len() as f64);
-        for (id, binding, shard) in self.fanout.drain(..) {
-            self.plane.unsubscribe(&shard, &binding, self.key, &id);
+        for (id, broadcast) in self.fanout.drain(..) {
+            if let Broadcast::Plane(binding, shard) = broadcast {
+                self.plane.unsubscribe(&shard, &binding, self.key, &id);
+            }
         }
         let own: Vec<OwnConsumer> = self.own.drain().map(|(_, o)| o).collect();
         for own in own {
