@@ -303,18 +303,7 @@ async fn restart_case(mode: BindingMode) {
     let prefix = unique("brs");
     let mut clients = Vec::new();
     for s in 0..SESSIONS {
-        let (mut c, _) = StompClient::connect(&gw.ws_url(), "1.2").await;
-        for i in 0..PER_SESSION {
-            let mut f = Frame::new(Command::Subscribe)
-                .with_header("id", &format!("s{i}"))
-                .with_header("destination", &format!("/topic/{prefix}.{s}.{i}"));
-            if i == PER_SESSION - 1 {
-                f.push_header("receipt", "all");
-            }
-            c.send(&f).await;
-        }
-        c.expect(Command::Receipt).await;
-        clients.push(c);
+        clients.push(subscribed_to_numbered_topics(&gw.ws_url(), &prefix, s, PER_SESSION).await);
     }
     let plane = &gw.gateway.bridge.plane;
     let bound = plane.bound();

@@ -364,18 +364,7 @@ async fn rebind_time_of_15000_keys_after_a_broker_restart() {
     let started = Instant::now();
     let mut clients = Vec::new();
     for s in 0..KEYS / PER_SESSION {
-        let (mut c, _) = StompClient::connect(&gw.ws_url(), "1.2").await;
-        for i in 0..PER_SESSION {
-            let mut f = Frame::new(Stomp::Subscribe)
-                .with_header("id", &format!("s{i}"))
-                .with_header("destination", &format!("/topic/{prefix}.{s}.{i}"));
-            if i == PER_SESSION - 1 {
-                f.push_header("receipt", "all");
-            }
-            c.send(&f).await;
-        }
-        c.expect(Stomp::Receipt).await;
-        clients.push(c);
+        clients.push(subscribed_to_numbered_topics(&gw.ws_url(), &prefix, s, PER_SESSION).await);
     }
     let plane = &gw.gateway.bridge.plane;
     assert_eq!(plane.bound(), KEYS);

@@ -922,3 +922,26 @@ pub async fn ready(queue: &str) -> u32 {
         .await
         .message_count()
 }
+
+/// A session subscribed to `/topic/<prefix>.<session>.<i>` for every `i`
+/// below `per_session` (ids `s<i>`; the last SUBSCRIBE asks for a receipt,
+/// which is awaited): many topics, as in the rebinding tests.
+pub async fn subscribed_to_numbered_topics(
+    url: &str,
+    prefix: &str,
+    session: usize,
+    per_session: usize,
+) -> StompClient {
+    let (mut client, _) = StompClient::connect(url, "1.2").await;
+    for i in 0..per_session {
+        let mut frame = Frame::new(Command::Subscribe)
+            .with_header("id", &format!("s{i}"))
+            .with_header("destination", &format!("/topic/{prefix}.{session}.{i}"));
+        if i + 1 == per_session {
+            frame.push_header("receipt", "all");
+        }
+        client.send(&frame).await;
+    }
+    client.expect(Command::Receipt).await;
+    client
+}
