@@ -1,14 +1,13 @@
 //! Micro-benchmarks of broadcast fan-out: encoding a message once for all
 //! recipients (`SharedMessage::encode`) and what is done per recipient.
 //!
-//! The per-recipient step is the real writer path: each broadcast entry
-//! ([`Outbound::Broadcast`]) goes through the transport's [`Coalescer`]
-//! (its parts copied into the connection's buffer), and each batch of joined
-//! frames becomes one WebSocket message ([`websocket::chunk_message`], one
-//! UTF-8 check). `join` is the per-recipient copy, `message_of_1` a batch of
-//! one frame (the whole cost when a client gets one message at a time),
-//! `message_of_16` sixteen frames (per batch: divide by 16 for the cost per
-//! frame).
+//! The per-recipient step is the WebSocket writer's framing: queued
+//! broadcast entries ([`Outbound::Broadcast`]) joined into one WebSocket
+//! message (`wire::frame_into`: the frame header, then each entry's parts
+//! copied after it). `message_of_1` is a batch of one frame (the whole cost
+//! when a client gets one message at a time), `message_of_16` sixteen
+//! frames (per batch: divide by 16 for the cost per frame); both include
+//! queueing the entries (the reference counts of the shared parts).
 //!
 //! `cargo bench --bench fanout`
 
@@ -16,14 +15,15 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use std::collections::VecDeque;
+
+use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use stompgate::bridge::fanout::Delivery;
 use stompgate::stomp::message::{message_prefix, SharedMessage};
 use stompgate::stomp::Escaping;
-use stompgate::transport::coalesce::{Coalescer, COALESCE_BYTES};
 use stompgate::transport::outbound::Outbound;
-use stompgate::transport::websocket::chunk_message;
+use stompgate::transport::websocket::wire::{frame_into, Shared};
 
 fn headers() -> Vec<(String, String)> {
     [
@@ -77,46 +77,26 @@ fn bench_per_recipient(c: &mut Criterion) {
             &headers,
             &Bytes::from(vec![b'x'; size]),
         ));
-        let plain = entry(&message, &prefix, false);
-        let acked = entry(&message, &prefix, true);
         group.throughput(Throughput::Elements(1));
-        // The copy into a buffer that is already there (mid-batch).
-        for (name, item) in [("join", &plain), ("join_ack", &acked)] {
-            group.bench_with_input(BenchmarkId::new(name, size), item, |b, item| {
-                let mut coalescer = Coalescer::default();
-                let mut joined = 0usize;
+        for (name, frames, ack) in [
+            ("message_of_1", 1, false),
+            ("message_of_16", 16, false),
+            ("message_of_16_ack", 16, true),
+        ] {
+            group.bench_with_input(BenchmarkId::new(name, size), &frames, |b, &frames| {
+                let shared = Shared::new();
+                let mut batch = VecDeque::new();
+                let mut out = BytesMut::new();
                 b.iter(|| {
-                    if joined > COALESCE_BYTES / 2 {
-                        black_box(coalescer.take());
-                        joined = 0;
+                    for _ in 0..frames {
+                        batch.push_back(entry(&message, &prefix, ack));
                     }
-                    joined += size;
-                    black_box(coalescer.add(item))
+                    out.clear();
+                    frame_into(&mut batch, &mut out, &shared);
+                    black_box(out.len())
                 })
             });
         }
-        group.bench_with_input(BenchmarkId::new("message_of_1", size), &plain, |b, item| {
-            let mut coalescer = Coalescer::default();
-            b.iter(|| {
-                let _ = coalescer.add(item);
-                black_box(coalescer.take().map(chunk_message))
-            })
-        });
-        group.bench_with_input(
-            BenchmarkId::new("message_of_16", size),
-            &plain,
-            |b, item| {
-                let mut coalescer = Coalescer::default();
-                b.iter(|| {
-                    for _ in 0..16 {
-                        if let Some(full) = coalescer.add(item) {
-                            black_box(chunk_message(full));
-                        }
-                    }
-                    black_box(coalescer.take().map(chunk_message))
-                })
-            },
-        );
     }
     group.finish();
 }

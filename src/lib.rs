@@ -45,8 +45,9 @@
 //!   EventSource; requests for a session held by another replica are
 //!   forwarded to it over the control queue), [`transport::sse`] (native
 //!   Server-Sent Events for pages that only listen), the bounded per-client
-//!   queue ([`transport::outbound`])
-//!   and its writer's [`transport::coalesce`], what the gateway lends every
+//!   queue ([`transport::outbound`]), which a WebSocket over TCP writes
+//!   from whoever filled it (its own RFC 6455 layer:
+//!   [`transport::websocket::frame`]), what the gateway lends every
 //!   transport ([`transport::host`]), and the TCP/TLS [`transport::listener`].
 //! - [`server`]: builds the gateway from the [`config`], serves the HTTP
 //!   routes (`/healthz`, `/readyz`, `/metrics`, the transports, [`demo`]

@@ -64,6 +64,40 @@ impl Delivery {
     }
 }
 
+/// Consecutive messages of one burst for one subscription: what
+/// [`Recipient::offer_batch`] takes, borrowed (nothing is cloned unless it
+/// has to wait in a queue).
+#[derive(Debug, Clone, Copy)]
+pub struct Batch<'a> {
+    pub prefix: &'a Bytes,
+    pub ack_header: bool,
+    pub escaping: Escaping,
+    pub messages: &'a [Arc<SharedMessage>],
+}
+
+impl<'a> Batch<'a> {
+    /// The parts of message `i`'s frame, in order.
+    pub fn parts(&self, i: usize) -> [&'a [u8]; 3] {
+        let message = &self.messages[i];
+        let ack: &[u8] = if self.ack_header {
+            &message.ack_line
+        } else {
+            &[]
+        };
+        [self.prefix, ack, message.tail(self.escaping)]
+    }
+
+    /// Message `i` as a queue entry.
+    pub fn delivery(&self, i: usize) -> Delivery {
+        Delivery {
+            prefix: self.prefix.clone(),
+            ack_header: self.ack_header,
+            escaping: self.escaping,
+            message: Arc::clone(&self.messages[i]),
+        }
+    }
+}
+
 /// Where fan-out puts a delivery for one subscriber (a client's outbound
 /// queue). `offer` must not wait: when the recipient is full, its own
 /// policy drops the delivery or cuts the client off.
@@ -72,15 +106,34 @@ impl Delivery {
 /// message that has already arrived first, then calls [`Recipient::wake`]
 /// once for each recipient whose `offer` answered `true` (its queue was
 /// empty until then), so a writer wakes, and writes, once per burst of
-/// messages rather than once per message.
+/// messages rather than once per message. A recipient that can write
+/// without waiting writes the burst in `wake` itself, on the fan-out's
+/// thread, and wakes its writer only when the socket is full.
 pub trait Recipient: Send + Sync + std::fmt::Debug {
     /// Queues `delivery` (or applies the slow-client policy): whether the
     /// queue was empty before (the writer must be woken), and the bytes
     /// queued (0 when dropped), which [`Wakes::flush`] adds to
     /// `stompgate_outbound_queued_bytes` once per burst.
     fn offer(&self, delivery: Delivery) -> Offered;
-    /// Wakes the writer for what `offer` queued.
-    fn wake(&self);
+    /// Offers several messages for one subscription at once, in order: a
+    /// recipient that can write without waiting writes them now, in one
+    /// write, when nothing is queued before them.
+    fn offer_batch(&self, batch: Batch<'_>) -> Offered {
+        let mut offered = Offered {
+            wake: false,
+            bytes: 0,
+        };
+        for i in 0..batch.messages.len() {
+            let one = self.offer(batch.delivery(i));
+            offered.wake |= one.wake;
+            offered.bytes += one.bytes;
+        }
+        offered
+    }
+    /// Writes, or wakes the writer for, what `offer` queued; returns the
+    /// bytes written at once (taken off the queue again), which
+    /// [`Wakes::flush`] nets against those offered.
+    fn wake(&self) -> usize;
 }
 
 /// What [`Recipient::offer`] did.
@@ -118,15 +171,27 @@ impl Wakes {
         }
     }
 
+    /// Offers a batch of messages for one subscription to `recipient`.
+    pub fn offer_batch(&mut self, recipient: &Arc<dyn Recipient>, batch: Batch<'_>) {
+        let offered = recipient.offer_batch(batch);
+        self.bytes += offered.bytes;
+        if offered.wake {
+            self.pending.push(Arc::clone(recipient));
+        }
+    }
+
     /// Wakes every recipient queued since the last flush.
     pub fn flush(&mut self) {
-        if self.bytes > 0 {
-            crate::metrics::get()
-                .outbound_bytes
-                .increment(std::mem::take(&mut self.bytes) as f64);
-        }
+        let mut written = 0;
         for recipient in self.pending.drain(..) {
-            recipient.wake();
+            written += recipient.wake();
+        }
+        let queued = std::mem::take(&mut self.bytes);
+        let gauge = &crate::metrics::get().outbound_bytes;
+        if queued > written {
+            gauge.increment((queued - written) as f64);
+        } else if written > queued {
+            gauge.decrement((written - queued) as f64);
         }
         // A burst to many recipients must not keep a large list for ever.
         if self.pending.capacity() > 4096 {
@@ -183,6 +248,21 @@ impl Subscriber {
                 ack_header: self.ack_header,
                 escaping: self.escaping,
                 message: Arc::clone(message),
+            },
+        );
+    }
+}
+
+impl Subscriber {
+    /// Offers consecutive messages of a burst to this subscriber at once.
+    pub fn offer_batch(&self, messages: &[Arc<SharedMessage>], wakes: &mut Wakes) {
+        wakes.offer_batch(
+            &self.recipient,
+            Batch {
+                prefix: &self.prefix,
+                ack_header: self.ack_header,
+                escaping: self.escaping,
+                messages,
             },
         );
     }

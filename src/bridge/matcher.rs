@@ -270,7 +270,7 @@ impl<T> ExchangeRoutes<T> {
 
     /// Calls `each` for every entry, whatever the key (a queue that holds
     /// one binding only).
-    pub fn route_all(&self, mut each: impl FnMut(&T)) -> usize {
+    pub fn route_all<'a>(&'a self, mut each: impl FnMut(&'a T)) -> usize {
         for e in self.entries.values() {
             each(e);
         }
@@ -304,7 +304,7 @@ impl<T> ExchangeRoutes<T> {
     }
 
     /// Calls `each` once for every entry whose binding matches `routing_key`.
-    pub fn route(&self, routing_key: &str, mut each: impl FnMut(&T)) -> usize {
+    pub fn route<'a>(&'a self, routing_key: &str, mut each: impl FnMut(&'a T)) -> usize {
         match self.kind {
             ExchangeKind::Direct => match self.entries.get(routing_key) {
                 Some(e) => {

@@ -110,6 +110,43 @@ pub(super) async fn timed<T>(
     }
 }
 
+/// The deliveries of one burst, in the order they were routed: the entry
+/// each went to, and its message.
+#[derive(Default)]
+struct Burst<'a> {
+    entries: Vec<&'a Entry>,
+    messages: Vec<Arc<SharedMessage>>,
+}
+
+impl<'a> Burst<'a> {
+    fn push(&mut self, entry: &'a Entry, message: Arc<SharedMessage>) {
+        self.entries.push(entry);
+        self.messages.push(message);
+    }
+
+    /// Offers the burst to its subscribers: each run of consecutive
+    /// messages for one entry (a burst on one topic is one run) goes to
+    /// each of its subscribers at once, so a client gets one write per
+    /// run rather than one per message, and each client's messages keep
+    /// the order they were routed in. Writers that could not write at once
+    /// are woken at the end.
+    fn deliver(&self) {
+        let mut wakes = fanout::Wakes::default();
+        let mut start = 0;
+        while start < self.entries.len() {
+            let entry = self.entries[start];
+            let mut end = start + 1;
+            while end < self.entries.len() && std::ptr::eq(self.entries[end], entry) {
+                end += 1;
+            }
+            for s in &entry.subscribers {
+                s.offer_batch(&self.messages[start..end], &mut wakes);
+            }
+            start = end;
+        }
+    }
+}
+
 /// What is bound with one key, on one shard.
 #[derive(Debug, Default)]
 struct Entry {
@@ -1142,26 +1179,29 @@ impl Plane {
                     // then wakes, and writes, once per burst, not once per
                     // message. `wakes` wakes them when dropped, whatever
                     // happens below.
-                    let mut wakes = fanout::Wakes::default();
                     let mut next = Some(Some(Ok(delivery)));
-                    let mut burst = 0;
-                    while let Some(item) = next.take() {
-                        let Some(Ok(delivery)) = item else {
-                            next = Some(item);
-                            break;
-                        };
-                        last_tag = delivery.delivery_tag;
-                        if shard.measuring.load(Ordering::Relaxed) > 0 {
-                            self.observe(shard, delivery.exchange.as_str());
+                    {
+                        let routes = shard.routes.read().unwrap_or_else(PoisonError::into_inner);
+                        let mut burst = Burst::default();
+                        let mut count = 0;
+                        while let Some(item) = next.take() {
+                            let Some(Ok(delivery)) = item else {
+                                next = Some(item);
+                                break;
+                            };
+                            last_tag = delivery.delivery_tag;
+                            if shard.measuring.load(Ordering::Relaxed) > 0 {
+                                self.observe(shard, delivery.exchange.as_str());
+                            }
+                            self.route(shard, &routes, delivery, &mut burst);
+                            unacked += 1;
+                            count += 1;
+                            if count < BURST {
+                                next = consumer.next().now_or_never();
+                            }
                         }
-                        self.route(shard, delivery, &mut wakes);
-                        unacked += 1;
-                        burst += 1;
-                        if burst < BURST {
-                            next = consumer.next().now_or_never();
-                        }
+                        burst.deliver();
                     }
-                    drop(wakes);
                     if unacked >= ack_every {
                         let _ = channel
                             .basic_ack(last_tag, BasicAckOptions { multiple: true })
@@ -1186,11 +1226,16 @@ impl Plane {
         }
     }
 
-    /// Offers one delivery to every local subscription it matches, encoded
-    /// once; nothing per recipient is allocated.
-    fn route(&self, shard: &Shard, delivery: lapin::message::Delivery, wakes: &mut fanout::Wakes) {
+    /// Adds one delivery to the burst for every local subscription it
+    /// matches, encoded once; nothing per recipient is allocated.
+    fn route<'a>(
+        &self,
+        shard: &Shard,
+        routes: &'a HashMap<String, ExchangeRoutes<Entry>>,
+        delivery: lapin::message::Delivery,
+        burst: &mut Burst<'a>,
+    ) {
         let metrics = crate::metrics::get();
-        let routes = shard.routes.read().unwrap_or_else(PoisonError::into_inner);
         let mut message: Option<Arc<SharedMessage>> = None;
         let mut recipients = 0u64;
         // The body moves into the encoded message (once, on the first match).
@@ -1211,15 +1256,13 @@ impl Plane {
                 ))
             }))
         };
-        let mut deliver = |entry: &Entry| {
+        let mut deliver = |entry: &'a Entry| {
             if entry.subscribers.is_empty() {
                 return;
             }
             let shared = encode(&mut message);
             recipients += entry.subscribers.len() as u64;
-            for s in &entry.subscribers {
-                s.offer(&shared, wakes);
-            }
+            burst.push(entry, shared);
         };
         let matched = if shard.dedicated.is_some() {
             // A queue of one binding: everything in it is for its subscribers.

@@ -3,7 +3,6 @@
 //! Events for pages that only listen ([`sse`]), thin adapters around the
 //! same session [`driver`].
 
-pub mod coalesce;
 pub mod driver;
 pub mod host;
 pub mod listener;

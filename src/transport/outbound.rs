@@ -16,15 +16,23 @@
 //! The queue is a `VecDeque` behind a mutex rather than a channel: an idle
 //! client's queue holds no allocation at all (a channel preallocates a block
 //! of slots per client), and the writer takes everything queued in one go.
+//!
+//! A transport that can write without waiting (the WebSocket over plain
+//! TCP) gives the link a [`Wire`]: then whoever queued something (the
+//! fan-out at the end of a burst, the session for its own frames) writes
+//! it to the socket at once, under the queue's lock, and the transport's
+//! writer task only takes over when the socket is full. That saves a task
+//! wake-up and a copy per burst and recipient, which is most of what a
+//! delivery costs beyond the kernel's own work.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tokio::sync::Notify;
 
-use crate::bridge::fanout::{Delivery, Offered, Recipient};
+use crate::bridge::fanout::{Batch, Delivery, Offered, Recipient};
 use crate::config::SlowClientPolicy;
 
 /// One entry of the queue.
@@ -38,15 +46,69 @@ pub enum Outbound {
     SetHeartbeat(Option<std::time::Duration>),
     /// Write what is queued, then close the WebSocket.
     Close,
+    /// Bytes of the transport's own protocol, written as they are (a
+    /// WebSocket pong); only the transport that made them queues them.
+    Control(Bytes),
 }
 
 #[derive(Debug, Default)]
-struct Queue {
+pub struct Queue {
     items: VecDeque<Outbound>,
-    /// Bytes of the frames in `items`.
+    /// Bytes of the entries in `items`.
     bytes: usize,
     /// The writer is gone: nothing will be written any more.
     closed: bool,
+    /// Bytes a [`Wire`] framed but the socket did not take yet; written
+    /// before anything in `items`. At most one write's worth.
+    spill: BytesMut,
+    /// The wire wrote the close: nothing more is queued.
+    closing: bool,
+    /// A sender waits for room.
+    sender_waiting: bool,
+}
+
+/// A socket that takes bytes without waiting, for links whose queued
+/// entries are written by whoever queued them ([`ClientLink::with_wire`]).
+pub trait Wire: Send + Sync + std::fmt::Debug {
+    /// Writes what the socket takes now, without waiting: first `spill`,
+    /// then entries from the front of `items`, framed for the transport.
+    /// Entries written are removed; when the socket took only part of a
+    /// write, the rest of it goes to `spill` and its entries are removed
+    /// too. An `Err` means the socket is unusable.
+    fn write_now(
+        &self,
+        items: &mut VecDeque<Outbound>,
+        spill: &mut BytesMut,
+    ) -> std::io::Result<WireWrite>;
+
+    /// Writes the messages of `batch`, in order, without waiting (only
+    /// called when nothing is queued or spilled). Returns how many were
+    /// taken: written, or the unwritten rest of the last write copied to
+    /// `spill`; the others must be queued.
+    fn write_batch(&self, batch: &Batch<'_>, spill: &mut BytesMut) -> std::io::Result<usize>;
+}
+
+/// What [`Wire::write_now`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct WireWrite {
+    /// [`Outbound`] sizes of the entries removed from `items`.
+    pub removed: usize,
+    /// The [`Outbound::Close`] entry was reached: its close frame is
+    /// written or in `spill`, and the entries after it were discarded.
+    pub closed: bool,
+}
+
+/// Where a link with a [`Wire`] stands after a write attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WireState {
+    /// Everything queued is written.
+    Idle,
+    /// The socket is full: the writer task must wait until it is writable.
+    Blocked,
+    /// The close frame is written: the socket may be shut down.
+    Closed,
+    /// The link is closed (or the socket failed): nothing more to do.
+    Gone,
 }
 
 impl Outbound {
@@ -56,14 +118,14 @@ impl Outbound {
         match self {
             Outbound::Frame { bytes, binary } => Some(([&bytes[..], &[], &[]], *binary)),
             Outbound::Broadcast(delivery) => Some((delivery.parts(), delivery.message.binary)),
-            Outbound::SetHeartbeat(_) | Outbound::Close => None,
+            Outbound::SetHeartbeat(_) | Outbound::Close | Outbound::Control(_) => None,
         }
     }
 
     /// Bytes this entry will put on the wire (0 for control entries).
-    fn size(&self) -> usize {
+    pub fn size(&self) -> usize {
         match self {
-            Outbound::Frame { bytes, .. } => bytes.len(),
+            Outbound::Frame { bytes, .. } | Outbound::Control(bytes) => bytes.len(),
             Outbound::Broadcast(delivery) => delivery.len(),
             Outbound::SetHeartbeat(_) | Outbound::Close => 0,
         }
@@ -75,8 +137,73 @@ impl Recipient for ClientLink {
         self.offer_quietly(Outbound::Broadcast(delivery), false)
     }
 
-    fn wake(&self) {
-        self.ready.notify_one();
+    fn offer_batch(&self, batch: Batch<'_>) -> Offered {
+        let nothing = Offered {
+            wake: false,
+            bytes: 0,
+        };
+        let mut queue = self.lock();
+        if queue.closed || queue.closing {
+            return nothing;
+        }
+        let mut first = 0;
+        let mut writer_owed = false;
+        if let Some(wire) = &self.wire {
+            if queue.items.is_empty() && queue.spill.is_empty() {
+                match wire.write_batch(&batch, &mut queue.spill) {
+                    Ok(taken) => first = taken,
+                    Err(error) => {
+                        tracing::debug!(%error, "client socket write failed");
+                        self.close_locked(&mut queue);
+                        drop(queue);
+                        self.room.notify_waiters();
+                        return nothing;
+                    }
+                }
+                if first == batch.messages.len() && queue.spill.is_empty() {
+                    return nothing;
+                }
+                // The socket is full: the writer task takes over.
+                writer_owed = true;
+            }
+        }
+        let wake = !writer_owed && queue.items.is_empty() && queue.spill.is_empty();
+        let mut bytes = 0;
+        for i in first..batch.messages.len() {
+            let item = Outbound::Broadcast(batch.delivery(i));
+            let size = item.size();
+            if self.fits(&queue, size) {
+                queue.bytes += size;
+                queue.items.push_back(item);
+                bytes += size;
+            } else {
+                self.refused();
+            }
+        }
+        drop(queue);
+        if writer_owed {
+            self.ready.notify_one();
+        }
+        Offered {
+            wake: wake && bytes > 0,
+            bytes,
+        }
+    }
+
+    fn wake(&self) -> usize {
+        if self.wire.is_none() {
+            self.ready.notify_one();
+            return 0;
+        }
+        let mut queue = self.lock();
+        let before = queue.bytes;
+        let state = self.write_locked(&mut queue);
+        let removed = before - queue.bytes;
+        drop(queue);
+        if state != WireState::Idle {
+            self.ready.notify_one();
+        }
+        removed
     }
 }
 
@@ -99,6 +226,8 @@ pub struct ClientLink {
     dropped: AtomicU64,
     /// A write to the client made no progress within the write timeout.
     stalled: AtomicBool,
+    /// Writes queued entries at once (see the module doc), when set.
+    wire: Option<Box<dyn Wire>>,
 }
 
 impl ClientLink {
@@ -110,7 +239,33 @@ impl ClientLink {
     /// A link holding at most `capacity` entries and `max_bytes` bytes of
     /// frames (control frames such as RECEIPT and ERROR included).
     pub fn bounded(capacity: usize, max_bytes: usize, policy: SlowClientPolicy) -> Arc<ClientLink> {
-        Arc::new(ClientLink {
+        Arc::new(ClientLink::unshared(capacity, max_bytes, policy, None))
+    }
+
+    /// A bounded link whose entries are written to `wire` by whoever
+    /// queues them; the transport's writer task calls
+    /// [`ClientLink::write_wire`] when the socket is writable again.
+    pub fn with_wire(
+        capacity: usize,
+        max_bytes: usize,
+        policy: SlowClientPolicy,
+        wire: Box<dyn Wire>,
+    ) -> Arc<ClientLink> {
+        Arc::new(ClientLink::unshared(
+            capacity,
+            max_bytes,
+            policy,
+            Some(wire),
+        ))
+    }
+
+    fn unshared(
+        capacity: usize,
+        max_bytes: usize,
+        policy: SlowClientPolicy,
+        wire: Option<Box<dyn Wire>>,
+    ) -> ClientLink {
+        ClientLink {
             queue: Mutex::new(Queue::default()),
             max_bytes: max_bytes.max(1),
             capacity: capacity.max(1),
@@ -121,7 +276,74 @@ impl ClientLink {
             overflow: Notify::new(),
             dropped: AtomicU64::new(0),
             stalled: AtomicBool::new(false),
-        })
+            wire,
+        }
+    }
+
+    /// Writes what is queued to the wire, without waiting, under the
+    /// queue's lock (so that writes from the fan-out, the session and the
+    /// writer task never interleave).
+    fn write_locked(&self, queue: &mut Queue) -> WireState {
+        let Some(wire) = &self.wire else {
+            return WireState::Gone;
+        };
+        if queue.closed {
+            return WireState::Gone;
+        }
+        let Queue {
+            items,
+            spill,
+            bytes,
+            ..
+        } = queue;
+        match wire.write_now(items, spill) {
+            Ok(written) => {
+                *bytes -= written.removed.min(*bytes);
+                if written.closed {
+                    queue.closing = true;
+                    queue.items = VecDeque::new();
+                    queue.bytes = 0;
+                }
+                if written.removed > 0 && std::mem::take(&mut queue.sender_waiting) {
+                    self.room.notify_one();
+                }
+                if !queue.spill.is_empty() || !queue.items.is_empty() {
+                    WireState::Blocked
+                } else if queue.closing {
+                    WireState::Closed
+                } else {
+                    WireState::Idle
+                }
+            }
+            Err(error) => {
+                tracing::debug!(%error, "client socket write failed");
+                self.close_locked(queue);
+                self.room.notify_waiters();
+                WireState::Gone
+            }
+        }
+    }
+
+    /// For the writer task of a link with a wire: writes what is queued,
+    /// without waiting. The queued-bytes gauge is kept here.
+    pub fn write_wire(&self) -> WireState {
+        let mut queue = self.lock();
+        let before = queue.bytes;
+        let state = self.write_locked(&mut queue);
+        let removed = before.saturating_sub(queue.bytes);
+        drop(queue);
+        if removed > 0 {
+            crate::metrics::get()
+                .outbound_bytes
+                .decrement(removed as f64);
+        }
+        state
+    }
+
+    /// For the writer task: waits until an entry was queued that nobody
+    /// wrote (with a wire: until a write left something for the task).
+    pub async fn queued(&self) {
+        self.ready.notified().await;
     }
 
     /// The queue; a panic elsewhere while it was held leaves it usable
@@ -155,14 +377,35 @@ impl ClientLink {
                 // Control entries (close, heart-beat settings) always fit.
                 let control = matches!(item, Some(Outbound::Close | Outbound::SetHeartbeat(_)));
                 let size = item.as_ref().map_or(0, Outbound::size);
+                if queue.closing {
+                    return false;
+                }
                 if control || self.fits(&queue, size) {
                     if let Some(item) = item.take() {
                         self.push(&mut queue, item);
+                    }
+                    if self.wire.is_some() {
+                        let before = queue.bytes;
+                        let state = self.write_locked(&mut queue);
+                        let removed = before.saturating_sub(queue.bytes);
+                        drop(queue);
+                        if removed > 0 {
+                            crate::metrics::get()
+                                .outbound_bytes
+                                .decrement(removed as f64);
+                        }
+                        // A new heart-beat interval changes the writer's
+                        // timer: it must look again.
+                        if state != WireState::Idle || control {
+                            self.ready.notify_one();
+                        }
+                        return true;
                     }
                     drop(queue);
                     self.ready.notify_one();
                     return true;
                 }
+                queue.sender_waiting = true;
             }
             room.await;
         }
@@ -172,7 +415,12 @@ impl ClientLink {
     /// policy when the queue is full.
     pub fn offer(&self, item: Outbound) {
         if self.offer_quietly(item, true).wake {
-            self.ready.notify_one();
+            let removed = Recipient::wake(self);
+            if removed > 0 {
+                crate::metrics::get()
+                    .outbound_bytes
+                    .decrement(removed as f64);
+            }
         }
     }
 
@@ -184,7 +432,7 @@ impl ClientLink {
     /// queued-bytes gauge itself (fan-out does it once per burst).
     fn offer_quietly(&self, item: Outbound, gauge: bool) -> Offered {
         let mut queue = self.lock();
-        if queue.closed {
+        if queue.closed || queue.closing {
             return Offered {
                 wake: false,
                 bytes: 0,
@@ -192,7 +440,7 @@ impl ClientLink {
         }
         let size = item.size();
         if self.fits(&queue, size) {
-            let wake = queue.items.is_empty();
+            let wake = queue.items.is_empty() && queue.spill.is_empty();
             queue.bytes += size;
             queue.items.push_back(item);
             drop(queue);
@@ -202,6 +450,15 @@ impl ClientLink {
             return Offered { wake, bytes: size };
         }
         drop(queue);
+        self.refused();
+        Offered {
+            wake: false,
+            bytes: 0,
+        }
+    }
+
+    /// A broadcast entry did not fit: the slow-client policy decides.
+    fn refused(&self) {
         match self.policy {
             SlowClientPolicy::Drop => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -212,10 +469,6 @@ impl ClientLink {
                     self.overflow.notify_one();
                 }
             }
-        }
-        Offered {
-            wake: false,
-            bytes: 0,
         }
     }
 
@@ -247,16 +500,24 @@ impl ClientLink {
 
     /// The writer is gone: wake and refuse every sender from now on.
     pub fn close(&self) {
-        {
-            let mut queue = self.lock();
-            queue.closed = true;
-            queue.items = VecDeque::new();
-            crate::metrics::get()
-                .outbound_bytes
-                .decrement(std::mem::take(&mut queue.bytes) as f64);
-        }
+        self.close_locked(&mut self.lock());
         self.room.notify_waiters();
         self.room.notify_one();
+    }
+
+    fn close_locked(&self, queue: &mut Queue) {
+        queue.closed = true;
+        queue.items = VecDeque::new();
+        queue.spill = BytesMut::new();
+        crate::metrics::get()
+            .outbound_bytes
+            .decrement(std::mem::take(&mut queue.bytes) as f64);
+    }
+
+    /// The link was closed (by [`ClientLink::close`], a stall or a failed
+    /// write).
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed
     }
 
     /// Resolves once the queue overflowed under the `disconnect` policy.

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use axum::extract::ws::{Message as WsMessage, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, FromRequest, Request, State};
-use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
@@ -31,9 +31,7 @@ use crate::transport::websocket::Handshake;
 pub async fn raw(
     State(ctx): State<Arc<Sockjs>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    uri: Uri,
-    ws: WebSocketUpgrade,
+    request: Request,
 ) -> Response {
     if !ctx.host.config.sockjs.websocket {
         return StatusCode::NOT_FOUND.into_response();
@@ -41,14 +39,8 @@ pub async fn raw(
     crate::metrics::get()
         .sockjs
         .request(SockjsTransport::Websocket);
-    crate::transport::websocket::upgrade(
-        State(Arc::clone(&ctx.host)),
-        ConnectInfo(peer),
-        headers,
-        uri,
-        ws,
-    )
-    .await
+    crate::transport::websocket::upgrade(State(Arc::clone(&ctx.host)), ConnectInfo(peer), request)
+        .await
 }
 
 /// `<prefix>/<server>/<session>/websocket`.
