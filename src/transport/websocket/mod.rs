@@ -251,6 +251,7 @@ async fn finish(
             .is_ok()
         {
             if let Some(socket) = &socket {
+                linger(socket).await;
                 shutdown(socket, std::net::Shutdown::Both);
             }
             return;
@@ -263,6 +264,32 @@ async fn finish(
     if let Some(socket) = &socket {
         shutdown(socket, std::net::Shutdown::Both);
     }
+}
+
+/// After the close frame (and the write side's shutdown): reads and drops
+/// what the client still sends, until it closes its side, for a moment at
+/// most. Closing a socket with unread input makes the kernel reset the
+/// connection, and a reset can destroy the close frame and the last
+/// frames before the client read them (a lingering close, as web servers
+/// do).
+async fn linger(socket: &TcpStream) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let mut sink = [0u8; 4096];
+        let mut left: usize = 256 * 1024;
+        while left > 0 {
+            if socket.readable().await.is_err() {
+                return;
+            }
+            match socket.try_read(&mut sink) {
+                // The client closed its side.
+                Ok(0) => return,
+                Ok(n) => left = left.saturating_sub(n),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
+            }
+        }
+    })
+    .await;
 }
 
 fn shutdown(socket: &TcpStream, how: std::net::Shutdown) {
