@@ -307,6 +307,10 @@ impl ClientLink {
                 if written.removed > 0 && std::mem::take(&mut queue.sender_waiting) {
                     self.room.notify_one();
                 }
+                if queue.items.is_empty() && queue.items.capacity() > 0 {
+                    // An idle client's queue holds no allocation.
+                    queue.items = VecDeque::new();
+                }
                 if !queue.spill.is_empty() || !queue.items.is_empty() {
                     WireState::Blocked
                 } else if queue.closing {

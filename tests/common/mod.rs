@@ -736,6 +736,13 @@ pub async fn metric(addr: std::net::SocketAddr, series: &str) -> f64 {
 
 /// `rabbitmqctl list_bindings` as (source exchange, routing key, destination).
 pub fn list_bindings() -> Vec<(String, String, String)> {
+    // The management API answers in milliseconds; `rabbitmqctl` boots an
+    // Erlang VM per call (a second or more on a loaded machine), too slow
+    // for bindings that live about a second (a SockJS session's
+    // disconnect delay in tests/sockjs_forwarding.rs).
+    if let Some(bindings) = management_bindings() {
+        return bindings;
+    }
     rabbitmqctl_list(
         "list_bindings",
         &["source_name", "routing_key", "destination_name"],
@@ -743,6 +750,41 @@ pub fn list_bindings() -> Vec<(String, String, String)> {
     .into_iter()
     .map(|row| (row[0].clone(), row[1].clone(), row[2].clone()))
     .collect()
+}
+
+/// `GET /api/bindings/%2f` of the machine's broker (guest/guest on
+/// 127.0.0.1:15672, enabled by scripts/ensure-rabbitmq.sh), if it answers.
+fn management_bindings() -> Option<Vec<(String, String, String)>> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(
+        &std::net::SocketAddr::from(([127, 0, 0, 1], 15672)),
+        Duration::from_secs(2),
+    )
+    .ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    write!(
+        stream,
+        "GET /api/bindings/%2f HTTP/1.0\r\nHost: 127.0.0.1\r\nAuthorization: Basic Z3Vlc3Q6Z3Vlc3Q=\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).ok()?;
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+        return None;
+    }
+    let rows: Vec<serde_json::Value> = serde_json::from_str(body).ok()?;
+    Some(
+        rows.iter()
+            .map(|b| {
+                let field = |name: &str| b[name].as_str().unwrap_or_default().to_owned();
+                (field("source"), field("routing_key"), field("destination"))
+            })
+            .collect(),
+    )
 }
 
 /// The distinct queues bound to `exchange` with `key`, sorted.
