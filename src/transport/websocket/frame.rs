@@ -217,8 +217,11 @@ fn message(opcode: u8, data: BytesMut) -> Result<Event, ProtocolError> {
     if text && std::str::from_utf8(&data).is_err() {
         return Err(ProtocolError::NotUtf8);
     }
+    // A copy: the payload shares the connection's read buffer, which a
+    // piece of it kept by the session (a subscription's id, say) would
+    // otherwise keep alive whole.
     Ok(Event::Message {
-        data: data.freeze(),
+        data: Bytes::copy_from_slice(&data),
         text,
     })
 }

@@ -464,7 +464,13 @@ impl Input {
                 }
                 match stream.try_read_buf(&mut self.buf) {
                     Ok(n) => return Poll::Ready(Ok(n > 0)),
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        if self.buf.is_empty() {
+                            // An idle connection holds no read buffer.
+                            self.buf = BytesMut::new();
+                        }
+                        continue;
+                    }
                     Err(e) => return Poll::Ready(Err(e)),
                 }
             },
