@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Writes the hand-made seed inputs of both fuzz targets into fuzz/corpus/.
+"""Writes the hand-made seed inputs of the fuzz targets into fuzz/corpus/.
 
     python3 fuzz/make_seeds.py
 
@@ -10,6 +10,10 @@ of a target (and minimize again).
 decode_frames: byte 0 picks the escaping (bits 0-1: 0 None, 1 V11, 2 V12) and
 the limits (bit 2: tiny), byte 1 the number of chunk sizes (0-3), then the
 chunk sizes minus one, then the STOMP stream.
+
+ws_frames: byte 0 picks the message limit (bits 0-1: 4096, 200, 1, 0), byte
+1 the number of chunk sizes (0-3; 0: one byte at a time), then the chunk
+sizes minus one, then the client frames (masked, as RFC 6455 asks).
 
 session_sequences: the `arbitrary` (1.x) encoding of `Input` in
 fuzz_targets/session_sequences.rs: integers little-endian, an enum variant as
@@ -49,6 +53,80 @@ DECODE_SEEDS = {
 
 def decode_seed(mode, chunks, stream):
     return bytes([mode, len(chunks)]) + bytes(c - 1 for c in chunks) + stream
+
+
+# ------------------------------------------------------------------ ws_frames
+
+WS_CONTINUATION, WS_TEXT, WS_BINARY, WS_CLOSE, WS_PING, WS_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+
+
+def ws(opcode, payload=b"", fin=True, rsv=0, mask=b"\x37\xfa\x21\x3d", length=None, form=None):
+    """A client frame: masked (unless mask is None), the shortest length
+    form unless `form` (7, 16, 64) says otherwise; `length` overrides the
+    announced length (the payload is written as given)."""
+    n = len(payload) if length is None else length
+    if form is None:
+        form = 7 if n < 126 else 16 if n <= 0xFFFF else 64
+    out = bytes([(0x80 if fin else 0) | (rsv << 4) | opcode])
+    mask_bit = 0x80 if mask is not None else 0
+    if form == 7:
+        out += bytes([mask_bit | n])
+    elif form == 16:
+        out += bytes([mask_bit | 126]) + struct.pack(">H", n)
+    else:
+        out += bytes([mask_bit | 127]) + struct.pack(">Q", n)
+    if mask is None:
+        return out + payload
+    return out + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def ws_close(code, reason=b""):
+    return ws(WS_CLOSE, struct.pack(">H", code) + reason)
+
+
+CONNECT = b"CONNECT\naccept-version:1.2\nhost:/\n\n\x00"
+SNOWMAN = "\u2603".encode()
+
+WS_SEEDS = {
+    "connect": (0, [], ws(WS_TEXT, CONNECT)),
+    "connect-in-pieces": (0, [2, 5, 1], ws(WS_TEXT, CONNECT)),
+    "fragmented-with-ping": (0, [6], ws(WS_TEXT, CONNECT[:10], fin=False) + ws(WS_PING, b"p")
+                             + ws(WS_CONTINUATION, CONNECT[10:20], fin=False)
+                             + ws(WS_CONTINUATION, CONNECT[20:])),
+    "utf8-split": (0, [], ws(WS_TEXT, b"a" + SNOWMAN[:1], fin=False) + ws(WS_CONTINUATION, SNOWMAN[1:])),
+    "binary-not-utf8": (0, [3], ws(WS_BINARY, b"\xff\xfe\x00")),
+    "text-not-utf8": (0, [], ws(WS_TEXT, b"ok\xff")),
+    "ping-pong-close": (0, [1, 2], ws(WS_PING, b"abc") + ws(WS_PONG, b"x") + ws_close(1000, b"bye")),
+    "close-empty": (0, [], ws(WS_CLOSE)),
+    "close-one-byte": (0, [], ws(WS_CLOSE, b"\x03")),
+    "close-1005": (0, [], ws_close(1005)),
+    "close-4000-bad-reason": (0, [], ws_close(4000, b"\xc3")),
+    "length-16": (0, [200, 100], ws(WS_BINARY, bytes(range(256)) + b"x" * 44)),
+    "length-64-small": (0, [], ws(WS_TEXT, b"hello", form=64)),
+    "length-64-over": (0, [], ws(WS_BINARY, b"", length=5000)),
+    "length-2-40": (0, [9], ws(WS_BINARY, b"", length=1 << 40)),
+    "length-top-bit": (0, [], ws(WS_BINARY, b"", length=(1 << 64) - 1)),
+    "unmasked": (0, [], ws(WS_TEXT, b"hi", mask=None)),
+    "rsv1": (0, [], ws(WS_TEXT, b"hi", rsv=4)),
+    "opcode-3": (0, [], ws(0x3, b"hi")),
+    "ping-126": (0, [], ws(WS_PING, b"p" * 126)),
+    "ping-fragmented": (0, [], ws(WS_PING, b"p", fin=False)),
+    "stray-continuation": (0, [], ws(WS_CONTINUATION, b"x")),
+    "interleaved": (0, [], ws(WS_TEXT, b"a", fin=False) + ws(WS_BINARY, b"b")),
+    "empty-continuations": (0, [], ws(WS_TEXT, b"SEND\n", fin=False)
+                            + b"".join(ws(WS_CONTINUATION, fin=False) for _ in range(40))
+                            + ws(WS_CONTINUATION, b"\n\x00")),
+    "one-byte-fragments": (1, [], ws(WS_TEXT, b"S", fin=False)
+                           + b"".join(ws(WS_CONTINUATION, bytes([c]), fin=False) for c in b"END\n\n")
+                           + ws(WS_CONTINUATION, b"\x00")),
+    "limit-200-fragments-over": (1, [7], ws(WS_BINARY, b"a" * 150, fin=False) + ws(WS_CONTINUATION, b"b" * 51)),
+    "limit-1": (2, [], ws(WS_TEXT, b"a") + ws(WS_TEXT, b"ab")),
+    "limit-0": (3, [], ws(WS_TEXT) + ws(WS_PING) + ws(WS_BINARY, b"x")),
+}
+
+
+def ws_seed(mode, chunks, stream):
+    return bytes([mode, len(chunks)]) + bytes((c - 1) & 0xFF for c in chunks) + stream
 
 
 # ------------------------------------------------------------ session_sequences
@@ -277,6 +355,8 @@ def main():
         write("decode_frames", name, decode_seed(mode, chunks, stream))
     for name, data in SESSION_SEEDS.items():
         write("session_sequences", name, data)
+    for name, (mode, chunks, stream) in WS_SEEDS.items():
+        write("ws_frames", name, ws_seed(mode, chunks, stream))
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ cd "$(dirname "$0")/.."
 
 seconds="${FUZZ_SECONDS:-20}"
 sanitizer="${FUZZ_SANITIZER:-address}"
-targets="${FUZZ_TARGETS:-decode_frames session_sequences}"
+targets="${FUZZ_TARGETS:-decode_frames session_sequences ws_frames}"
 export RUSTC_BOOTSTRAP=1
 
 if ! cargo fuzz --version >/dev/null 2>&1; then

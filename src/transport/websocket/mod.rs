@@ -243,7 +243,6 @@ async fn finish(
         // Bounded: a full queue of a client that stopped reading must not
         // hold the session here.
         let _ = tokio::time::timeout(Duration::from_secs(1), link.send(Outbound::Close)).await;
-        drop(link);
         // The writer never outlives its session: it gets a moment to flush
         // and close, then it is ended.
         if tokio::time::timeout(Duration::from_secs(5), &mut writer.0)
@@ -259,6 +258,10 @@ async fn finish(
     }
     writer.0.abort();
     let _ = (&mut writer.0).await;
+    // What is still queued will never be written: release it, and its
+    // bytes in the queued-bytes gauge, now (a fan-out may hold the link a
+    // while longer, and must find it closed).
+    link.close();
     // The socket is also held by the client's queue, which a fan-out may
     // hold a moment longer: the client must see the end now.
     if let Some(socket) = &socket {
