@@ -36,11 +36,11 @@ use std::time::Duration;
 use common::raw_ws as wire;
 use common::*;
 use stompgate::config::SlowClientPolicy;
-use stompgate::stomp::{Command, Frame};
+use stompgate::stomp::Command;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
-use wire::{ClientFrame, Conn, End, Read, Upgrade, WAIT};
+use wire::{expect_all, expect_one, ClientFrame, Conn, End, Read, Upgrade, WAIT};
 
 /// One test at a time (see the module doc).
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -86,36 +86,6 @@ async fn connected(gw: &TestGateway, rcvbuf: Option<u32>) -> Conn {
     conn.send(&ClientFrame::text(CONNECT)).await;
     expect_one(&mut conn, Command::Connected).await;
     conn
-}
-
-/// The next message must be exactly one STOMP frame of `command`.
-async fn expect_one(conn: &mut Conn, command: Command) -> Frame {
-    let mut frames = conn.stomp().await;
-    assert_eq!(frames.len(), 1, "expected one {command}, got {frames:?}");
-    let frame = frames.remove(0);
-    assert_eq!(
-        frame.command,
-        command,
-        "expected {command}, got {frame:?} ({:?})",
-        frame.header("message")
-    );
-    frame
-}
-
-/// STOMP frames until one of each of `commands` came (in any order).
-async fn expect_all(conn: &mut Conn, commands: &[Command]) -> Vec<Frame> {
-    let mut got: Vec<Option<Frame>> = vec![None; commands.len()];
-    while got.iter().any(Option::is_none) {
-        for frame in conn.stomp().await {
-            let slot = commands
-                .iter()
-                .zip(got.iter())
-                .position(|(c, g)| *c == frame.command && g.is_none())
-                .unwrap_or_else(|| panic!("unexpected {frame:?} waiting for {commands:?}"));
-            got[slot] = Some(frame);
-        }
-    }
-    got.into_iter().map(|f| f.expect("all came")).collect()
 }
 
 /// SUBSCRIBE `id` to `/topic/<topic>` with a receipt, which must come.
@@ -263,6 +233,24 @@ async fn flood(
     }
 }
 
+/// A gateway whose outbound queue holds `queue_bytes`, with `policy` for
+/// broadcasts that do not fit and a `write_timeout_ms` write timeout (no
+/// keep-alive pings of its own).
+async fn slow_client_gateway(
+    queue_bytes: usize,
+    write_timeout_ms: u64,
+    policy: SlowClientPolicy,
+) -> TestGateway {
+    start_gateway(|c| {
+        c.limits.write_timeout_ms = write_timeout_ms;
+        c.limits.outbound_queue_bytes = queue_bytes;
+        c.limits.outbound_queue_frames = 1_000_000;
+        c.limits.slow_client_policy = policy;
+        c.security.ws_ping_interval_ms = 0;
+    })
+    .await
+}
+
 /// A client floods pings (125-byte payloads, so 127-byte pongs) and reads
 /// nothing, with `policy`: the pongs fill its socket and then its queue
 /// (the byte bound is the one that binds here), and the connection must
@@ -273,14 +261,7 @@ async fn ping_flood_is_cut_off(policy: SlowClientPolicy) {
     const QUEUE_BYTES: usize = 256 * 1024;
     const WRITE_TIMEOUT_MS: u64 = 1000;
     const MAX_PINGS: usize = 200_000;
-    let gw = start_gateway(|c| {
-        c.limits.write_timeout_ms = WRITE_TIMEOUT_MS;
-        c.limits.outbound_queue_bytes = QUEUE_BYTES;
-        c.limits.outbound_queue_frames = 1_000_000;
-        c.limits.slow_client_policy = policy;
-        c.security.ws_ping_interval_ms = 0;
-    })
-    .await;
+    let gw = slow_client_gateway(QUEUE_BYTES, WRITE_TIMEOUT_MS, policy).await;
     let queued_before = metric(gw.addr, QUEUED_BYTES).await;
     let dropped_before = metric(gw.addr, DROPPED).await;
     let disconnected_before = metric(gw.addr, DISCONNECTED).await;
@@ -388,14 +369,7 @@ async fn slow_subscriber_does_not_hold_back_a_fast_one(policy: SlowClientPolicy)
     const QUEUE_BYTES: usize = 2 * 1024 * 1024;
     const WRITE_TIMEOUT_MS: u64 = 2000;
     const COUNT: usize = 20_000;
-    let gw = start_gateway(|c| {
-        c.limits.write_timeout_ms = WRITE_TIMEOUT_MS;
-        c.limits.outbound_queue_bytes = QUEUE_BYTES;
-        c.limits.outbound_queue_frames = 1_000_000;
-        c.limits.slow_client_policy = policy;
-        c.security.ws_ping_interval_ms = 0;
-    })
-    .await;
+    let gw = slow_client_gateway(QUEUE_BYTES, WRITE_TIMEOUT_MS, policy).await;
     let topic = unique("hostile-slow");
     let queued_before = metric(gw.addr, QUEUED_BYTES).await;
     let dropped_before = metric(gw.addr, DROPPED).await;

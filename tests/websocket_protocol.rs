@@ -46,7 +46,7 @@ mod common;
 use common::*;
 use lapin::BasicProperties;
 use stompgate::stomp::{Command, Frame};
-use wire::{ClientFrame, Conn, End, LengthForm, Upgrade};
+use wire::{expect_all, expect_one, ClientFrame, Conn, End, LengthForm, Upgrade};
 
 /// The smallest STOMP 1.2 CONNECT (no heart-beats, no credentials).
 const CONNECT: &[u8] = b"CONNECT\naccept-version:1.2\nhost:/\n\n\0";
@@ -109,37 +109,6 @@ async fn open_on(gw: &TestGateway, path: &str, protocols: Option<&str>) -> Conn 
 /// An upgraded WebSocket on `/ws` offering the STOMP subprotocols.
 async fn open(gw: &TestGateway) -> Conn {
     open_on(gw, "/ws", Some("v12.stomp, v11.stomp, v10.stomp")).await
-}
-
-/// Expects the next message to be exactly one STOMP frame of `command`.
-async fn expect_one(conn: &mut Conn, command: Command) -> Frame {
-    let mut frames = conn.stomp().await;
-    assert_eq!(frames.len(), 1, "expected one {command}, got {frames:?}");
-    let frame = frames.remove(0);
-    assert_eq!(
-        frame.command,
-        command,
-        "expected {command}, got {frame:?} ({:?})",
-        frame.header("message")
-    );
-    frame
-}
-
-/// Expects STOMP frames until one of each `commands` came (in any order,
-/// however they are spread over messages); returns them in that order.
-async fn expect_all(conn: &mut Conn, commands: &[Command]) -> Vec<Frame> {
-    let mut got: Vec<Option<Frame>> = vec![None; commands.len()];
-    while got.iter().any(Option::is_none) {
-        for frame in conn.stomp().await {
-            let slot = commands
-                .iter()
-                .zip(got.iter())
-                .position(|(c, g)| *c == frame.command && g.is_none())
-                .unwrap_or_else(|| panic!("unexpected {frame:?} waiting for {commands:?}"));
-            got[slot] = Some(frame);
-        }
-    }
-    got.into_iter().map(|f| f.expect("all came")).collect()
 }
 
 /// An upgraded WebSocket on `/ws` with a STOMP 1.2 session.

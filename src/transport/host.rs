@@ -152,6 +152,28 @@ impl Host {
         })
     }
 
+    /// [`Host::admit`], or the HTTP refusal to answer instead (counted in
+    /// `stompgate_connections_rejected_total`).
+    pub fn admit_or_refuse(self: &Arc<Self>, ip: IpAddr) -> Result<Admission, Box<Response>> {
+        let metrics = crate::metrics::get();
+        self.admit(ip).map_err(|error| match error {
+            AdmitError::MaxConnections => {
+                metrics.rejected(crate::metrics::RejectReason::MaxConnections);
+                Box::new(refuse(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "too many connections",
+                ))
+            }
+            AdmitError::PerIp => {
+                metrics.rejected(crate::metrics::RejectReason::PerIp);
+                Box::new(refuse(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too many connections from this address",
+                ))
+            }
+        })
+    }
+
     /// Sessions admitted by [`Host::admit`] and not yet released.
     pub fn admitted(&self) -> usize {
         self.admitted

@@ -331,7 +331,12 @@ impl ClientLink {
     /// For the writer task of a link with a wire: writes what is queued,
     /// without waiting. The queued-bytes gauge is kept here.
     pub fn write_wire(&self) -> WireState {
-        let mut queue = self.lock();
+        self.write_counted(self.lock())
+    }
+
+    /// [`ClientLink::write_locked`], then the lock released and the
+    /// queued-bytes gauge lowered by what was written.
+    fn write_counted(&self, mut queue: std::sync::MutexGuard<'_, Queue>) -> WireState {
         let before = queue.bytes;
         let state = self.write_locked(&mut queue);
         let removed = before.saturating_sub(queue.bytes);
@@ -389,15 +394,7 @@ impl ClientLink {
                         self.push(&mut queue, item);
                     }
                     if self.wire.is_some() {
-                        let before = queue.bytes;
-                        let state = self.write_locked(&mut queue);
-                        let removed = before.saturating_sub(queue.bytes);
-                        drop(queue);
-                        if removed > 0 {
-                            crate::metrics::get()
-                                .outbound_bytes
-                                .decrement(removed as f64);
-                        }
+                        let state = self.write_counted(queue);
                         // A new heart-beat interval changes the writer's
                         // timer: it must look again.
                         if state != WireState::Idle || control {

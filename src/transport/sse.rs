@@ -61,7 +61,7 @@ use tokio_util::codec::Decoder;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::driver::{self, Incoming, Options, Outcome};
-use super::host::{handshake_token, origin_allowed, query_value, refuse, AdmitError, Host};
+use super::host::{handshake_token, origin_allowed, query_value, refuse, Host};
 use super::outbound::{ClientLink, Outbound};
 use crate::metrics::{RejectReason, SseEvent, SseRefusal};
 use crate::stomp::destination::Destination;
@@ -371,19 +371,9 @@ async fn start(sse: &Arc<Sse>, peer: SocketAddr, headers: &HeaderMap, uri: &Uri)
             "too many event streams",
         );
     };
-    let admission = match host.admit(peer.ip()) {
+    let admission = match host.admit_or_refuse(peer.ip()) {
         Ok(admission) => admission,
-        Err(AdmitError::MaxConnections) => {
-            metrics.rejected(RejectReason::MaxConnections);
-            return refuse(StatusCode::SERVICE_UNAVAILABLE, "too many connections");
-        }
-        Err(AdmitError::PerIp) => {
-            metrics.rejected(RejectReason::PerIp);
-            return refuse(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too many connections from this address",
-            );
-        }
+        Err(refusal) => return *refusal,
     };
     let limits = &host.config.limits;
     let link = ClientLink::bounded(

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use base64::Engine;
 use bytes::BytesMut;
 use sha1::{Digest, Sha1};
-use stompgate::stomp::{Frame, FrameLimits, Inbound, StompCodec};
+use stompgate::stomp::{Command, Frame, FrameLimits, Inbound, StompCodec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -556,4 +556,35 @@ impl Conn {
             }
         }
     }
+}
+
+/// Expects the next message to be exactly one STOMP frame of `command`.
+pub async fn expect_one(conn: &mut Conn, command: Command) -> Frame {
+    let mut frames = conn.stomp().await;
+    assert_eq!(frames.len(), 1, "expected one {command}, got {frames:?}");
+    let frame = frames.remove(0);
+    assert_eq!(
+        frame.command,
+        command,
+        "expected {command}, got {frame:?} ({:?})",
+        frame.header("message")
+    );
+    frame
+}
+
+/// Expects STOMP frames until one of each `commands` came (in any order,
+/// however they are spread over messages); returns them in that order.
+pub async fn expect_all(conn: &mut Conn, commands: &[Command]) -> Vec<Frame> {
+    let mut got: Vec<Option<Frame>> = vec![None; commands.len()];
+    while got.iter().any(Option::is_none) {
+        for frame in conn.stomp().await {
+            let slot = commands
+                .iter()
+                .zip(got.iter())
+                .position(|(c, g)| *c == frame.command && g.is_none())
+                .unwrap_or_else(|| panic!("unexpected {frame:?} waiting for {commands:?}"));
+            got[slot] = Some(frame);
+        }
+    }
+    got.into_iter().map(|f| f.expect("all came")).collect()
 }

@@ -49,7 +49,7 @@ use tokio::net::TcpStream;
 use self::frame::{control_frame, Event, FrameReader, OP_PONG};
 use self::wire::{frame_into, Shared, TcpWire};
 use super::driver::{self, Incoming, Options, Outcome};
-use super::host::{handshake_token, origin_allowed, refuse, Admission, AdmitError, Host};
+use super::host::{handshake_token, origin_allowed, refuse, Admission, Host};
 use super::outbound::{ClientLink, Outbound, WireState};
 use crate::metrics::RejectReason;
 
@@ -114,19 +114,9 @@ pub async fn upgrade(
         metrics.rejected(RejectReason::Origin);
         return refuse(StatusCode::FORBIDDEN, "origin not allowed");
     }
-    let admission = match host.admit(peer.ip()) {
+    let admission = match host.admit_or_refuse(peer.ip()) {
         Ok(admission) => admission,
-        Err(AdmitError::MaxConnections) => {
-            metrics.rejected(RejectReason::MaxConnections);
-            return refuse(StatusCode::SERVICE_UNAVAILABLE, "too many connections");
-        }
-        Err(AdmitError::PerIp) => {
-            metrics.rejected(RejectReason::PerIp);
-            return refuse(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too many connections from this address",
-            );
-        }
+        Err(refusal) => return *refusal,
     };
     let handshake = Handshake {
         token: handshake_token(headers, request.uri()),
@@ -347,16 +337,9 @@ async fn write_tcp(
                 }
             }
             WireState::Blocked => {
-                match tokio::time::timeout(write_timeout, stream.writable()).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) => {
-                        link.close();
-                        return;
-                    }
-                    Err(_) => {
-                        link.stall();
-                        return;
-                    }
+                let writable = tokio::time::timeout(write_timeout, stream.writable()).await;
+                if !carry_on(&link, writable) {
+                    return;
                 }
             }
             WireState::Closed => {
@@ -409,17 +392,10 @@ async fn write_io(
             sink.flush().await
         })
         .await;
-        match written {
-            Ok(Ok(())) => metrics.bytes_out.increment(out.len() as u64),
-            Ok(Err(_)) => {
-                link.close();
-                return;
-            }
-            Err(_) => {
-                link.stall();
-                return;
-            }
+        if !carry_on(&link, written) {
+            return;
         }
+        metrics.bytes_out.increment(out.len() as u64);
         out.clear();
         if out.capacity() > 256 * 1024 {
             out = BytesMut::new();
@@ -428,6 +404,26 @@ async fn write_io(
             let _ = tokio::time::timeout(write_timeout, sink.shutdown()).await;
             link.close();
             return;
+        }
+    }
+}
+
+/// Whether a writer goes on after a socket operation bounded by the write
+/// timeout: on an error the link is closed, on a timeout it is marked
+/// stalled (the session ends as for a client that stopped reading).
+fn carry_on<E>(
+    link: &ClientLink,
+    result: Result<Result<(), E>, tokio::time::error::Elapsed>,
+) -> bool {
+    match result {
+        Ok(Ok(())) => true,
+        Ok(Err(_)) => {
+            link.close();
+            false
+        }
+        Err(_) => {
+            link.stall();
+            false
         }
     }
 }
